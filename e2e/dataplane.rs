@@ -1,0 +1,238 @@
+//! The Lua data plane through real nginx, driven by policies pushed over the policy API.
+
+use crate::harness::{get, Backend, Dataplane};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+fn group(name: &str, backends: &[(&Backend, u32)]) -> Value {
+    json!({"name": name, "mode": "http", "session_affinity_policy": "", "session_affinity_attribute": "",
+           "backends": backends.iter().map(|(b, w)| json!({"address": "127.0.0.1", "port": b.port, "weight": w})).collect::<Vec<_>>()})
+}
+
+fn dead_group(name: &str, ports: &[u16]) -> Value {
+    json!({"name": name, "mode": "http",
+           "backends": ports.iter().map(|p| json!({"address": "127.0.0.1", "port": p, "weight": 1})).collect::<Vec<_>>()})
+}
+
+fn rule(name: &str, m: Value, upstream: &str) -> Value {
+    json!({"name": name, "priority": 5, "complexity": 0, "source": {"type": "rule", "namespace": "e2e", "name": name},
+           "match": m, "upstream": upstream, "backend_protocol": "", "config": {}})
+}
+
+fn policy(port: u16, rules: Vec<Value>, groups: Vec<Value>) -> Value {
+    json!({"version": 1, "generation": 1, "http": {port.to_string(): {"rules": rules}}, "backend_groups": groups})
+}
+
+#[test]
+fn every_matcher_and_operator_routes() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let rules = vec![
+        rule("host-eq", json!(["EQ", "HOST", "eq.test"]), "b"),
+        rule("host-in", json!(["IN", "HOST", "in1.test", "in2.test"]), "b"),
+        rule("host-wild", json!(["ENDS_WITH", "HOST", "*.wild.test"]), "b"),
+        rule("url-sw", json!(["STARTS_WITH", "URL", "/sw/"]), "b"),
+        rule("url-re", json!(["REGEX", "URL", "/re/[0-9]+$"]), "b"),
+        rule("method", json!(["AND", ["EQ", "METHOD", "DELETE"], ["EQ", "URL", "/m"]]), "b"),
+        rule("hdr-eq", json!(["EQ", "HEADER", "x-user", "alice"]), "b"),
+        rule("hdr-exist", json!(["EXIST", "HEADER", "x_flag"]), "b"),
+        rule("param", json!(["IN", "PARAM", "v", "2", "3"]), "b"),
+        rule("cookie", json!(["EQ", "COOKIE", "session", "s1"]), "b"),
+        rule("src-range", json!(["RANGE", "SRC_IP", "10.1.0.0", "10.1.255.255"]), "b"),
+        rule("src-v6", json!(["RANGE", "SRC_IP", "fd00::1", "fd00::ff"]), "b"),
+        rule("num-range", json!(["RANGE", "HEADER", "x-n", "10", "200"]), "b"),
+        rule("str-range", json!(["RANGE", "HEADER", "x-s", "b", "d"]), "b"),
+        rule("or", json!(["OR", ["EQ", "URL", "/or1"], ["EQ", "URL", "/or2"]]), "b"),
+        rule("default", json!(["STARTS_WITH", "URL", "/"]), "a"),
+    ];
+    dp.push(&policy(port, rules, vec![group("a", &[(&a, 1)]), group("b", &[(&b, 1)])]));
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("GET", "/", vec![("Host", "eq.test")], "b"),
+        ("GET", "/", vec![("Host", "EQ.test:8080")], "b"), // $host is lower-cased, port cut
+        ("GET", "/", vec![("Host", "eq.test.x")], "a"),
+        ("GET", "/", vec![("Host", "in2.test")], "b"),
+        ("GET", "/", vec![("Host", "x.wild.test")], "b"),
+        ("GET", "/", vec![("Host", "x.y.wild.test")], "a"), // one label only
+        ("GET", "/", vec![("Host", "wild.test")], "a"),
+        ("GET", "/sw/x", vec![], "b"),
+        ("GET", "/sw", vec![], "a"),
+        ("GET", "/pre/re/123", vec![], "b"), // unanchored search
+        ("GET", "/re/12a", vec![], "a"),
+        ("DELETE", "/m", vec![], "b"),
+        ("GET", "/m", vec![], "a"),
+        ("GET", "/", vec![("X-User", "alice")], "b"),
+        ("GET", "/", vec![("X-User", "bob")], "a"),
+        ("GET", "/", vec![("X-Flag", "")], "b"), // empty value counts as present
+        ("GET", "/?v=3", vec![], "b"),
+        ("GET", "/?v=4", vec![], "a"),
+        ("GET", "/", vec![("Cookie", "a=1; session=s1")], "b"),
+        ("GET", "/", vec![("X-Real-IP", "10.1.2.3")], "b"),
+        ("GET", "/", vec![("X-Forwarded-For", "10.1.9.9, 1.2.3.4")], "b"),
+        ("GET", "/", vec![("X-Real-IP", "10.2.0.1"), ("X-Forwarded-For", "10.1.9.9")], "a"), // X-Real-IP first
+        ("GET", "/", vec![("X-Real-IP", "fd00::10")], "b"),
+        ("GET", "/", vec![("X-Real-IP", "fd00::100")], "a"),
+        ("GET", "/", vec![("X-N", "150")], "b"), // numeric, "150" > "10" and < "200"
+        ("GET", "/", vec![("X-N", "3")], "a"),   // as a string "3" > "200"; numerically out of range
+        ("GET", "/", vec![("X-S", "c")], "b"),
+        ("GET", "/", vec![("X-S", "e")], "a"),
+        ("GET", "/or2", vec![], "b"),
+    ];
+    for (method, path, headers, want) in cases {
+        let r = crate::harness::request(port, method, path, &headers, b"");
+        assert_eq!(r.status, 200, "{method} {path} {headers:?}: {r:?}");
+        assert_eq!(r.backend(), want, "{method} {path} {headers:?}");
+    }
+}
+
+#[test]
+fn first_match_in_policy_order() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let mk = |n: &str, m: Value, up: &str, idx: Value| {
+        let mut r = rule(n, m, up);
+        r["index"] = idx;
+        r
+    };
+    // Order is the array order; indexes must never change which rule wins.
+    let rules = vec![
+        mk(
+            "r1",
+            json!(["AND", ["EQ", "HOST", "o.test"], ["STARTS_WITH", "URL", "/a/b"]]),
+            "a",
+            json!({"hosts": ["o.test"], "prefixes": ["/a/b"]}),
+        ),
+        mk("r2", json!(["STARTS_WITH", "URL", "/a"]), "b", json!({"prefixes": ["/a"]})),
+        mk(
+            "r3",
+            json!(["AND", ["EQ", "HOST", "o.test"], ["STARTS_WITH", "URL", "/a"]]),
+            "c",
+            json!({"hosts": ["o.test"], "prefixes": ["/a"]}),
+        ),
+        mk("r4", json!(["ENDS_WITH", "HOST", "*.o.test"]), "c", json!({"wildcard_hosts": ["*.o.test"]})),
+        mk("r5", json!(["EQ", "URL", "/x"]), "a", json!({"paths": ["/x"]})),
+    ];
+    dp.push(&policy(port, rules, vec![group("a", &[(&a, 1)]), group("b", &[(&b, 1)]), group("c", &[(&c, 1)])]));
+    let host = |h: &'static str| vec![("Host", h)];
+    assert_eq!(get(port, "/a/b/c", &host("o.test")).backend(), "a");
+    assert_eq!(get(port, "/a/c", &host("o.test")).backend(), "b"); // r2 is before r3
+    assert_eq!(get(port, "/x", &host("w.o.test")).backend(), "c"); // r4 before r5
+    assert_eq!(get(port, "/x", &host("o.test")).backend(), "a");
+    let r = get(port, "/zzz", &host("o.test"));
+    assert_eq!((r.status, r.reason()), (404, "InvalidUpstream : no rule match"));
+    assert_eq!(r.body, "", "ALB errors have an empty body");
+}
+
+#[test]
+fn error_reasons() {
+    let dp = Dataplane::start(2);
+    let (port, other) = (dp.http_ports[0], dp.http_ports[1]);
+    let r = get(port, "/", &[]);
+    assert_eq!((r.status, r.reason()), (404, "InvalidUpstream : no policy"));
+    let a = Backend::start("a");
+    let dead = crate::harness::free_port();
+    let rules = vec![
+        rule("no-upstream", json!(["EQ", "URL", "/nu"]), "x"),
+        rule("unknown-group", json!(["EQ", "URL", "/ug"]), "missing"),
+        rule("empty-group", json!(["EQ", "URL", "/eg"]), "empty"),
+        rule("dead", json!(["EQ", "URL", "/dead"]), "dead"),
+        rule("ok", json!(["STARTS_WITH", "URL", "/"]), "a"),
+    ];
+    let mut p = policy(
+        port,
+        rules,
+        vec![group("a", &[(&a, 1)]), dead_group("dead", &[dead]), json!({"name": "empty", "backends": []})],
+    );
+    p["http"]["1"] = json!({"rules": []}); // a port nginx does not listen on: harmless
+    p["http"][port.to_string()]["rules"][0].as_object_mut().unwrap().remove("upstream");
+    dp.push(&p);
+    let r = get(other, "/", &[]);
+    assert_eq!((r.status, r.reason()), (404, format!("InvalidUpstream : no http_tcp_{other}").as_str()));
+    let r = get(port, "/nu", &[]);
+    assert_eq!((r.status, r.reason()), (404, "InvalidUpstream : alb upstream not found"));
+    let r = get(port, "/ug", &[]);
+    assert_eq!((r.status, r.reason()), (500, "InvalidBalancer : no balancer found for missing"));
+    let r = get(port, "/eg", &[]);
+    assert_eq!((r.status, r.reason()), (500, "InvalidBalancer : no balancer found for empty"));
+    let r = get(port, "/dead", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, "X-Error: 502\n");
+    let r = get(port, "/status/404", &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.reason().starts_with("BackendError : read "), "{r:?}");
+    assert!(r.body.contains("\"backend\":\"a\""), "backend body passes through: {}", r.body);
+    p["http"][other.to_string()] = json!({"rules": []});
+    dp.push(&p);
+    let r = get(other, "/", &[]);
+    assert_eq!((r.status, r.reason()), (404, "InvalidUpstream : empty policy"));
+}
+
+#[test]
+fn weighted_round_robin_and_failover() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let dead = crate::harness::free_port();
+    let mut g = group("g", &[(&a, 10), (&b, 20), (&c, 30)]);
+    let mut f = group("f", &[(&a, 1)]);
+    f["backends"].as_array_mut().unwrap().insert(0, json!({"address": "127.0.0.1", "port": dead, "weight": 5}));
+    g["name"] = json!("g");
+    dp.push(&policy(
+        port,
+        vec![rule("f", json!(["EQ", "URL", "/f"]), "f"), rule("g", json!(["STARTS_WITH", "URL", "/"]), "g")],
+        vec![g, f],
+    ));
+    let mut conn = crate::harness::Conn::open(port).unwrap();
+    let mut count: HashMap<String, u32> = HashMap::new();
+    for _ in 0..600 {
+        let r = conn.send("GET", "/", &[], b"").unwrap();
+        *count.entry(r.backend().to_string()).or_default() += 1;
+    }
+    // Smooth WRR per worker: exact 1:2:3 per cycle, whichever worker serves.
+    for (name, want) in [("a", 100), ("b", 200), ("c", 300)] {
+        let got = count.get(name).copied().unwrap_or(0);
+        assert!((got as i32 - want).abs() <= 12, "backend {name}: {got} of 600, want ~{want}: {count:?}");
+    }
+    for _ in 0..50 {
+        let r = conn.send("GET", "/f", &[], b"").unwrap();
+        assert_eq!((r.status, r.backend()), (200, "a"), "dead endpoint must fail over: {r:?}");
+    }
+}
+
+#[test]
+fn policy_api_refuses_bad_pushes_and_keeps_serving() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let a = Backend::start("a");
+    let good = policy(port, vec![rule("ok", json!(["STARTS_WITH", "URL", "/"]), "a")], vec![group("a", &[(&a, 1)])]);
+    let digest = dp.push(&good);
+    let body = serde_json::to_vec(&good).unwrap();
+    let token = dp.token.clone();
+    assert_eq!(dp.api("PUT", "/policy", None, &body).status, 401);
+    assert_eq!(dp.api("PUT", "/policy", Some("wrong"), &body).status, 401);
+    assert_eq!(dp.api("GET", "/status", None, b"").status, 401);
+    let r = dp.api("PUT", "/policy", Some(&token), b"{not json");
+    assert_eq!(r.status, 400, "{r:?}");
+    let mut bad_version = good.clone();
+    bad_version["version"] = json!(2);
+    let r = dp.api("PUT", "/policy", Some(&token), &serde_json::to_vec(&bad_version).unwrap());
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("version"), "{}", r.body);
+    let mut bad_regex = good.clone();
+    bad_regex["http"][port.to_string()]["rules"][0]["match"] = json!(["REGEX", "URL", "(unclosed"]);
+    let r = dp.api("PUT", "/policy", Some(&token), &serde_json::to_vec(&bad_regex).unwrap());
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("ok"), "error names the rule: {}", r.body);
+    let mut bad_arity = good.clone();
+    bad_arity["http"][port.to_string()]["rules"][0]["match"] = json!(["EQ", "URL"]);
+    assert_eq!(dp.api("PUT", "/policy", Some(&token), &serde_json::to_vec(&bad_arity).unwrap()).status, 400);
+    let huge = vec![b' '; 65 << 20];
+    let r = dp.api("PUT", "/policy", Some(&token), &huge);
+    assert_eq!(r.status, 413);
+    // Still the first policy, still serving.
+    assert_eq!(dp.status()["stored"]["digest"], digest.as_str());
+    assert_eq!(get(port, "/x", &[]).backend(), "a");
+    assert_eq!(dp.api("GET", "/healthz", None, b"").status, 200);
+}

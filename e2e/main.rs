@@ -1,0 +1,8 @@
+//! End-to-end suites: real nginx + the Lua data plane + real backend processes on 127.0.0.1.
+//! `dataplane`: policies pushed straight to the policy API (the Lua side of the contract).
+//! `standalone`: manifests in a folder → `alb standalone` → nginx (the whole spine).
+
+mod harness;
+
+mod dataplane;
+mod standalone;

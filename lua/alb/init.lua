@@ -1,0 +1,139 @@
+-- Process-level setup and per-worker policy application (docs/policy.md "Policy API").
+--
+-- Shared dict `alb_policy` layout (written by alb/api.lua under a lock, read here):
+--   version              number, version of the stored policy (absent: nothing stored)
+--   body:<v>             raw policy JSON of version v
+--   digest:<v>           sha1 hex of body:<v>
+--   generation:<v>       controller generation of version v
+--   ack:<worker id>      JSON {id, pid, digest, version} of what that worker applied
+-- Versioned keys are written before `version` moves and deleted after, so a reader that finds
+-- `body:<version>` gone simply retries on its next tick.
+local cjson = require("cjson")
+local router = require("alb.router")
+local balancer = require("alb.balancer")
+
+local ngx = ngx
+local log = ngx.log
+local ERR, NOTICE = ngx.ERR, ngx.NOTICE
+
+local _M = {
+    DICT = "alb_policy",
+    POLL_INTERVAL = 0.05,
+    -- what this worker applied: {version, digest, generation, routes, balancers}; nil until a policy arrived
+    state = nil,
+    api_port = nil,
+}
+
+local token -- set in the master (init_by_lua), inherited by the workers
+
+local function trim(s)
+    return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+--- init{token_file=, api_port=}: init_by_lua (master). Fails nginx start when the token cannot be read.
+function _M.init(opts)
+    opts = opts or {}
+    local f, err = io.open(opts.token_file or "", "rb")
+    if not f then
+        error("alb: cannot read policy token file " .. tostring(opts.token_file) .. ": " .. tostring(err))
+    end
+    local t = f:read("*a")
+    f:close()
+    t = trim(t or "")
+    if t == "" then
+        error("alb: policy token file " .. tostring(opts.token_file) .. " is empty")
+    end
+    token = t
+    _M.api_port = opts.api_port
+end
+
+function _M.token()
+    return token
+end
+
+local applied_version, failed_version
+
+local function write_ack(dict, st, err)
+    local ack = {
+        id = ngx.worker.id(),
+        pid = ngx.worker.pid(),
+        digest = st and st.digest or cjson.null,
+        version = st and st.version or cjson.null,
+    }
+    if err then
+        ack.error = err
+    end
+    local ok, serr = dict:safe_set("ack:" .. ack.id, cjson.encode(ack))
+    if not ok then
+        log(ERR, "alb: cannot store worker ack: ", serr)
+    end
+end
+
+--- apply the stored policy if it changed since this worker last applied one
+local function apply(premature)
+    if premature then
+        return
+    end
+    local dict = ngx.shared[_M.DICT]
+    local v = dict:get("version")
+    if not v or v == applied_version or v == failed_version then
+        return
+    end
+    local body = dict:get("body:" .. v)
+    local digest = dict:get("digest:" .. v)
+    local generation = dict:get("generation:" .. v)
+    if not body or not digest then
+        return -- superseded while reading; next tick
+    end
+    ngx.update_time()
+    local t0 = ngx.now()
+    local ok, doc = pcall(cjson.decode, body)
+    local routes, bals, err
+    if not ok or type(doc) ~= "table" then
+        err = "cannot decode stored policy: " .. tostring(doc)
+    else
+        routes, err = router.build(doc.http)
+        if routes then
+            local okb, res = pcall(balancer.build, doc.backend_groups, _M.state and _M.state.balancers)
+            if okb then
+                bals = res
+            else
+                routes, err = nil, "balancers: " .. tostring(res)
+            end
+        end
+    end
+    if not routes then
+        failed_version = v
+        log(ERR, "alb: worker ", ngx.worker.id(), " cannot apply policy version ", v, ": ", err)
+        write_ack(dict, _M.state, err)
+        return
+    end
+    _M.state = {
+        version = v,
+        digest = digest,
+        generation = generation,
+        routes = routes,
+        balancers = bals,
+    }
+    applied_version = v
+    write_ack(dict, _M.state)
+    ngx.update_time()
+    log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
+        " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms")
+end
+_M.apply = apply
+
+--- init_worker: apply the stored policy now (a HUP'd or respawned worker), then poll.
+function _M.init_worker()
+    math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+    local ok, err = ngx.timer.at(0, apply)
+    if not ok then
+        log(ERR, "alb: cannot start policy timer: ", err)
+    end
+    ok, err = ngx.timer.every(_M.POLL_INTERVAL, apply)
+    if not ok then
+        log(ERR, "alb: cannot start policy poll timer: ", err)
+    end
+end
+
+return _M

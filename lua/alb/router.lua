@@ -1,0 +1,315 @@
+-- Per-port rule index and first-match lookup (docs/policy.md "Index").
+--
+-- Each port's rules are filed by their `index` hints:
+--   host level:  exact host hash | wildcard parent hash ("*.a.com" -> "a.com") | any-host bucket
+--   path level (inside each host bucket): exact path hash | prefix hash per prefix length | rest list
+-- Every list holds ascending rule indices. A request gathers the lists that apply to its host and uri and
+-- evaluates their union in ascending index order (k-way merge, duplicates skipped) until the first rule whose
+-- expression matches: the answer is the same as a first-match scan over `rules`.
+local expr = require("alb.expr")
+
+local type = type
+local find = string.find
+local sub = string.sub
+local huge = math.huge
+local null = require("cjson").null
+local tostring = tostring
+local sort = table.sort
+
+local get_host = expr.get_host
+local get_uri = expr.get_uri
+
+local _M = {}
+
+local function new_bucket()
+    return { exact = {}, lens = {}, pre = {}, rest = nil, has_exact = false }
+end
+
+local function push(list, i)
+    if list[#list] ~= i then
+        list[#list + 1] = i
+    end
+end
+
+local function strings(v)
+    if type(v) ~= "table" then
+        return {}
+    end
+    return v
+end
+
+local function file_paths(b, i, paths, prefixes)
+    local any = #paths == 0 and #prefixes == 0
+    for _, p in ipairs(prefixes) do
+        if p == "" then
+            any = true
+        end
+    end
+    if any then
+        b.rest = b.rest or {}
+        push(b.rest, i)
+        return
+    end
+    for _, p in ipairs(paths) do
+        local l = b.exact[p]
+        if not l then
+            l = {}
+            b.exact[p] = l
+            b.has_exact = true
+        end
+        push(l, i)
+    end
+    for _, p in ipairs(prefixes) do
+        local len = #p
+        local byprefix = b.pre[len]
+        if not byprefix then
+            byprefix = {}
+            b.pre[len] = byprefix
+            b.lens[#b.lens + 1] = len
+        end
+        local l = byprefix[p]
+        if not l then
+            l = {}
+            byprefix[p] = l
+        end
+        push(l, i)
+    end
+end
+
+local function build_port(port, rules_json)
+    local rules = {}
+    local p = { port = port, rules = rules, n = #rules_json, hosts = {}, wild = {}, any = nil, has_wild = false,
+        has_hosts = false }
+    for i = 1, #rules_json do
+        local r = rules_json[i]
+        local fn, err = expr.compile(r.match)
+        if not fn then
+            return nil, "port " .. port .. " rule " .. (i - 1) .. " (" .. tostring(r.name) .. "): " .. err
+        end
+        local upstream = r.upstream
+        if upstream == null then
+            upstream = nil
+        end
+        local proto = r.backend_protocol
+        if proto == nil or proto == null or proto == "" then
+            proto = "http"
+        end
+        rules[i] = {
+            i = i,
+            name = r.name,
+            match = fn,
+            upstream = upstream,
+            scheme = proto,
+            no_balancer = upstream and ("InvalidBalancer : no balancer found for " .. upstream) or nil,
+            config = r.config,
+            source = r.source,
+        }
+        local ix = r.index
+        if type(ix) ~= "table" then
+            ix = {}
+        end
+        local hosts, wilds = strings(ix.hosts), strings(ix.wildcard_hosts)
+        local paths, prefixes = strings(ix.paths), strings(ix.prefixes)
+        local targets = {}
+        if #hosts == 0 and #wilds == 0 then
+            p.any = p.any or new_bucket()
+            targets[1] = p.any
+        else
+            for _, h in ipairs(hosts) do
+                local b = p.hosts[h]
+                if not b then
+                    b = new_bucket()
+                    p.hosts[h] = b
+                    p.has_hosts = true
+                end
+                targets[#targets + 1] = b
+            end
+            for _, w in ipairs(wilds) do
+                local parent = sub(w, 3)
+                local b = p.wild[parent]
+                if not b then
+                    b = new_bucket()
+                    p.wild[parent] = b
+                    p.has_wild = true
+                end
+                targets[#targets + 1] = b
+            end
+        end
+        for _, b in ipairs(targets) do
+            file_paths(b, i, paths, prefixes)
+        end
+    end
+    -- distinct prefix lengths, ascending (order does not matter for correctness)
+    local function fin(b)
+        sort(b.lens)
+    end
+    for _, b in pairs(p.hosts) do fin(b) end
+    for _, b in pairs(p.wild) do fin(b) end
+    if p.any then fin(p.any) end
+    p.empty_reason = (#rules == 0) and "InvalidUpstream : empty policy" or nil
+    return p
+end
+
+--- build(http) -> routes or nil, err. `http` is the decoded policy `http` object.
+function _M.build(http)
+    local routes = {}
+    if type(http) ~= "table" then
+        return routes
+    end
+    for port, pj in pairs(http) do
+        local rules = type(pj) == "table" and pj.rules
+        if type(rules) ~= "table" then
+            rules = {}
+        end
+        local p, err = build_port(port, rules)
+        if not p then
+            return nil, err
+        end
+        routes[port] = p
+    end
+    return routes
+end
+
+-- scratch space for one lookup (a lookup never yields, so one set per worker is enough)
+local lists, pos = {}, {}
+
+local function add_bucket(b, uri, ulen, nl)
+    if b.has_exact then
+        local l = b.exact[uri]
+        if l then
+            nl = nl + 1
+            lists[nl] = l
+        end
+    end
+    local lens = b.lens
+    for j = 1, #lens do
+        local len = lens[j]
+        if len > ulen then
+            break
+        end
+        local l = b.pre[len][sub(uri, 1, len)]
+        if l then
+            nl = nl + 1
+            lists[nl] = l
+        end
+    end
+    local rest = b.rest
+    if rest then
+        nl = nl + 1
+        lists[nl] = rest
+    end
+    return nl
+end
+
+local no_port = {} -- port -> reason (bounded by the listening ports)
+
+local function port_reason(port)
+    local r = no_port[port]
+    if not r then
+        r = "InvalidUpstream : no http_tcp_" .. tostring(port)
+        no_port[port] = r
+    end
+    return r
+end
+
+--- match(routes, port, c) -> rule, or nil, reason
+function _M.match(routes, port, c)
+    local p = routes[port]
+    if not p then
+        return nil, port_reason(port)
+    end
+    if p.empty_reason then
+        return nil, p.empty_reason
+    end
+    local uri = get_uri(c) or ""
+    local ulen = #uri
+    local nl = 0
+    if p.has_hosts or p.has_wild then
+        local host = get_host(c)
+        if host then
+            local b = p.hosts[host]
+            if b then
+                nl = add_bucket(b, uri, ulen, nl)
+            end
+            if p.has_wild then
+                local d = find(host, ".", 1, true)
+                if d and d > 1 then
+                    b = p.wild[sub(host, d + 1)]
+                    if b then
+                        nl = add_bucket(b, uri, ulen, nl)
+                    end
+                end
+            end
+        end
+    end
+    if p.any then
+        nl = add_bucket(p.any, uri, ulen, nl)
+    end
+
+    local rules = p.rules
+    if nl == 1 then
+        local l = lists[1]
+        lists[1] = nil
+        for k = 1, #l do
+            local r = rules[l[k]]
+            if r.match(c) then
+                return r
+            end
+        end
+        return nil, "InvalidUpstream : no rule match"
+    end
+
+    for k = 1, nl do
+        pos[k] = 1
+    end
+    local last = 0
+    local found
+    while true do
+        local best, bk = huge, 0
+        for k = 1, nl do
+            local v = lists[k][pos[k]]
+            if v and v < best then
+                best, bk = v, k
+            end
+        end
+        if bk == 0 then
+            break
+        end
+        pos[bk] = pos[bk] + 1
+        if best ~= last then
+            last = best
+            local r = rules[best]
+            if r.match(c) then
+                found = r
+                break
+            end
+        end
+    end
+    for k = 1, nl do
+        lists[k] = nil
+    end
+    if found then
+        return found
+    end
+    return nil, "InvalidUpstream : no rule match"
+end
+
+--- linear first-match scan (reference for tests / the debug endpoint)
+function _M.match_linear(routes, port, c)
+    local p = routes[port]
+    if not p then
+        return nil, port_reason(port)
+    end
+    if p.empty_reason then
+        return nil, p.empty_reason
+    end
+    local rules = p.rules
+    for i = 1, #rules do
+        if rules[i].match(c) then
+            return rules[i]
+        end
+    end
+    return nil, "InvalidUpstream : no rule match"
+end
+
+return _M

@@ -1,0 +1,232 @@
+-- Policy validation (docs/policy.md). Called by the policy API before a policy is stored, so that a bad policy
+-- can never replace a good one. Checks the type of every field the data plane uses and compiles every
+-- expression (and therefore every regex).
+local cjson = require("cjson")
+local expr = require("alb.expr")
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local floor = math.floor
+local null = cjson.null
+local fmt = string.format
+
+local _M = {}
+
+_M.VERSION = 1
+
+local function is_int(v)
+    return type(v) == "number" and v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53
+end
+
+-- cjson gives plain tables for both arrays and objects
+local function is_array(t)
+    if type(t) ~= "table" then
+        return false
+    end
+    local n = #t
+    for k in pairs(t) do
+        if type(k) ~= "number" or k < 1 or k > n or k ~= floor(k) then
+            return false
+        end
+    end
+    return true
+end
+_M.is_array = is_array
+
+local function is_object(t)
+    if type(t) ~= "table" then
+        return false
+    end
+    if next(t) == nil then
+        return true
+    end
+    for k in pairs(t) do
+        if type(k) ~= "string" then
+            return false
+        end
+    end
+    return true
+end
+
+local function absent(v)
+    return v == nil or v == null
+end
+
+local function string_list(v, what)
+    if absent(v) then
+        return true
+    end
+    if not is_array(v) then
+        return nil, what .. " must be an array of strings"
+    end
+    for i = 1, #v do
+        if type(v[i]) ~= "string" then
+            return nil, what .. "[" .. (i - 1) .. "] must be a string"
+        end
+    end
+    return true
+end
+
+local function check_index(ix)
+    if absent(ix) then
+        return true
+    end
+    if not is_object(ix) then
+        return nil, "index must be an object"
+    end
+    for _, f in ipairs({ "hosts", "wildcard_hosts", "paths", "prefixes" }) do
+        local ok, err = string_list(ix[f], "index." .. f)
+        if not ok then
+            return nil, err
+        end
+    end
+    if not absent(ix.wildcard_hosts) then
+        for i, w in ipairs(ix.wildcard_hosts) do
+            if w:sub(1, 2) ~= "*." then
+                return nil, "index.wildcard_hosts[" .. (i - 1) .. "] must start with \"*.\": " .. w
+            end
+        end
+    end
+    return true
+end
+
+local PROTOCOLS = { [""] = true, http = true, https = true }
+
+local function check_rule(r)
+    if not is_object(r) then
+        return nil, "rule must be an object"
+    end
+    if type(r.name) ~= "string" then
+        return nil, "name must be a string"
+    end
+    if absent(r.match) then
+        return nil, "match is required"
+    end
+    local f, err = expr.compile(r.match)
+    if not f then
+        return nil, "match: " .. err
+    end
+    local ok
+    ok, err = check_index(r.index)
+    if not ok then
+        return nil, err
+    end
+    if not absent(r.upstream) and type(r.upstream) ~= "string" then
+        return nil, "upstream must be a string"
+    end
+    if not absent(r.backend_protocol) and not PROTOCOLS[r.backend_protocol] then
+        return nil, "backend_protocol must be \"\", \"http\" or \"https\", got " .. tostring(r.backend_protocol)
+    end
+    if not absent(r.config) and not is_object(r.config) then
+        return nil, "config must be an object"
+    end
+    return true
+end
+
+local function check_group(g)
+    if not is_object(g) then
+        return nil, "must be an object"
+    end
+    if type(g.name) ~= "string" or g.name == "" then
+        return nil, "name must be a non-empty string"
+    end
+    for _, f in ipairs({ "mode", "session_affinity_policy", "session_affinity_attribute" }) do
+        if not absent(g[f]) and type(g[f]) ~= "string" then
+            return nil, f .. " must be a string"
+        end
+    end
+    local bs = g.backends
+    if absent(bs) then
+        return true
+    end
+    if not is_array(bs) then
+        return nil, "backends must be an array"
+    end
+    for i = 1, #bs do
+        local b = bs[i]
+        local where = "backends[" .. (i - 1) .. "]"
+        if not is_object(b) then
+            return nil, where .. " must be an object"
+        end
+        if type(b.address) ~= "string" or b.address == "" then
+            return nil, where .. ".address must be a non-empty string"
+        end
+        if not (expr.parse_ipv4(b.address) or expr.parse_ipv6(b.address)) then
+            return nil, where .. ".address must be an IPv4 or IPv6 address: " .. b.address
+        end
+        if not is_int(b.port) or b.port < 1 or b.port > 65535 then
+            return nil, where .. ".port must be an integer in 1..65535"
+        end
+        if not is_int(b.weight) or b.weight < 0 then
+            return nil, where .. ".weight must be an integer >= 0"
+        end
+    end
+    return true
+end
+
+--- validate(doc) -> true or nil, err. `doc` is the decoded JSON.
+function _M.validate(doc)
+    if not is_object(doc) or next(doc) == nil then
+        return nil, "policy must be a JSON object"
+    end
+    local v = doc.version
+    if v ~= _M.VERSION then
+        if absent(v) then
+            return nil, "policy version missing"
+        end
+        return nil, "unsupported policy version " .. (type(v) == "number" and fmt("%.14g", v) or cjson.encode(v))
+    end
+    if not absent(doc.generation) and not is_int(doc.generation) then
+        return nil, "generation must be an integer"
+    end
+    local http = doc.http
+    if not absent(http) then
+        if not is_object(http) then
+            return nil, "http must be an object (port -> {rules})"
+        end
+        for port, p in pairs(http) do
+            local pn = tonumber(port)
+            if not port:match("^%d+$") or pn < 1 or pn > 65535 then
+                return nil, "http: invalid port key \"" .. port .. "\""
+            end
+            if not is_object(p) then
+                return nil, "http[\"" .. port .. "\"] must be an object"
+            end
+            local rules = p.rules
+            if absent(rules) or not is_array(rules) then
+                return nil, "http[\"" .. port .. "\"].rules must be an array"
+            end
+            for i = 1, #rules do
+                local ok, err = check_rule(rules[i])
+                if not ok then
+                    local name = type(rules[i]) == "table" and type(rules[i].name) == "string"
+                        and rules[i].name or "?"
+                    return nil, fmt("port %s rule %d (%q): %s", port, i - 1, name, err)
+                end
+            end
+        end
+    end
+    local groups = doc.backend_groups
+    if not absent(groups) then
+        if not is_array(groups) then
+            return nil, "backend_groups must be an array"
+        end
+        local seen = {}
+        for i = 1, #groups do
+            local ok, err = check_group(groups[i])
+            if not ok then
+                local name = type(groups[i]) == "table" and type(groups[i].name) == "string"
+                    and groups[i].name or "?"
+                return nil, fmt("backend_groups[%d] (%q): %s", i - 1, name, err)
+            end
+            if seen[groups[i].name] then
+                return nil, fmt("backend_groups[%d]: duplicate group name %q", i - 1, groups[i].name)
+            end
+            seen[groups[i].name] = true
+        end
+    end
+    return true
+end
+
+return _M

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what alb-rs needs on a Debian/Ubuntu machine: nginx with the Lua module and the Lua libraries the
+# data plane uses, plus wrk for the benchmarks. Idempotent: does nothing when everything is there.
+set -euo pipefail
+
+pkgs=(nginx libnginx-mod-http-lua libnginx-mod-stream lua-resty-core lua-resty-lrucache lua-cjson wrk openssl curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The Debian package starts a system nginx on port 80; alb-rs runs its own nginx, so stop that one.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+    $sudo systemctl stop nginx || true
+    $sudo systemctl disable nginx >/dev/null 2>&1 || true
+  fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found: install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+echo "setup: ok ($(nginx -v 2>&1), $(cargo --version))" >&2

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting and lint, unit tests, and the end-to-end suites that run real
+# nginx and real backend processes on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test (unit + e2e)" >&2
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-2}"

@@ -1,0 +1,131 @@
+//! Command line: subcommands and their flags.
+
+use crate::nginx::process::{ensure_token, find_lua_dir, prepare_runtime_dir, NginxBinary};
+use crate::nginx::render::{ConfInput, HttpListener};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "alb", version, about = "alb-rs: Kubernetes ingress gateway (Rust controller + nginx/Lua data plane)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Serve a folder of manifests with no cluster: compile, run nginx, push, watch for changes.
+    Standalone(crate::standalone::StandaloneArgs),
+    /// Print the compiled policy for a folder of manifests (rejected objects go to stderr).
+    Policy {
+        /// Folder of manifests.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Only Frontends/Rules labelled `alb2.<domain>/name=<NAME>`.
+        #[arg(long)]
+        alb_name: Option<String>,
+        /// Label base domain.
+        #[arg(long, default_value = "cpaas.io")]
+        domain: String,
+    },
+    /// Run nginx with the Lua data plane and nothing else: the policy API waits for policies (tests, debugging).
+    Dataplane {
+        #[command(flatten)]
+        nginx: NginxArgs,
+        /// HTTP listener port (repeatable).
+        #[arg(long = "http-port")]
+        http_ports: Vec<u16>,
+    },
+    /// Start a demo/test HTTP backend that echoes the request as JSON.
+    EchoServer {
+        /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Name reported in every answer (JSON field `backend`, header `x-backend`).
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+/// Flags shared by every command that runs nginx.
+#[derive(Args, Debug, Clone)]
+pub struct NginxArgs {
+    /// nginx or openresty binary (default: `openresty` or `nginx` on PATH).
+    #[arg(long, env = "ALB_NGINX")]
+    pub nginx: Option<PathBuf>,
+    /// Directory holding the Lua data plane (`alb/*.lua`).
+    #[arg(long, env = "ALB_LUA_DIR")]
+    pub lua_dir: Option<PathBuf>,
+    /// Where nginx.conf, the pid file, temp files and the policy token live.
+    #[arg(long, env = "ALB_RUNTIME_DIR", default_value = ".runtime")]
+    pub runtime_dir: PathBuf,
+    /// Loopback port of the Lua policy API.
+    #[arg(long, env = "ALB_API_PORT", default_value_t = 1937)]
+    pub api_port: u16,
+    /// Address the listeners bind to.
+    #[arg(long, env = "ALB_BIND", default_value = "0.0.0.0")]
+    pub bind: String,
+    /// nginx worker processes (default: number of CPUs, at most 4).
+    #[arg(long, env = "ALB_WORKERS")]
+    pub workers: Option<u32>,
+    /// nginx error log level.
+    #[arg(long, default_value = "warn")]
+    pub nginx_log_level: String,
+    /// nginx access log: `off` or an absolute file path.
+    #[arg(long, default_value = "off")]
+    pub access_log: String,
+}
+
+impl NginxArgs {
+    /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.
+    pub fn prepare(&self, listeners: Vec<HttpListener>) -> Result<(NginxBinary, ConfInput, String)> {
+        let bin = NginxBinary::locate(self.nginx.as_deref())?;
+        let lua_dir = find_lua_dir(self.lua_dir.as_deref())?;
+        let runtime_dir = prepare_runtime_dir(&self.runtime_dir)?;
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4));
+        let input = ConfInput {
+            runtime_dir,
+            lua_dir,
+            modules: bin.modules.clone(),
+            worker_processes: workers,
+            worker_connections: 16384,
+            api_port: self.api_port,
+            bind_address: self.bind.clone(),
+            http_listeners: listeners,
+            error_log_level: self.nginx_log_level.clone(),
+            access_log: self.access_log.clone(),
+            policy_dict_size: "128m".into(),
+        };
+        let token = ensure_token(&input.token_file())?;
+        Ok((bin, input, token))
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Standalone(args) => crate::standalone::run(args).await,
+        Cmd::Policy { manifests, alb_name, domain } => print_policy(&manifests, alb_name, domain),
+        Cmd::Dataplane { nginx, http_ports } => crate::nginx::dataplane(nginx, http_ports).await,
+        Cmd::EchoServer { listen, name } => crate::echo::run(listen, name).await,
+    }
+}
+
+fn print_policy(dir: &std::path::Path, alb_name: Option<String>, domain: String) -> Result<()> {
+    let mut m = crate::manifests::ManifestDir::new(dir);
+    let mut problems: Vec<String> = m.reload()?.iter().map(|p| p.to_string()).collect();
+    let (snap, more) = m.snapshot();
+    problems.extend(more.iter().map(|p| p.to_string()));
+    let compiled = crate::compile::compile(&snap, &crate::compile::CompileOptions { alb_name, domain, generation: 0 });
+    for p in problems {
+        eprintln!("warning: {p}");
+    }
+    for r in &compiled.rejects {
+        eprintln!("rejected {r}");
+    }
+    println!("{}", serde_json::to_string_pretty(&compiled.policy)?);
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Service group → backend group (controlplane.md §3.2, with EndpointSlices instead of Endpoints).
+
+use crate::crd::ServiceGroup;
+use crate::policy::{Backend, BackendGroup};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Services and EndpointSlices of a snapshot, indexed by namespace/name.
+pub struct Lookup<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn new(services: &'a [Service], slices: &'a [EndpointSlice]) -> Lookup<'a> {
+        let mut l = Lookup { services: HashMap::new(), slices: HashMap::new() };
+        for s in services {
+            let m = &s.metadata;
+            l.services.insert((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")), s);
+        }
+        for s in slices {
+            let m = &s.metadata;
+            let Some(svc) = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+            l.slices.entry((m.namespace.as_deref().unwrap_or(""), svc.as_str())).or_default().push(s);
+        }
+        // Deterministic order whatever the informer order was.
+        for v in l.slices.values_mut() {
+            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        l
+    }
+}
+
+/// A service of the group that cannot be resolved; `field` is relative to the object
+/// (`spec.serviceGroup.services[0]`, `...port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupError {
+    pub field: String,
+    pub reason: &'static str,
+    pub problem: String,
+}
+
+/// Ready endpoints `(address, port)` of one Service port.
+fn endpoints(svc: &Service, sp: &ServicePort, lookup: &Lookup) -> Vec<(String, u16)> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    let spec = svc.spec.as_ref();
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut push = |addr: String, port: i32| {
+        if let Ok(port) = u16::try_from(port) {
+            if port != 0 && seen.insert((addr.clone(), port)) {
+                out.push((addr, port));
+            }
+        }
+    };
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        // Pure compiler: only IP literals (DNS names need the resolver of a later issue).
+        if let Some(ip) = spec.and_then(|s| s.external_name.as_deref()).and_then(|n| n.parse::<IpAddr>().ok()) {
+            push(ip.to_string(), sp.port);
+        }
+        return out;
+    }
+    let sp_name = sp.name.as_deref().unwrap_or("");
+    let target = match &sp.target_port {
+        Some(IntOrString::Int(p)) => Some(*p),
+        _ => None,
+    };
+    for slice in lookup.slices.get(&(ns, name)).into_iter().flatten() {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let named = slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == sp_name);
+        let Some(port) = named.and_then(|p| p.port).or(target) else { continue };
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if let (true, Some(addr)) = (ready, ep.addresses.first()) {
+                push(addr.clone(), port);
+            }
+        }
+    }
+    out
+}
+
+/// Resolve a service group. Any missing Service or port fails the whole group (all problems reported).
+pub fn resolve(
+    group_name: &str,
+    sg: &ServiceGroup,
+    default_ns: &str,
+    lookup: &Lookup,
+) -> Result<BackendGroup, Vec<GroupError>> {
+    let mut errs = Vec::new();
+    // (weight, svc, ns, endpoints) per service.
+    let mut per_service = Vec::new();
+    for (i, s) in sg.services.iter().enumerate() {
+        let ns = if s.namespace.is_empty() { default_ns } else { s.namespace.as_str() };
+        let Some(svc) = lookup.services.get(&(ns, s.name.as_str())) else {
+            errs.push(GroupError {
+                field: format!("spec.serviceGroup.services[{i}]"),
+                reason: "ServiceNotFound",
+                problem: format!("names Service {ns}/{} which does not exist", s.name),
+            });
+            continue;
+        };
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+        let sp = ports
+            .into_iter()
+            .flatten()
+            .find(|p| p.port == s.port && matches!(p.protocol.as_deref(), None | Some("") | Some("TCP")));
+        let Some(sp) = sp else {
+            errs.push(GroupError {
+                field: format!("spec.serviceGroup.services[{i}].port"),
+                reason: "PortNotFound",
+                problem: format!("is {} but Service {ns}/{} has no TCP port {}", s.port, s.name, s.port),
+            });
+            continue;
+        };
+        let w = s.weight.unwrap_or(100).clamp(0, 100);
+        per_service.push((w, s.name.clone(), ns.to_string(), endpoints(svc, sp, lookup)));
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let total = match per_service.iter().map(|(w, ..)| *w as i64).sum::<i64>() {
+        0 => 100,
+        t => t,
+    };
+    // Same address:port from several services collapse: the last one wins.
+    let mut by_addr: HashMap<(String, u16), Backend> = HashMap::new();
+    for (w, svc, ns, eps) in per_service {
+        let n = eps.len() as i64;
+        for (address, port) in eps {
+            let mut weight = ((w as f64 * 100.0) / ((total * n) as f64) + 0.5).floor() as u32;
+            if w != 0 && weight == 0 {
+                weight = 1;
+            }
+            let b = Backend { address: address.clone(), port, weight, svc: svc.clone(), ns: ns.clone() };
+            by_addr.insert((address, port), b);
+        }
+    }
+    let mut backends: Vec<Backend> = by_addr.into_values().collect();
+    backends.sort_by_cached_key(|b| format!("{}-{}-{}", b.address, b.port, b.weight));
+    Ok(BackendGroup {
+        name: group_name.to_string(),
+        mode: "http".into(),
+        session_affinity_policy: sg.session_affinity_policy.clone(),
+        session_affinity_attribute: sg.session_affinity_attribute.clone(),
+        backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::testutil::{service, slice};
+    use serde_json::json;
+
+    fn sg(v: serde_json::Value) -> ServiceGroup {
+        serde_json::from_value(json!({ "services": v })).unwrap()
+    }
+
+    fn addrs(g: &BackendGroup) -> Vec<(String, u16, u32)> {
+        g.backends.iter().map(|b| (b.address.clone(), b.port, b.weight)).collect()
+    }
+
+    #[test]
+    fn weights_two_services() {
+        let svcs =
+            vec![service("default", "a", &[("", 80, json!(8080))]), service("default", "b", &[("", 80, json!(8080))])];
+        let slices = vec![
+            slice("default", "a", "a-1", &[("", 8080)], &[("10.0.0.1", None)]),
+            slice(
+                "default",
+                "b",
+                "b-1",
+                &[("", 8080)],
+                &[("10.0.1.1", None), ("10.0.1.2", None), ("10.0.1.3", Some(true))],
+            ),
+        ];
+        let l = Lookup::new(&svcs, &slices);
+        let g = resolve(
+            "g",
+            &sg(json!([{"name": "a", "port": 80, "weight": 50}, {"name": "b", "port": 80, "weight": 50}])),
+            "default",
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            addrs(&g),
+            vec![
+                ("10.0.0.1".into(), 8080, 50),
+                ("10.0.1.1".into(), 8080, 17),
+                ("10.0.1.2".into(), 8080, 17),
+                ("10.0.1.3".into(), 8080, 17)
+            ]
+        );
+        assert_eq!(g.backends[1].svc, "b");
+        assert_eq!(g.backends[1].ns, "default");
+        assert_eq!(g.mode, "http");
+    }
+
+    #[test]
+    fn weight_edge_cases() {
+        let svcs =
+            vec![service("default", "a", &[("", 80, json!(80))]), service("default", "b", &[("", 80, json!(80))])];
+        let eps: Vec<(String, Option<bool>)> =
+            (0..300).map(|i| (format!("10.1.{}.{}", i / 200, i % 200), None)).collect();
+        let eps: Vec<(&str, Option<bool>)> = eps.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let slices = vec![
+            slice("default", "a", "a-1", &[("", 80)], &[("10.0.0.1", None)]),
+            slice("default", "b", "b-1", &[("", 80)], &eps),
+        ];
+        let l = Lookup::new(&svcs, &slices);
+        // Absent weight = 100; 300 endpoints sharing 50 → rounded to 0 → minimum 1.
+        let g =
+            resolve("g", &sg(json!([{"name": "a", "port": 80}, {"name": "b", "port": 80}])), "default", &l).unwrap();
+        assert!(g.backends.iter().filter(|b| b.svc == "b").all(|b| b.weight == 1));
+        assert_eq!(g.backends.iter().find(|b| b.svc == "a").unwrap().weight, 50);
+        // Weight 0 stays 0 (and clamping: 500 → 100).
+        let g = resolve(
+            "g",
+            &sg(json!([{"name": "a", "port": 80, "weight": 500}, {"name": "b", "port": 80, "weight": 0}])),
+            "default",
+            &l,
+        )
+        .unwrap();
+        assert!(g.backends.iter().filter(|b| b.svc == "b").all(|b| b.weight == 0));
+        assert_eq!(g.backends.iter().find(|b| b.svc == "a").unwrap().weight, 100);
+        // All zero: T = 100 → every weight 0.
+        let g = resolve("g", &sg(json!([{"name": "a", "port": 80, "weight": 0}])), "default", &l).unwrap();
+        assert_eq!(addrs(&g), vec![("10.0.0.1".into(), 80, 0)]);
+    }
+
+    #[test]
+    fn ready_filtering_and_port_by_name() {
+        let svcs = vec![service("ns1", "web", &[("metrics", 9090, json!("m")), ("http", 80, json!("web"))])];
+        let slices = vec![
+            slice(
+                "ns1",
+                "web",
+                "web-1",
+                &[("metrics", 9100), ("http", 8080)],
+                &[("10.0.0.1", Some(true)), ("10.0.0.2", Some(false)), ("10.0.0.3", None)],
+            ),
+            // Another service's slice in the same namespace, and the same service name elsewhere: ignored.
+            slice("ns1", "other", "other-1", &[("http", 1)], &[("10.9.9.9", None)]),
+            slice("ns2", "web", "web-x", &[("http", 2)], &[("10.8.8.8", None)]),
+            // The same endpoint in a second slice (during a slice move) counts once.
+            slice("ns1", "web", "web-2", &[("http", 8080)], &[("10.0.0.3", None)]),
+        ];
+        let l = Lookup::new(&svcs, &slices);
+        let g = resolve("g", &sg(json!([{"name": "web", "port": 80}])), "ns1", &l).unwrap();
+        assert_eq!(addrs(&g), vec![("10.0.0.1".into(), 8080, 50), ("10.0.0.3".into(), 8080, 50)]);
+    }
+
+    #[test]
+    fn numeric_target_port_fallback_and_empty() {
+        let svcs =
+            vec![service("ns1", "web", &[("http", 80, json!(8081))]), service("ns1", "idle", &[("", 80, json!(80))])];
+        // Slice port named differently: fall back to the numeric targetPort.
+        let slices = vec![slice("ns1", "web", "web-1", &[("other", 9999)], &[("10.0.0.1", None)])];
+        let l = Lookup::new(&svcs, &slices);
+        let g = resolve("g", &sg(json!([{"name": "web", "port": 80}])), "ns1", &l).unwrap();
+        assert_eq!(addrs(&g), vec![("10.0.0.1".into(), 8081, 100)]);
+        // No endpoints: not an error, empty group.
+        let g = resolve("g", &sg(json!([{"name": "idle", "port": 80}])), "ns1", &l).unwrap();
+        assert!(g.backends.is_empty());
+    }
+
+    #[test]
+    fn collapse_and_sort() {
+        let svcs =
+            vec![service("default", "a", &[("", 80, json!(80))]), service("default", "b", &[("", 80, json!(80))])];
+        let slices = vec![
+            slice("default", "a", "a-1", &[("", 80)], &[("10.0.0.9", None), ("10.0.0.10", None)]),
+            slice("default", "b", "b-1", &[("", 80)], &[("10.0.0.9", None)]),
+        ];
+        let l = Lookup::new(&svcs, &slices);
+        let g = resolve(
+            "g",
+            &sg(json!([{"name": "a", "port": 80, "weight": 20}, {"name": "b", "port": 80, "weight": 80}])),
+            "default",
+            &l,
+        )
+        .unwrap();
+        // a: 20*100/(100*2) = 10 each; b: 80; 10.0.0.9 collapses to b's 80; "10.0.0.10-..." < "10.0.0.9-...".
+        assert_eq!(addrs(&g), vec![("10.0.0.10".into(), 80, 10), ("10.0.0.9".into(), 80, 80)]);
+        assert_eq!(g.backends[1].svc, "b");
+    }
+
+    #[test]
+    fn missing_service_and_port() {
+        let svcs = vec![service("default", "a", &[("", 80, json!(80))])];
+        let l = Lookup::new(&svcs, &[]);
+        let e = resolve("g", &sg(json!([{"name": "a", "port": 81}, {"name": "zz", "port": 80}])), "default", &l)
+            .unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].reason, e[0].field.as_str()), ("PortNotFound", "spec.serviceGroup.services[0].port"));
+        assert_eq!((e[1].reason, e[1].field.as_str()), ("ServiceNotFound", "spec.serviceGroup.services[1]"));
+        assert!(e[1].problem.contains("default/zz"));
+    }
+
+    #[test]
+    fn external_name_ip_literal() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "ext", "namespace": "default"},
+            "spec": {"type": "ExternalName", "externalName": "192.168.1.1", "ports": [{"port": 443}]}
+        }))
+        .unwrap();
+        let svcs = vec![svc];
+        let l = Lookup::new(&svcs, &[]);
+        let g = resolve("g", &sg(json!([{"name": "ext", "port": 443}])), "default", &l).unwrap();
+        assert_eq!(addrs(&g), vec![("192.168.1.1".into(), 443, 100)]);
+    }
+}

@@ -1,0 +1,405 @@
+//! The compiler: Frontends + Rules + Services + EndpointSlices → policy (docs/policy.md) + listeners.
+//! Pure: no I/O, deterministic for a given snapshot whatever the order of its lists.
+//!
+//! An invalid object never breaks the others: it is left out and reported as a [`Reject`].
+
+pub mod backends;
+pub mod dslx;
+pub mod index;
+pub mod order;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use crate::crd::{self, Frontend, Rule};
+use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
+use backends::Lookup;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use order::SortKey;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// Everything the compiler reads.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub frontends: Vec<Frontend>,
+    pub rules: Vec<Rule>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// `None` = accept every Frontend/Rule regardless of `alb2.<d>/name`.
+    pub alb_name: Option<String>,
+    /// Label domain, `cpaas.io` by default.
+    pub domain: String,
+    /// Copied into `policy.generation`.
+    pub generation: u64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { alb_name: None, domain: crd::DEFAULT_DOMAIN.to_string(), generation: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Https,
+    Tcp,
+    Udp,
+    Grpc,
+}
+
+impl Protocol {
+    /// Frontend `spec.protocol`; unknown values are `tcp` (controlplane.md §1.5).
+    pub fn parse(s: &str) -> Protocol {
+        match s {
+            "http" => Protocol::Http,
+            "https" => Protocol::Https,
+            "udp" => Protocol::Udp,
+            "grpc" => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port nginx must listen on (from an accepted Frontend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Frontend name.
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// An object (or part of one) left out of the policy, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// `Rule` or `Frontend`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Path of the offending field, e.g. `spec.dslx[1].values[0]`.
+    pub field: String,
+    /// CamelCase code, e.g. `InvalidRegex`.
+    pub reason: String,
+    /// Human sentence naming object and field.
+    pub message: String,
+}
+
+impl Reject {
+    fn new(kind: &str, meta: &ObjectMeta, field: String, reason: &str, problem: &str) -> Reject {
+        let (namespace, name) = (ns_of(meta).to_string(), name_of(meta).to_string());
+        let message = format!("{kind} {namespace}/{name}: {field} {problem}");
+        Reject { kind: kind.into(), namespace, name, field, reason: reason.into(), message }
+    }
+
+    /// The message without its `<Kind> <ns>/<name>: <field> ` prefix.
+    fn problem(&self) -> &str {
+        let prefix = format!("{} {}/{}: {} ", self.kind, self.namespace, self.name, self.field);
+        self.message.strip_prefix(&prefix).unwrap_or(&self.message)
+    }
+}
+
+impl fmt::Display for Reject {
+    /// `Rule cpaas-system/bad-regex: spec.dslx[0].values[0][1]: InvalidRegex: "(" is not a valid ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}: {}: {}: {}", self.kind, self.namespace, self.name, self.field, self.reason, self.problem())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub policy: Policy,
+    /// Sorted by port.
+    pub listeners: Vec<Listener>,
+    /// In the order found: Frontends first, then Rules, each by namespace/name.
+    pub rejects: Vec<Reject>,
+}
+
+fn ns_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("")
+}
+
+fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or("")
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
+}
+
+/// The synthetic catch-all of a Frontend default backend.
+const DEFAULT_RULE_PRIORITY: i64 = 999;
+const DEFAULT_RULE_COMPLEXITY: i64 = -1;
+
+fn default_dslx() -> Vec<crd::DslxTerm> {
+    vec![crd::DslxTerm { kind: "URL".into(), key: None, values: vec![vec!["STARTS_WITH".into(), "/".into()]] }]
+}
+
+struct Ctx<'a> {
+    opts: &'a CompileOptions,
+    lookup: Lookup<'a>,
+    rejects: Vec<Reject>,
+    groups: BTreeMap<String, BackendGroup>,
+    /// Group name → `<Kind> <ns>/<name>` that produced it.
+    group_owner: HashMap<String, String>,
+    /// Port → rules with their sort keys.
+    ports: BTreeMap<u16, Vec<(SortKey, HttpRule)>>,
+}
+
+impl Ctx<'_> {
+    fn selected(&self, meta: &ObjectMeta) -> bool {
+        match &self.opts.alb_name {
+            None => true,
+            Some(alb) => label(meta, &crd::label_name(&self.opts.domain)) == Some(alb.as_str()),
+        }
+    }
+
+    fn reject(&mut self, kind: &str, meta: &ObjectMeta, field: String, reason: &str, problem: &str) {
+        self.rejects.push(Reject::new(kind, meta, field, reason, problem));
+    }
+
+    /// Resolve a service group into a named backend group; problems are reported against `kind`/`meta`.
+    fn add_group(&mut self, kind: &str, meta: &ObjectMeta, group: &str, sg: &crd::ServiceGroup) -> bool {
+        if let Some(owner) = self.group_owner.get(group) {
+            let problem = format!("gives backend group {group:?}, already used by {owner}");
+            self.reject(kind, meta, "metadata.name".into(), "DuplicateBackendGroup", &problem);
+            return false;
+        }
+        match backends::resolve(group, sg, ns_of(meta), &self.lookup) {
+            Ok(g) => {
+                self.groups.insert(group.to_string(), g);
+                self.group_owner.insert(group.to_string(), format!("{kind} {}/{}", ns_of(meta), name_of(meta)));
+                true
+            }
+            Err(errs) => {
+                for e in errs {
+                    self.reject(kind, meta, e.field, e.reason, &e.problem);
+                }
+                false
+            }
+        }
+    }
+
+    /// Accepted Frontends (namespace, name) → port.
+    fn frontends(&mut self, snapshot: &Snapshot, listeners: &mut Vec<Listener>) -> HashMap<(String, String), u16> {
+        let mut fts: Vec<&Frontend> = snapshot.frontends.iter().filter(|f| self.selected(&f.metadata)).collect();
+        fts.sort_by(|a, b| (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata))));
+        let mut claimed: HashMap<(u16, bool), String> = HashMap::new();
+        let mut accepted = HashMap::new();
+        for ft in fts {
+            let meta = &ft.metadata;
+            let Some(port) = u16::try_from(ft.spec.port).ok().filter(|p| *p != 0) else {
+                let problem = format!("is {}, not a port number in 1..65535", ft.spec.port);
+                self.reject("Frontend", meta, "spec.port".into(), "InvalidPort", &problem);
+                continue;
+            };
+            let proto = Protocol::parse(&ft.spec.protocol);
+            // tcp and udp listeners on the same number do not conflict.
+            let owner = format!("{}/{}", ns_of(meta), name_of(meta));
+            if let Some(first) = claimed.get(&(port, proto == Protocol::Udp)) {
+                let problem = format!("is {port}, already used by Frontend {first}");
+                self.reject("Frontend", meta, "spec.port".into(), "DuplicatePort", &problem);
+                continue;
+            }
+            claimed.insert((port, proto == Protocol::Udp), owner);
+            if proto != Protocol::Http {
+                let shown = if ft.spec.protocol == proto.as_str() {
+                    format!("is {proto}")
+                } else {
+                    format!("is {:?}, which is treated as tcp", ft.spec.protocol)
+                };
+                let problem =
+                    format!("{shown}: only http listeners are supported yet, {proto} arrives in a later release");
+                self.reject("Frontend", meta, "spec.protocol".into(), "UnsupportedProtocol", &problem);
+                continue;
+            }
+            listeners.push(Listener {
+                name: name_of(meta).into(),
+                namespace: ns_of(meta).into(),
+                port,
+                protocol: proto,
+            });
+            accepted.insert((ns_of(meta).to_string(), name_of(meta).to_string()), port);
+            self.ports.entry(port).or_default();
+            self.default_rule(ft, port, proto);
+        }
+        listeners.sort_by_key(|l| l.port);
+        accepted
+    }
+
+    /// The Frontend's default backend as the port's catch-all rule.
+    fn default_rule(&mut self, ft: &Frontend, port: u16, proto: Protocol) {
+        let Some(sg) = ft.spec.service_group.as_ref().filter(|sg| !sg.services.is_empty()) else { return };
+        let meta = &ft.metadata;
+        let prefix = self.opts.alb_name.as_deref().unwrap_or(name_of(meta));
+        let group = format!("{prefix}-{port}-{proto}");
+        if !self.add_group("Frontend", meta, &group, sg) {
+            return;
+        }
+        let d = default_dslx();
+        let key = SortKey {
+            priority: DEFAULT_RULE_PRIORITY,
+            complexity: DEFAULT_RULE_COMPLEXITY,
+            dsl_len: dslx::go_json_len(&dslx::to_internal_dsl(&d)),
+            name: name_of(meta).into(),
+            namespace: ns_of(meta).into(),
+        };
+        let rule = HttpRule {
+            name: name_of(meta).into(),
+            priority: DEFAULT_RULE_PRIORITY,
+            complexity: DEFAULT_RULE_COMPLEXITY,
+            source: Source {
+                kind: "ft_default_router".into(),
+                namespace: ns_of(meta).into(),
+                name: name_of(meta).into(),
+            },
+            matcher: dslx::to_match(&d),
+            index: index::derive(&d),
+            upstream: Some(group),
+            backend_protocol: ft.spec.backend_protocol.to_lowercase(),
+            config: serde_json::Map::new(),
+        };
+        self.ports.entry(port).or_default().push((key, rule));
+    }
+
+    fn rules(
+        &mut self,
+        snapshot: &Snapshot,
+        accepted: &HashMap<(String, String), u16>,
+        known: &BTreeSet<(String, String)>,
+    ) {
+        let ft_label = crd::label_frontend(&self.opts.domain);
+        let mut rules: Vec<&Rule> = snapshot.rules.iter().filter(|r| self.selected(&r.metadata)).collect();
+        rules.sort_by(|a, b| {
+            (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata)))
+        });
+        for rl in rules {
+            let meta = &rl.metadata;
+            let (ns, name) = (ns_of(meta), name_of(meta));
+            let Some(ft) = label(meta, &ft_label) else {
+                let problem = format!("has no {ft_label} label naming its Frontend");
+                self.reject("Rule", meta, "metadata.labels".into(), "UnknownFrontend", &problem);
+                continue;
+            };
+            let Some(&port) = accepted.get(&(ns.to_string(), ft.to_string())) else {
+                let why = if known.contains(&(ns.to_string(), ft.to_string())) {
+                    "which was not accepted (see its rejection)"
+                } else {
+                    "which does not exist in this namespace"
+                };
+                let problem = format!("{ft_label}={ft} names Frontend {ns}/{ft} {why}");
+                self.reject("Rule", meta, "metadata.labels".into(), "UnknownFrontend", &problem);
+                continue;
+            };
+            let Some(terms) = rl.spec.dslx.as_deref() else {
+                self.reject(
+                    "Rule",
+                    meta,
+                    "spec.dslx".into(),
+                    "MissingDslx",
+                    "is null: the Rule matches nothing and is skipped",
+                );
+                continue;
+            };
+            let errs = dslx::validate(terms);
+            if !errs.is_empty() {
+                for e in errs {
+                    self.reject("Rule", meta, e.field, e.reason, &e.problem);
+                }
+                continue;
+            }
+            let upstream = match &rl.spec.service_group {
+                Some(sg) => {
+                    if !self.add_group("Rule", meta, name, sg) {
+                        continue;
+                    }
+                    Some(name.to_string())
+                }
+                None => None,
+            };
+            let source_kind =
+                rl.spec.source.as_ref().map(|s| s.kind.as_str()).filter(|k| !k.is_empty()).unwrap_or("rule");
+            let complexity = dslx::complexity(terms);
+            let key = SortKey {
+                priority: rl.spec.priority,
+                complexity,
+                dsl_len: dslx::go_json_len(&dslx::to_internal_dsl(terms)),
+                name: name.into(),
+                namespace: ns.into(),
+            };
+            let rule = HttpRule {
+                name: name.into(),
+                priority: rl.spec.priority,
+                complexity,
+                source: Source { kind: source_kind.into(), namespace: ns.into(), name: name.into() },
+                matcher: dslx::to_match(terms),
+                index: index::derive(terms),
+                upstream,
+                backend_protocol: rl.spec.backend_protocol.to_lowercase(),
+                config: serde_json::Map::new(),
+            };
+            self.ports.entry(port).or_default().push((key, rule));
+        }
+    }
+}
+
+/// Compile a snapshot into the policy pushed to the data plane, the listeners nginx needs, and the objects
+/// left out.
+pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
+    let mut ctx = Ctx {
+        opts,
+        lookup: Lookup::new(&snapshot.services, &snapshot.endpoint_slices),
+        rejects: Vec::new(),
+        groups: BTreeMap::new(),
+        group_owner: HashMap::new(),
+        ports: BTreeMap::new(),
+    };
+    let known: BTreeSet<(String, String)> = snapshot
+        .frontends
+        .iter()
+        .filter(|f| ctx.selected(&f.metadata))
+        .map(|f| (ns_of(&f.metadata).to_string(), name_of(&f.metadata).to_string()))
+        .collect();
+    let mut listeners = Vec::new();
+    let accepted = ctx.frontends(snapshot, &mut listeners);
+    ctx.rules(snapshot, &accepted, &known);
+
+    let mut http = BTreeMap::new();
+    for (port, mut entries) in std::mem::take(&mut ctx.ports) {
+        order::sort(&mut entries);
+        http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| r).collect() });
+    }
+    let policy = Policy {
+        version: POLICY_VERSION,
+        generation: opts.generation,
+        http,
+        backend_groups: ctx.groups.into_values().collect(),
+    };
+    Compiled { policy, listeners, rejects: ctx.rejects }
+}
+
+#[cfg(test)]
+mod tests;

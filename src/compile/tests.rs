@@ -1,0 +1,440 @@
+//! End-to-end tests of `compile()` on small snapshots.
+
+use super::testutil::*;
+use super::*;
+use serde_json::{json, Value};
+
+fn opts() -> CompileOptions {
+    CompileOptions { alb_name: Some(ALB.into()), domain: "cpaas.io".into(), generation: 7 }
+}
+
+fn web_sg() -> Value {
+    json!({"services": [{"name": "web", "namespace": "default", "port": 80}]})
+}
+
+/// Frontend alb-dev-00080 (http, default backend web), Services web/api with one endpoint each.
+fn base() -> Snapshot {
+    Snapshot {
+        frontends: vec![frontend("alb-dev-00080", 80, "http", Some(web_sg()))],
+        rules: vec![],
+        services: vec![
+            service("default", "web", &[("http", 80, json!(8080))]),
+            service("default", "api", &[("", 80, json!(8081))]),
+        ],
+        endpoint_slices: vec![
+            slice("default", "web", "web-abc", &[("http", 8080)], &[("10.0.0.1", Some(true))]),
+            slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None)]),
+        ],
+    }
+}
+
+fn rule_names(c: &Compiled, port: &str) -> Vec<String> {
+    c.policy.http[port].rules.iter().map(|r| r.name.clone()).collect()
+}
+
+fn url(op: &str, v: &str) -> Value {
+    json!({"type": "URL", "values": [[op, v]]})
+}
+
+#[test]
+fn compiles_a_port() {
+    let mut s = base();
+    s.rules.push(rule(
+        "shop-api",
+        "alb-dev-00080",
+        json!({"priority": 5, "backendProtocol": "HTTPS",
+               "dslx": [{"type": "HOST", "values": [["EQ", "shop.example.com"]]}, url("STARTS_WITH", "/api")],
+               "serviceGroup": {"services": [{"name": "api", "namespace": "default", "port": 80}]},
+               "source": {"type": "ingress", "namespace": "shop", "name": "ing"}}),
+    ));
+    let c = compile(&s, &opts());
+    assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+    assert_eq!(
+        c.listeners,
+        vec![Listener { name: "alb-dev-00080".into(), namespace: NS.into(), port: 80, protocol: Protocol::Http }]
+    );
+    let p = serde_json::to_value(&c.policy).unwrap();
+    assert_eq!(p["version"], 1);
+    assert_eq!(p["generation"], 7);
+    assert_eq!(
+        p["http"]["80"]["rules"][0],
+        json!({
+            "name": "shop-api", "priority": 5, "complexity": 51006,
+            "source": {"type": "ingress", "namespace": NS, "name": "shop-api"},
+            "match": ["AND", ["EQ", "HOST", "shop.example.com"], ["STARTS_WITH", "URL", "/api"]],
+            "index": {"hosts": ["shop.example.com"], "prefixes": ["/api"]},
+            "upstream": "shop-api", "backend_protocol": "https", "config": {}
+        })
+    );
+    assert_eq!(
+        p["http"]["80"]["rules"][1],
+        json!({
+            "name": "alb-dev-00080", "priority": 999, "complexity": -1,
+            "source": {"type": "ft_default_router", "namespace": NS, "name": "alb-dev-00080"},
+            "match": ["STARTS_WITH", "URL", "/"], "index": {"prefixes": ["/"]},
+            "upstream": "alb-dev-80-http", "backend_protocol": "", "config": {}
+        })
+    );
+    assert_eq!(
+        p["backend_groups"],
+        json!([
+            {"name": "alb-dev-80-http", "mode": "http", "session_affinity_policy": "", "session_affinity_attribute": "",
+             "backends": [{"address": "10.0.0.1", "port": 8080, "weight": 100, "svc": "web", "ns": "default"}]},
+            {"name": "shop-api", "mode": "http", "session_affinity_policy": "", "session_affinity_attribute": "",
+             "backends": [{"address": "10.0.0.2", "port": 8081, "weight": 100, "svc": "api", "ns": "default"}]}
+        ])
+    );
+}
+
+#[test]
+fn rule_without_service_group_has_no_upstream_and_source_defaults_to_rule() {
+    let mut s = base();
+    s.rules.push(rule("redir", "alb-dev-00080", json!({"dslx": [url("EQ", "/old")]})));
+    let c = compile(&s, &opts());
+    let r = &c.policy.http["80"].rules[0];
+    assert_eq!(r.upstream, None);
+    assert_eq!(r.source.kind, "rule");
+    assert_eq!(c.policy.backend_groups.len(), 1);
+}
+
+#[test]
+fn default_group_named_after_frontend_without_alb_name() {
+    let c = compile(&base(), &CompileOptions { alb_name: None, ..opts() });
+    assert_eq!(c.policy.http["80"].rules[0].upstream.as_deref(), Some("alb-dev-00080-80-http"));
+}
+
+/// Each invalid dslx rejects its Rule with the right reason and field; the good rule still compiles.
+#[test]
+fn every_validation_error_rejects_only_its_rule() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!([{"type": "PATH", "values": [["EQ", "/"]]}]), "UnknownMatcher", "spec.dslx[0].type"),
+        (
+            json!([url("EQ", "/"), {"type": "URL", "values": [["LIKE", "/"]]}]),
+            "UnknownOperator",
+            "spec.dslx[1].values[0][0]",
+        ),
+        (json!([{"type": "URL", "values": [["EQ", "/"], ["EQ", "/a", "/b"]]}]), "WrongArity", "spec.dslx[0].values[1]"),
+        (json!([{"type": "URL", "values": [["RANGE", "/a"]]}]), "WrongArity", "spec.dslx[0].values[0]"),
+        (json!([{"type": "URL", "values": [["EXIST", "/a"]]}]), "WrongArity", "spec.dslx[0].values[0]"),
+        (json!([{"type": "URL", "values": [["IN"]]}]), "WrongArity", "spec.dslx[0].values[0]"),
+        (json!([{"type": "HEADER", "values": [["EXIST"]]}]), "MissingKey", "spec.dslx[0].key"),
+        (json!([{"type": "PARAM", "key": "", "values": [["EQ", "1"]]}]), "MissingKey", "spec.dslx[0].key"),
+        (json!([{"type": "COOKIE", "values": [["EQ", "1"]]}]), "MissingKey", "spec.dslx[0].key"),
+        (json!([{"type": "URL", "values": [["REGEX", "a("]]}]), "InvalidRegex", "spec.dslx[0].values[0][1]"),
+        (
+            json!([{"type": "SRC_IP", "values": [["RANGE", "10.0.0.9", "10.0.0.1"]]}]),
+            "InvalidRange",
+            "spec.dslx[0].values[0]",
+        ),
+        (
+            json!([{"type": "SRC_IP", "values": [["RANGE", "10.0.0.1", "::1"]]}]),
+            "InvalidRange",
+            "spec.dslx[0].values[0]",
+        ),
+        (
+            json!([{"type": "PARAM", "key": "n", "values": [["RANGE", "10", "9"]]}]),
+            "InvalidRange",
+            "spec.dslx[0].values[0]",
+        ),
+    ];
+    for (d, reason, field) in cases {
+        let mut s = base();
+        s.rules.push(rule_to("bad", "alb-dev-00080", 1, d.clone(), "api", 80));
+        s.rules.push(rule_to("good", "alb-dev-00080", 1, json!([url("EQ", "/good")]), "api", 80));
+        let c = compile(&s, &opts());
+        assert_eq!(c.rejects.len(), 1, "{d}: {:?}", c.rejects);
+        let r = &c.rejects[0];
+        assert_eq!(
+            (r.kind.as_str(), r.name.as_str(), r.reason.as_str(), r.field.as_str()),
+            ("Rule", "bad", reason, field),
+            "{d}"
+        );
+        assert!(r.message.contains("Rule cpaas-system/bad") && r.message.contains(field), "{}", r.message);
+        assert_eq!(rule_names(&c, "80"), vec!["good", "alb-dev-00080"], "{d}");
+        assert!(c.policy.backend_groups.iter().all(|g| g.name != "bad"), "no group for a rejected rule");
+    }
+}
+
+#[test]
+fn reject_display() {
+    let mut s = base();
+    s.rules.push(rule_to("bad-regex", "alb-dev-00080", 1, json!([url("REGEX", "(")]), "api", 80));
+    let c = compile(&s, &opts());
+    let shown = c.rejects[0].to_string();
+    assert!(
+        shown.starts_with(
+            "Rule cpaas-system/bad-regex: spec.dslx[0].values[0][1]: InvalidRegex: \"(\" is not a valid PCRE"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn null_and_empty_dslx() {
+    let mut s = base();
+    s.rules.push(rule("null", "alb-dev-00080", json!({"dslx": null})));
+    s.rules.push(rule("empty", "alb-dev-00080", json!({"dslx": []})));
+    let c = compile(&s, &opts());
+    assert_eq!(c.rejects.len(), 1);
+    assert_eq!((c.rejects[0].name.as_str(), c.rejects[0].reason.as_str()), ("null", "MissingDslx"));
+    assert_eq!(c.rejects[0].field, "spec.dslx");
+    let empty = &c.policy.http["80"].rules[0];
+    assert_eq!(empty.name, "empty");
+    assert_eq!(empty.matcher, json!(["OR"]));
+    assert_eq!(empty.index, None);
+}
+
+#[test]
+fn unknown_frontend() {
+    let mut s = base();
+    s.frontends.push(frontend("alb-dev-00443", 443, "https", None));
+    s.rules.push(rule_to("ok", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
+    s.rules.push(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80));
+    s.rules.push(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80));
+    let mut nolabel = rule_to("nolabel", "x", 1, json!([url("EQ", "/")]), "api", 80);
+    nolabel.metadata.labels.as_mut().unwrap().remove("alb2.cpaas.io/frontend");
+    s.rules.push(nolabel);
+    let mut other_ns = rule_to("other-ns", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
+    other_ns.metadata.namespace = Some("elsewhere".into());
+    s.rules.push(other_ns);
+    let c = compile(&s, &opts());
+    let rule_rejects: Vec<_> = c
+        .rejects
+        .iter()
+        .filter(|r| r.kind == "Rule")
+        .map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str()))
+        .collect();
+    assert_eq!(
+        rule_rejects,
+        vec![
+            ("nolabel", "UnknownFrontend", "metadata.labels"),
+            ("nowhere", "UnknownFrontend", "metadata.labels"),
+            ("to-https", "UnknownFrontend", "metadata.labels"),
+            ("other-ns", "UnknownFrontend", "metadata.labels"),
+        ]
+    );
+    let to_https = c.rejects.iter().find(|r| r.name == "to-https").unwrap();
+    assert!(to_https.message.contains("not accepted"), "{}", to_https.message);
+    assert_eq!(rule_names(&c, "80"), vec!["ok", "alb-dev-00080"]);
+}
+
+#[test]
+fn other_albs_are_ignored_silently() {
+    let mut s = base();
+    let mut ft = frontend("other-00080", 81, "http", None);
+    ft.metadata.labels = Some([("alb2.cpaas.io/name".to_string(), "other".to_string())].into());
+    s.frontends.push(ft);
+    let mut rl = rule_to("theirs", "other-00080", 1, json!([url("EQ", "/")]), "api", 80);
+    rl.metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/name".into(), "other".into());
+    s.rules.push(rl);
+    let c = compile(&s, &opts());
+    assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+    assert_eq!(c.listeners.len(), 1);
+    // Without an ALB name everything is accepted.
+    let c = compile(&s, &CompileOptions { alb_name: None, ..opts() });
+    assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+    assert_eq!(c.listeners.iter().map(|l| l.port).collect::<Vec<_>>(), vec![80, 81]);
+    assert_eq!(rule_names(&c, "81"), vec!["theirs"]);
+}
+
+#[test]
+fn custom_domain_labels() {
+    let mut s = base();
+    for ft in &mut s.frontends {
+        ft.metadata.labels = Some([("alb2.example.org/name".to_string(), ALB.to_string())].into());
+    }
+    let mut rl = rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
+    rl.metadata.labels = Some(
+        [
+            ("alb2.example.org/name".to_string(), ALB.to_string()),
+            ("alb2.example.org/frontend".to_string(), "alb-dev-00080".to_string()),
+        ]
+        .into(),
+    );
+    s.rules.push(rl);
+    assert!(compile(&s, &opts()).listeners.is_empty(), "cpaas.io labels are not looked at");
+    let c = compile(&s, &CompileOptions { domain: "example.org".into(), ..opts() });
+    assert_eq!(rule_names(&c, "80"), vec!["r", "alb-dev-00080"]);
+}
+
+#[test]
+fn service_and_port_not_found() {
+    let mut s = base();
+    s.rules.push(rule_to("no-svc", "alb-dev-00080", 1, json!([url("EQ", "/a")]), "missing", 80));
+    s.rules.push(rule_to("no-port", "alb-dev-00080", 1, json!([url("EQ", "/b")]), "api", 8443));
+    s.rules.push(rule_to("fine", "alb-dev-00080", 1, json!([url("EQ", "/c")]), "api", 80));
+    let c = compile(&s, &opts());
+    let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("no-port", "PortNotFound", "spec.serviceGroup.services[0].port"),
+            ("no-svc", "ServiceNotFound", "spec.serviceGroup.services[0]"),
+        ]
+    );
+    assert_eq!(rule_names(&c, "80"), vec!["fine", "alb-dev-00080"]);
+}
+
+#[test]
+fn frontend_default_backend_missing_keeps_listener() {
+    let mut s = base();
+    s.frontends[0].spec.service_group =
+        Some(serde_json::from_value(json!({"services": [{"name": "gone", "port": 80}]})).unwrap());
+    s.rules.push(rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
+    let c = compile(&s, &opts());
+    assert_eq!(c.rejects.len(), 1);
+    let r = &c.rejects[0];
+    assert_eq!(
+        (r.kind.as_str(), r.reason.as_str(), r.field.as_str()),
+        ("Frontend", "ServiceNotFound", "spec.serviceGroup.services[0]")
+    );
+    assert!(r.message.contains("cpaas-system/gone"), "namespace defaults to the Frontend's: {}", r.message);
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(rule_names(&c, "80"), vec!["r"]);
+}
+
+#[test]
+fn frontend_port_and_protocol_checks() {
+    let mut s = base();
+    s.frontends.push(frontend("a-dup", 80, "http", None)); // sorts before alb-dev-00080: it wins the port
+    s.frontends.push(frontend("zero", 0, "http", None));
+    s.frontends.push(frontend("big", 70000, "http", None));
+    s.frontends.push(frontend("tls", 443, "https", None));
+    s.frontends.push(frontend("grpc", 9000, "grpc", None));
+    s.frontends.push(frontend("tcp", 9001, "tcp", None));
+    s.frontends.push(frontend("udp", 9001, "udp", None)); // same number as tcp: no conflict
+    s.frontends.push(frontend("weird", 9002, "quic", None));
+    s.frontends.push(frontend("http2", 8080, "http", None));
+    let c = compile(&s, &opts());
+    let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("alb-dev-00080", "DuplicatePort", "spec.port"),
+            ("big", "InvalidPort", "spec.port"),
+            ("grpc", "UnsupportedProtocol", "spec.protocol"),
+            ("tcp", "UnsupportedProtocol", "spec.protocol"),
+            ("tls", "UnsupportedProtocol", "spec.protocol"),
+            ("udp", "UnsupportedProtocol", "spec.protocol"),
+            ("weird", "UnsupportedProtocol", "spec.protocol"),
+            ("zero", "InvalidPort", "spec.port"),
+        ]
+    );
+    let dup = &c.rejects[0];
+    assert!(dup.message.contains("cpaas-system/a-dup"), "{}", dup.message);
+    let weird = c.rejects.iter().find(|r| r.name == "weird").unwrap();
+    assert!(weird.message.contains("treated as tcp") && weird.message.contains("later release"), "{}", weird.message);
+    let ports: Vec<_> = c.listeners.iter().map(|l| (l.name.as_str(), l.port)).collect();
+    assert_eq!(ports, vec![("a-dup", 80), ("http2", 8080)]);
+    assert_eq!(c.policy.http.keys().collect::<Vec<_>>(), vec!["80", "8080"]);
+    assert!(c.policy.http["8080"].rules.is_empty());
+    assert!(c.policy.backend_groups.is_empty(), "the rejected Frontend's default group is not emitted");
+}
+
+#[test]
+fn ordering() {
+    let mut s = base();
+    let host = |h: &str| json!({"type": "HOST", "values": [["EQ", h]]});
+    // priority beats complexity
+    s.rules.push(rule_to("p1-simple", "alb-dev-00080", 1, json!([url("STARTS_WITH", "/")]), "api", 80));
+    s.rules.push(rule_to("p2-complex", "alb-dev-00080", 2, json!([host("a.com"), url("EQ", "/x")]), "api", 80));
+    // Equal complexity: STARTS_WITH "/ab" → 1000+3+2 = 1005; REGEX "/abcd" → 1000+5 = 1005; the JSON length
+    // decides ("STARTS_WITH" makes the first leaf longer) before the name would.
+    s.rules.push(rule_to("p3-sw", "alb-dev-00080", 3, json!([url("STARTS_WITH", "/ab")]), "api", 80));
+    s.rules.push(rule_to("p3-re", "alb-dev-00080", 3, json!([url("REGEX", "/abcd")]), "api", 80));
+    // full tie: name decides.
+    s.rules.push(rule_to("p4-b", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80));
+    s.rules.push(rule_to("p4-a", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80));
+    // Go escaping makes "<" count 6 bytes: "/<" (len 2) is longer than "/abc" in JSON.
+    s.rules.push(rule_to(
+        "p5-plain",
+        "alb-dev-00080",
+        5,
+        json!([{"type": "METHOD", "values": [["EQ", "GETX"]]}]),
+        "api",
+        80,
+    ));
+    s.rules.push(rule_to("p5-lt", "alb-dev-00080", 5, json!([{"type": "METHOD", "values": [["EQ", "<"]]}]), "api", 80));
+    // higher complexity first within a priority
+    s.rules.push(rule_to("p6-url", "alb-dev-00080", 6, json!([url("EQ", "/x")]), "api", 80));
+    s.rules.push(rule_to("p6-host", "alb-dev-00080", 6, json!([host("a.com")]), "api", 80));
+    let c = compile(&s, &opts());
+    assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+    let rules = &c.policy.http["80"].rules;
+    let comp: BTreeMap<_, _> = rules.iter().map(|r| (r.name.as_str(), r.complexity)).collect();
+    assert_eq!((comp["p3-sw"], comp["p3-re"]), (1005, 1005));
+    assert_eq!(
+        rule_names(&c, "80"),
+        vec![
+            "p1-simple",
+            "p2-complex",
+            "p3-sw",
+            "p3-re",
+            "p4-a",
+            "p4-b",
+            "p5-lt",
+            "p5-plain",
+            "p6-host",
+            "p6-url",
+            "alb-dev-00080"
+        ]
+    );
+    // Input order does not matter.
+    let mut shuffled = s.clone();
+    shuffled.rules.reverse();
+    shuffled.services.reverse();
+    shuffled.endpoint_slices.reverse();
+    assert_eq!(compile(&shuffled, &opts()), c);
+}
+
+/// First-match evaluation over the compiled port picks the expected rule (and the default catches the rest).
+#[test]
+fn first_match_semantics() {
+    let mut s = base();
+    s.rules.push(rule_to("api", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/api")]), "api", 80));
+    s.rules.push(rule_to(
+        "api-shop",
+        "alb-dev-00080",
+        5,
+        json!([{"type": "HOST", "values": [["EQ", "shop.com"]]}, url("STARTS_WITH", "/api")]),
+        "api",
+        80,
+    ));
+    s.rules.push(rule_to("exact", "alb-dev-00080", 5, json!([url("EQ", "/api/v1")]), "api", 80));
+    let c = compile(&s, &opts());
+    let pick = |req: Req| {
+        let rules = &c.policy.http["80"].rules;
+        rules.iter().find(|r| testutil::eval(&r.matcher, &req)).map(|r| r.name.clone())
+    };
+    assert_eq!(pick(Req::new("shop.com", "/api/v1")).as_deref(), Some("api-shop"));
+    assert_eq!(pick(Req::new("x.com", "/api/v1")).as_deref(), Some("exact"));
+    assert_eq!(pick(Req::new("x.com", "/api/v2")).as_deref(), Some("api"));
+    assert_eq!(pick(Req::new("x.com", "/web")).as_deref(), Some("alb-dev-00080"));
+    // The index agrees with the matcher on every rule (soundness on the compiled policy).
+    for r in &c.policy.http["80"].rules {
+        for req in [Req::new("shop.com", "/api/v1"), Req::new("x.com", "/api/v2"), Req::new("x.com", "/")] {
+            if testutil::eval(&r.matcher, &req) {
+                assert!(r.index.as_ref().is_none_or(|i| testutil::index_admits(i, &req)), "{}", r.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn group_name_collision_is_rejected() {
+    let mut s = base();
+    let mut a = rule_to("same", "alb-dev-00080", 1, json!([url("EQ", "/a")]), "api", 80);
+    a.metadata.namespace = Some("ns-a".into());
+    let mut b = a.clone();
+    b.metadata.namespace = Some("ns-b".into());
+    s.rules = vec![a, b];
+    let mut fa = frontend("alb-dev-00080", 80, "http", None);
+    fa.metadata.namespace = Some("ns-a".into());
+    let mut fb = frontend("alb-dev-00081", 81, "http", None);
+    fb.metadata.namespace = Some("ns-b".into());
+    s.rules[1].metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/frontend".into(), "alb-dev-00081".into());
+    s.frontends = vec![fa, fb];
+    let c = compile(&s, &CompileOptions { alb_name: None, ..opts() });
+    assert_eq!(c.rejects.len(), 1, "{:?}", c.rejects);
+    assert_eq!((c.rejects[0].namespace.as_str(), c.rejects[0].reason.as_str()), ("ns-b", "DuplicateBackendGroup"));
+}

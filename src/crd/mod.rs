@@ -1,0 +1,146 @@
+//! Custom resources of the original ALB that alb-rs reads: `Frontend` and `Rule` (`crd.alauda.io/v1`),
+//! plus the labels that bind them to an ALB (controlplane.md §1.5, §1.6, §1.8).
+//!
+//! The serde names are exactly those of the original CRDs so existing objects deserialize unchanged; every
+//! field is optional or defaulted, and `null` is accepted wherever the Go types could write one.
+
+// Until main.rs wires the controller, most of this module is only reached from tests.
+
+pub mod frontend;
+pub mod rule;
+
+#[allow(unused_imports)] // public API for the controller
+pub use frontend::{Frontend, FrontendSpec, FrontendStatus, PortInstance};
+#[allow(unused_imports)]
+pub use rule::{DslxTerm, Rule, RuleSpec, RuleStatus};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// API group of Frontend and Rule.
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub const GROUP: &str = "crd.alauda.io";
+/// Label/annotation domain used when none is configured.
+pub const DEFAULT_DOMAIN: &str = "cpaas.io";
+
+/// `alb2.<d>/name`: the ALB a Frontend or Rule belongs to.
+pub fn label_name(domain: &str) -> String {
+    format!("alb2.{domain}/name")
+}
+
+/// `alb2.<d>/frontend`: the Frontend a Rule belongs to.
+pub fn label_frontend(domain: &str) -> String {
+    format!("alb2.{domain}/frontend")
+}
+
+/// `alb2.<d>/source-type` (`ingress` for ingress-created Rules).
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub fn label_source_type(domain: &str) -> String {
+    format!("alb2.{domain}/source-type")
+}
+
+/// `alb2.<d>/source-name`: name of the source object (truncated to 63 chars by the writer).
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub fn label_source_name(domain: &str) -> String {
+    format!("alb2.{domain}/source-name")
+}
+
+/// `alb2.<d>/source-ns`: namespace of the source object.
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub fn label_source_ns(domain: &str) -> String {
+    format!("alb2.{domain}/source-ns")
+}
+
+/// `alb2.<d>/source-index`: `"<rule>-<path>"` index inside the source Ingress.
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub fn label_source_index(domain: &str) -> String {
+    format!("alb2.{domain}/source-index")
+}
+
+/// `<d>/project`: project of an ingress-created Rule / of a Namespace.
+#[allow(dead_code)] // used by the Ingress translation (controller issue)
+pub fn label_project(domain: &str) -> String {
+    format!("{domain}/project")
+}
+
+/// `{type, name, namespace}`: who created a Frontend or Rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Source {
+    #[serde(rename = "type", default, deserialize_with = "null_default")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub namespace: String,
+}
+
+/// Backends of a Frontend (port default) or a Rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceGroup {
+    #[serde(default, deserialize_with = "null_default")]
+    pub session_affinity_policy: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub session_affinity_attribute: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub services: Vec<ServiceRef>,
+}
+
+/// One Service of a service group; `port` is the Service port (not the target port).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceRef {
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Empty → the namespace of the object holding the group.
+    #[serde(default, deserialize_with = "null_default")]
+    pub namespace: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub port: i32,
+    /// 0..100 (clamped); absent → 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+}
+
+/// `null` → `T::default()` (the Go types write `null` for nil slices and maps).
+pub(crate) fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Schema of free-form `config` objects: any object, unknown fields preserved.
+pub(crate) fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_default_domain() {
+        assert_eq!(label_name(DEFAULT_DOMAIN), "alb2.cpaas.io/name");
+        assert_eq!(label_frontend(DEFAULT_DOMAIN), "alb2.cpaas.io/frontend");
+        assert_eq!(label_source_type("x.io"), "alb2.x.io/source-type");
+        assert_eq!(label_source_name("x.io"), "alb2.x.io/source-name");
+        assert_eq!(label_source_ns("x.io"), "alb2.x.io/source-ns");
+        assert_eq!(label_source_index("x.io"), "alb2.x.io/source-index");
+        assert_eq!(label_project("x.io"), "x.io/project");
+    }
+
+    #[test]
+    fn service_group_accepts_nulls() {
+        let sg: ServiceGroup = serde_json::from_value(serde_json::json!({
+            "session_affinity_policy": null,
+            "services": [{"name": "a", "namespace": null, "port": 80}]
+        }))
+        .unwrap();
+        assert_eq!(sg.services[0].namespace, "");
+        assert_eq!(sg.services[0].weight, None);
+    }
+}

@@ -1,0 +1,193 @@
+//! `Rule` (`crd.alauda.io/v1`): one L7 routing rule of a Frontend (controlplane.md §1.6).
+
+use super::{null_default, preserve_unknown_object, ServiceGroup, Source};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// clippy mistakes the repeated `type_ = "string"` of the printcolumn(...) lists for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "crd.alauda.io",
+    version = "v1",
+    kind = "Rule",
+    plural = "rules",
+    shortname = "rl",
+    namespaced,
+    status = "RuleStatus",
+    doc = "One L7 routing rule of an ALB Frontend",
+    printcolumn(name = "Frontend", type_ = "string", json_path = ".metadata.labels.alb2\\.cpaas\\.io/frontend"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(name = "Matches", type_ = "string", json_path = ".spec.dsl"),
+    printcolumn(name = "Source-Type", type_ = "string", json_path = ".spec.source.type", priority = 1),
+    printcolumn(name = "Source-Ns", type_ = "string", json_path = ".spec.source.namespace", priority = 1),
+    printcolumn(name = "Source-Name", type_ = "string", json_path = ".spec.source.name", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+pub struct RuleSpec {
+    /// Smaller sorts first.
+    #[serde(default, deserialize_with = "null_default")]
+    pub priority: i64,
+    /// Match expression; `null` → the Rule is not compiled.
+    #[serde(default)]
+    pub dslx: Option<Vec<DslxTerm>>,
+    /// Display only.
+    #[serde(default, deserialize_with = "null_default")]
+    pub dsl: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub domain: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub certificate_name: String,
+    /// Backends; absent for redirect-only rules.
+    #[serde(rename = "serviceGroup", default, skip_serializing_if = "Option::is_none")]
+    pub service_group: Option<ServiceGroup>,
+    #[serde(rename = "backendProtocol", default, deserialize_with = "null_default")]
+    pub backend_protocol: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub url: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub rewrite_base: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub rewrite_target: String,
+    #[serde(rename = "enableCORS", default, deserialize_with = "null_default")]
+    pub enable_cors: bool,
+    #[serde(rename = "corsAllowHeaders", default, deserialize_with = "null_default")]
+    pub cors_allow_headers: String,
+    #[serde(rename = "corsAllowOrigin", default, deserialize_with = "null_default")]
+    pub cors_allow_origin: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub vhost: String,
+    /// Deprecated: merged into `config.redirect`.
+    #[serde(rename = "redirectURL", default, deserialize_with = "null_default")]
+    pub redirect_url: String,
+    /// Deprecated: merged into `config.redirect`.
+    #[serde(rename = "redirectCode", default, deserialize_with = "null_default")]
+    pub redirect_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(rename = "type", default, deserialize_with = "null_default")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub description: String,
+    /// Shared extension config (redirect, ...), kept verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// One ANDed term of a dslx: `values` rows are ORed, each row is `[OP, args...]`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DslxTerm {
+    /// Matcher: HOST, URL, SRC_IP, METHOD, HEADER, PARAM, COOKIE.
+    #[serde(rename = "type", default, deserialize_with = "null_default")]
+    pub kind: String,
+    /// Header/param/cookie name (dual matchers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub values: Vec<Vec<String>>,
+}
+
+/// alb-rs addition (the original Rule had no status).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct RuleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    #[test]
+    fn crd_names_and_schema() {
+        let crd = Rule::crd();
+        let v = serde_json::to_value(&crd).unwrap();
+        assert_eq!(v["metadata"]["name"], "rules.crd.alauda.io");
+        assert_eq!(v["spec"]["group"], "crd.alauda.io");
+        assert_eq!(v["spec"]["scope"], "Namespaced");
+        assert_eq!(v["spec"]["names"]["kind"], "Rule");
+        assert_eq!(v["spec"]["names"]["plural"], "rules");
+        assert_eq!(v["spec"]["names"]["shortNames"], json!(["rl"]));
+        let ver = &v["spec"]["versions"][0];
+        assert_eq!(ver["name"], "v1");
+        assert_eq!(ver["subresources"]["status"], json!({}));
+        let spec = &ver["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for f in [
+            "priority",
+            "dslx",
+            "dsl",
+            "domain",
+            "certificate_name",
+            "serviceGroup",
+            "backendProtocol",
+            "url",
+            "rewrite_base",
+            "rewrite_target",
+            "enableCORS",
+            "corsAllowHeaders",
+            "corsAllowOrigin",
+            "vhost",
+            "redirectURL",
+            "redirectCode",
+            "source",
+            "type",
+            "description",
+            "config",
+        ] {
+            assert!(spec.get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(spec["config"]["x-kubernetes-preserve-unknown-fields"], true);
+        let values = &spec["dslx"]["items"]["properties"]["values"];
+        assert_eq!(values["items"]["items"]["type"], "string", "{values}");
+        let cols = ver["additionalPrinterColumns"].as_array().unwrap();
+        assert_eq!(cols[0]["jsonPath"], ".metadata.labels.alb2\\.cpaas\\.io/frontend");
+        assert_eq!(cols[1]["jsonPath"], ".spec.priority");
+        assert_eq!(cols[2]["jsonPath"], ".spec.dsl");
+        // Structural schema: no references or unions the API server would refuse.
+        let text = serde_json::to_string(&ver["schema"]).unwrap();
+        for bad in ["$ref", "anyOf", "oneOf", "allOf", "\"default\":null"] {
+            assert!(!text.contains(bad), "{bad} in schema: {text}");
+        }
+        if std::env::var_os("ALB_PRINT_CRDS").is_some() {
+            println!("{}", serde_yaml::to_string(&crd).unwrap());
+        }
+    }
+
+    #[test]
+    fn deserializes_original_object() {
+        let rl: Rule = serde_json::from_value(json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule",
+            "metadata": {"name": "alb-dev-00080-abc", "namespace": "cpaas-system",
+                         "labels": {"alb2.cpaas.io/name": "alb-dev", "alb2.cpaas.io/frontend": "alb-dev-00080"}},
+            "spec": {
+                "priority": 5,
+                "dslx": [{"type": "URL", "values": [["STARTS_WITH", "/a"]]},
+                         {"type": "HEADER", "key": "x_user", "values": [["EQ", "bob"]]}],
+                "dsl": "[{[[STARTS_WITH /a]] URL }]", "domain": "", "certificate_name": "",
+                "serviceGroup": {"session_affinity_policy": "", "session_affinity_attribute": "",
+                                 "services": [{"name": "web", "namespace": "default", "port": 80, "weight": 100}]},
+                "backendProtocol": "HTTP", "url": "/a", "rewrite_base": "/a", "rewrite_target": "",
+                "enableCORS": false, "corsAllowHeaders": "", "corsAllowOrigin": "", "vhost": "",
+                "redirectURL": "", "redirectCode": 0,
+                "source": {"type": "ingress", "name": "web", "namespace": "default"},
+                "type": "", "description": "default/web:80:0", "config": null
+            }
+        }))
+        .unwrap();
+        let dslx = rl.spec.dslx.as_ref().unwrap();
+        assert_eq!(dslx[1].key.as_deref(), Some("x_user"));
+        assert_eq!(rl.spec.source.as_ref().unwrap().kind, "ingress");
+        assert_eq!(rl.spec.backend_protocol, "HTTP");
+        let rl: Rule = serde_json::from_value(json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule", "metadata": {"name": "x"},
+            "spec": {"dslx": null, "serviceGroup": null}
+        }))
+        .unwrap();
+        assert_eq!(rl.spec, RuleSpec::default());
+    }
+}

@@ -1,0 +1,177 @@
+//! Reading a folder of manifests (standalone mode): every `*.yaml`, `*.yml` and `*.json`, multi-document YAML
+//! and `kind: List` included. A file that does not parse keeps its last good content, so a half-saved edit
+//! never drops routes; the error names the file and document.
+
+use crate::compile::Snapshot;
+use crate::crd::{Frontend, Rule};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+/// Objects of one file.
+#[derive(Debug, Clone, Default)]
+struct FileObjects {
+    docs: Vec<Value>,
+}
+
+/// The folder, with the last good content of each file.
+#[derive(Debug, Default)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileObjects>,
+}
+
+fn is_manifest(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+/// Parses one file's text into JSON documents (YAML is a superset of JSON).
+pub fn parse_documents(text: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v: serde_yaml::Value =
+            serde::Deserialize::deserialize(de).with_context(|| format!("document {}", i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        let v: Value = serde_json::to_value(v).with_context(|| format!("document {}", i + 1))?;
+        if v.get("kind").and_then(Value::as_str) == Some("List") {
+            if let Some(items) = v.get("items").and_then(Value::as_array) {
+                docs.extend(items.iter().cloned());
+            }
+        } else {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+impl ManifestDir {
+    pub fn new(dir: &Path) -> ManifestDir {
+        ManifestDir { dir: dir.to_path_buf(), files: BTreeMap::new() }
+    }
+
+    /// Re-reads the folder. Returns the problems found; files with problems keep their previous objects.
+    pub fn reload(&mut self) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut seen = Vec::new();
+        let rd =
+            std::fs::read_dir(&self.dir).with_context(|| format!("reading manifest folder {}", self.dir.display()))?;
+        let mut paths: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_manifest(p)).collect();
+        paths.sort();
+        for path in paths {
+            seen.push(path.clone());
+            let parsed = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|t| parse_documents(&t));
+            match parsed {
+                Ok(docs) => {
+                    self.files.insert(path, FileObjects { docs });
+                }
+                Err(e) => {
+                    let kept = if self.files.contains_key(&path) { " (keeping its previous content)" } else { "" };
+                    problems.push(Problem { file: path, message: format!("{e:#}{kept}") });
+                }
+            }
+        }
+        self.files.retain(|p, _| seen.contains(p));
+        Ok(problems)
+    }
+
+    /// Builds the compiler's snapshot; objects of unknown kinds or that do not fit their type are reported.
+    pub fn snapshot(&self) -> (Snapshot, Vec<Problem>) {
+        let mut snap = Snapshot::default();
+        let mut problems = Vec::new();
+        for (path, f) in &self.files {
+            for (i, doc) in f.docs.iter().enumerate() {
+                let mut doc = doc.clone();
+                let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+                let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+                let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                // Objects without a namespace land in "default", as kubectl would put them.
+                if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.entry("namespace").or_insert_with(|| Value::String("default".into()));
+                }
+                let what = format!("document {} ({kind} {name:?})", i + 1);
+                let res: Result<(), serde_json::Error> = match (api.as_str(), kind.as_str()) {
+                    ("crd.alauda.io/v1", "Frontend") => {
+                        serde_json::from_value::<Frontend>(doc).map(|o| snap.frontends.push(o))
+                    }
+                    ("crd.alauda.io/v1", "Rule") => serde_json::from_value::<Rule>(doc).map(|o| snap.rules.push(o)),
+                    ("v1", "Service") => serde_json::from_value(doc).map(|o| snap.services.push(o)),
+                    ("discovery.k8s.io/v1", "EndpointSlice") => {
+                        serde_json::from_value(doc).map(|o| snap.endpoint_slices.push(o))
+                    }
+                    _ => {
+                        problems.push(Problem {
+                            file: path.clone(),
+                            message: format!(
+                                "{what}: kind {kind:?} of apiVersion {api:?} is not read by alb standalone; skipped"
+                            ),
+                        });
+                        Ok(())
+                    }
+                };
+                if let Err(e) = res {
+                    problems.push(Problem { file: path.clone(), message: format!("{what}: {e}; skipped") });
+                }
+            }
+        }
+        (snap, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml_and_lists() {
+        let docs = parse_documents("a: 1\n---\n---\nkind: List\nitems:\n- b: 2\n- c: 3\n").unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[2]["c"], 3);
+    }
+
+    #[test]
+    fn broken_file_keeps_previous_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("svc.yaml");
+        std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n")
+            .unwrap();
+        let mut m = ManifestDir::new(dir.path());
+        assert!(m.reload().unwrap().is_empty());
+        assert_eq!(m.snapshot().0.services.len(), 1);
+        std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").unwrap();
+        let problems = m.reload().unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].to_string().contains("svc.yaml"), "{}", problems[0]);
+        assert!(problems[0].message.contains("keeping its previous content"));
+        assert_eq!(m.snapshot().0.services.len(), 1);
+        std::fs::remove_file(&f).unwrap();
+        m.reload().unwrap();
+        assert_eq!(m.snapshot().0.services.len(), 0);
+    }
+
+    #[test]
+    fn unknown_kinds_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n").unwrap();
+        let mut m = ManifestDir::new(dir.path());
+        m.reload().unwrap();
+        let (_, problems) = m.snapshot();
+        assert!(problems[0].message.contains("ConfigMap"));
+    }
+}

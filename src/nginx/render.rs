@@ -1,0 +1,185 @@
+//! nginx.conf from `nginx-templates/nginx.conf.hbs`. The template only ever receives numbers, enums and
+//! paths that we checked: no user text reaches nginx.conf.
+
+use anyhow::{bail, Context, Result};
+use handlebars::{handlebars_helper, Handlebars};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+const TEMPLATE: &str = include_str!("../../nginx-templates/nginx.conf.hbs");
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HttpListener {
+    /// Frontend name: only used in a comment, checked by [`safe_name`].
+    pub name: String,
+    pub port: u16,
+}
+
+/// Everything nginx.conf depends on. Two equal values render the same file, so comparing
+/// `ConfInput`s is how we decide whether a reload is needed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConfInput {
+    pub runtime_dir: PathBuf,
+    pub lua_dir: PathBuf,
+    pub modules: Vec<PathBuf>,
+    pub worker_processes: u32,
+    pub worker_connections: u32,
+    pub api_port: u16,
+    pub bind_address: String,
+    pub http_listeners: Vec<HttpListener>,
+    pub error_log_level: String,
+    /// `off` or an absolute path.
+    pub access_log: String,
+    pub policy_dict_size: String,
+}
+
+impl ConfInput {
+    pub fn token_file(&self) -> PathBuf {
+        self.runtime_dir.join("policy-token")
+    }
+}
+
+/// Only characters that are inert in nginx.conf and Lua strings.
+fn safe_path(p: &Path) -> Result<String> {
+    let s = p.to_str().context("path is not UTF-8")?;
+    if !p.is_absolute() {
+        bail!("path {s:?} must be absolute");
+    }
+    if !s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+        bail!("path {s:?} has characters we refuse to put into nginx.conf (allowed: letters, digits, / . _ - +)");
+    }
+    Ok(s.to_string())
+}
+
+fn safe_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+handlebars_helper!(lua_str: |s: str| {
+    // Only called with paths already checked by safe_path; quote anyway.
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+});
+
+pub fn render(input: &ConfInput) -> Result<String> {
+    let runtime_dir = safe_path(&input.runtime_dir)?;
+    let lua_dir = safe_path(&input.lua_dir)?;
+    let mut modules = Vec::new();
+    for m in &input.modules {
+        modules.push(safe_path(m)?);
+    }
+    let token_file = safe_path(&input.token_file())?;
+    if input.bind_address.parse::<std::net::IpAddr>().is_err() {
+        bail!("bind address {:?} is not an IP address", input.bind_address);
+    }
+    let bind = match input.bind_address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(a)) => format!("[{a}]"),
+        _ => input.bind_address.clone(),
+    };
+    if !["debug", "info", "notice", "warn", "error", "crit"].contains(&input.error_log_level.as_str()) {
+        bail!("error log level {:?} is not one of debug, info, notice, warn, error, crit", input.error_log_level);
+    }
+    let access_log =
+        if input.access_log == "off" { "off".to_string() } else { safe_path(Path::new(&input.access_log))? };
+    let dict = &input.policy_dict_size;
+    if !(dict.len() > 1
+        && dict[..dict.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && (dict.ends_with('m') || dict.ends_with('k')))
+    {
+        bail!("policy dict size {dict:?} must look like 64m");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &input.http_listeners {
+        if !safe_name(&l.name) {
+            bail!("listener name {:?} is not a DNS-style name", l.name);
+        }
+        if l.port == 0 || l.port == input.api_port || !seen.insert(l.port) {
+            bail!("listener port {} is zero, duplicated or the policy API port", l.port);
+        }
+    }
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_helper("lua_str", Box::new(lua_str));
+    hb.register_template_string("nginx", TEMPLATE).context("nginx template does not parse")?;
+    let data = serde_json::json!({
+        "runtime_dir": runtime_dir,
+        "lua_dir": lua_dir,
+        "modules": modules,
+        "token_file": token_file,
+        "worker_processes": input.worker_processes.max(1),
+        "worker_connections": input.worker_connections.max(64),
+        "api_port": input.api_port,
+        "bind_address": bind,
+        "http_listeners": input.http_listeners,
+        "error_log_level": input.error_log_level,
+        "access_log": access_log,
+        "policy_dict_size": dict,
+    });
+    hb.render("nginx", &data).context("rendering nginx.conf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> ConfInput {
+        ConfInput {
+            runtime_dir: "/tmp/alb".into(),
+            lua_dir: "/opt/alb/lua".into(),
+            modules: vec!["/usr/lib/nginx/modules/ndk_http_module.so".into()],
+            worker_processes: 2,
+            worker_connections: 1024,
+            api_port: 1937,
+            bind_address: "0.0.0.0".into(),
+            http_listeners: vec![HttpListener { name: "alb-00080".into(), port: 80 }],
+            error_log_level: "notice".into(),
+            access_log: "off".into(),
+            policy_dict_size: "64m".into(),
+        }
+    }
+
+    #[test]
+    fn renders_listeners_modules_and_api() {
+        let conf = render(&input()).unwrap();
+        assert!(conf.contains("load_module /usr/lib/nginx/modules/ndk_http_module.so;"));
+        assert!(conf.contains("listen 0.0.0.0:80 default_server"));
+        assert!(conf.contains("listen 127.0.0.1:1937;"));
+        assert!(conf.contains("token_file = \"/tmp/alb/policy-token\""));
+        assert!(conf.contains("pid /tmp/alb/nginx.pid;"));
+        // keepalive must follow balancer_by_lua or nginx silently drops it
+        let b = conf.find("balancer_by_lua_block").unwrap();
+        let k = conf.find("keepalive 320;").unwrap();
+        assert!(b < k);
+    }
+
+    #[test]
+    fn ipv6_bind_is_bracketed() {
+        let mut i = input();
+        i.bind_address = "::".into();
+        assert!(render(&i).unwrap().contains("listen [::]:80 "));
+    }
+
+    #[test]
+    fn refuses_unsafe_values() {
+        let mut i = input();
+        i.runtime_dir = "/tmp/a;b".into();
+        assert!(render(&i).is_err());
+        let mut i = input();
+        i.runtime_dir = "relative".into();
+        assert!(render(&i).is_err());
+        let mut i = input();
+        i.http_listeners[0].name = "x; include /etc/passwd".into();
+        assert!(render(&i).is_err());
+        let mut i = input();
+        i.bind_address = "0.0.0.0; evil".into();
+        assert!(render(&i).is_err());
+        let mut i = input();
+        i.http_listeners.push(HttpListener { name: "b".into(), port: 80 });
+        assert!(render(&i).is_err());
+    }
+
+    #[test]
+    fn same_input_same_output() {
+        assert_eq!(render(&input()).unwrap(), render(&input()).unwrap());
+    }
+}

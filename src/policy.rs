@@ -1,0 +1,116 @@
+//! The policy model: the one contract between the controller and the Lua data plane.
+//! Documented in `docs/policy.md`; both sides are tested against `e2e/fixtures/policy/*.json`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Schema version understood by `lua/alb/schema.lua`.
+pub const POLICY_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub version: u32,
+    #[serde(default)]
+    pub generation: u64,
+    /// Port (decimal string) -> rules of that listener, in match order.
+    #[serde(default)]
+    pub http: BTreeMap<String, HttpPort>,
+    #[serde(default)]
+    pub backend_groups: Vec<BackendGroup>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { version: POLICY_VERSION, generation: 0, http: BTreeMap::new(), backend_groups: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpPort {
+    pub rules: Vec<HttpRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpRule {
+    pub name: String,
+    pub priority: i64,
+    pub complexity: i64,
+    pub source: Source,
+    /// Prefix expression, see docs/policy.md "Expr".
+    #[serde(rename = "match")]
+    pub matcher: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Index>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub backend_protocol: String,
+    #[serde(default)]
+    pub config: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Necessary-condition hints for the Lua router (docs/policy.md "Index").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wildcard_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+}
+
+impl Index {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.wildcard_hosts.is_empty() && self.paths.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendGroup {
+    pub name: String,
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub session_affinity_policy: String,
+    #[serde(default)]
+    pub session_affinity_attribute: String,
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    #[serde(default)]
+    pub svc: String,
+    #[serde(default)]
+    pub ns: String,
+}
+
+impl Policy {
+    /// Canonical bytes pushed to nginx; the digest the data plane acks is the sha1 of these bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain data structures cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.http.values().map(|p| p.rules.len()).sum()
+    }
+}
