@@ -4,5 +4,6 @@
 
 mod harness;
 
+mod crds;
 mod dataplane;
 mod standalone;

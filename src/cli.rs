@@ -38,6 +38,12 @@ pub enum Cmd {
         #[arg(long = "http-port")]
         http_ports: Vec<u16>,
     },
+    /// Print the CRDs (ALB2, Frontend, Rule) generated from the Rust types, or write them to a folder.
+    Crds {
+        /// Write one file per CRD into this folder instead of printing a multi-document YAML.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Start a demo/test HTTP backend that echoes the request as JSON.
     EchoServer {
         /// Address to listen on (port 0 picks a free port; the chosen address is printed).
@@ -110,6 +116,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
         Cmd::Policy { manifests, alb_name, domain } => print_policy(&manifests, alb_name, domain),
         Cmd::Dataplane { nginx, http_ports } => crate::nginx::dataplane(nginx, http_ports).await,
+        Cmd::Crds { out_dir } => write_crds(out_dir.as_deref()),
         Cmd::EchoServer { listen, name } => crate::echo::run(listen, name).await,
     }
 }
@@ -127,5 +134,20 @@ fn print_policy(dir: &std::path::Path, alb_name: Option<String>, domain: String)
         eprintln!("rejected {r}");
     }
     println!("{}", serde_json::to_string_pretty(&compiled.policy)?);
+    Ok(())
+}
+
+fn write_crds(out_dir: Option<&std::path::Path>) -> Result<()> {
+    for (file, crd) in crate::crd::all_crds()? {
+        let yaml = crate::crd::crd_yaml(&crd)?;
+        match out_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(file), yaml)?;
+                eprintln!("wrote {}", dir.join(file).display());
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
     Ok(())
 }

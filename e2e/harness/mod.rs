@@ -2,6 +2,7 @@
 //! them) on 127.0.0.1 and talks plain HTTP/1.1 to them. Everything started is stopped on drop.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 
 use std::io::{BufRead, BufReader};
