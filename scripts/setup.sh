@@ -24,4 +24,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
 fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "setup: go not found: the controller tests build kube-apiserver and etcd from Go modules (Go >= 1.24)" >&2
+  exit 1
+fi
 echo "setup: ok ($(nginx -v 2>&1), $(cargo --version))" >&2
