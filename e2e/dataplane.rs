@@ -318,7 +318,8 @@ fn indexed_router_equals_first_match_scan() {
     for _ in 0..3000 {
         let p = paths[rng.random_range(0..paths.len())];
         let suffix = ["", "/", "/7", "/7/x", "x"][rng.random_range(0..5)];
-        let mut q = json!({"port": port, "host": hosts[rng.random_range(0..hosts.len())], "uri": format!("{p}{suffix}")});
+        let mut q =
+            json!({"port": port, "host": hosts[rng.random_range(0..hosts.len())], "uri": format!("{p}{suffix}")});
         if rng.random_bool(0.3) {
             q["headers"] = json!({"x-env": "canary"});
         }

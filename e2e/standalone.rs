@@ -175,3 +175,29 @@ fn a_new_listener_reloads_nginx_gracefully() {
 fn get_status(port: u16) -> u16 {
     Conn::open(port).and_then(|mut c| c.send("GET", "/", &[], b"")).map(|r| r.status).unwrap_or(0)
 }
+
+#[test]
+fn sigterm_stops_nginx_and_missing_nginx_is_a_clear_error() {
+    let a = Backend::start("a");
+    let port = crate::harness::free_port();
+    let mut gw =
+        Standalone::start(&[("ft.yaml", frontend("ft", port, Some("svc-a"))), ("svc.yaml", service("svc-a", &[&a]))]);
+    let pids = gw.pids();
+    assert_eq!(pids.len(), 3);
+    let status = gw.proc.terminate().expect("exit status");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "nginx process {pid} left behind");
+    }
+
+    let out = std::process::Command::new(crate::harness::alb_bin())
+        .args(["standalone", "--nginx", "/nonexistent/nginx", "--manifests"])
+        .arg(gw.manifests.path())
+        .arg("--runtime-dir")
+        .arg(gw.runtime.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: cannot run /nonexistent/nginx"), "{err}");
+}

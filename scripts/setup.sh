@@ -3,7 +3,7 @@
 # data plane uses, plus wrk for the benchmarks. Idempotent: does nothing when everything is there.
 set -euo pipefail
 
-pkgs=(nginx libnginx-mod-http-lua libnginx-mod-stream lua-resty-core lua-resty-lrucache lua-cjson wrk openssl curl)
+pkgs=(nginx iproute2 libnginx-mod-http-lua libnginx-mod-stream lua-resty-core lua-resty-lrucache lua-cjson wrk openssl curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

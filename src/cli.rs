@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Serve a folder of manifests with no cluster: compile, run nginx, push, watch for changes.
     Standalone(crate::standalone::StandaloneArgs),
+    /// Kubernetes controller of one ALB: watches the API server, compiles, runs/feeds nginx, syncs Ingresses.
+    Controller(crate::controller::ControllerArgs),
     /// Print the compiled policy for a folder of manifests (rejected objects go to stderr).
     Policy {
         /// Folder of manifests.
@@ -29,6 +31,8 @@ pub enum Cmd {
         /// Label base domain.
         #[arg(long, default_value = "cpaas.io")]
         domain: String,
+        #[command(flatten)]
+        ingress: crate::standalone::IngressArgs,
     },
     /// Run nginx with the Lua data plane and nothing else: the policy API waits for policies (tests, debugging).
     Dataplane {
@@ -82,6 +86,10 @@ pub struct NginxArgs {
     /// nginx access log: `off` or an absolute file path.
     #[arg(long, default_value = "off")]
     pub access_log: String,
+    /// Metrics server port (plain HTTP on `--bind`: `/metrics`, `/healthz`, `/clear`); 0 disables it and the
+    /// per-request metrics.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 1936)]
+    pub metrics_port: u16,
 }
 
 impl NginxArgs {
@@ -105,6 +113,7 @@ impl NginxArgs {
             error_log_level: self.nginx_log_level.clone(),
             access_log: self.access_log.clone(),
             policy_dict_size: "128m".into(),
+            metrics_port: self.metrics_port,
         };
         let token = ensure_token(&input.token_file())?;
         Ok((bin, input, token))
@@ -114,18 +123,26 @@ impl NginxArgs {
 pub async fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
-        Cmd::Policy { manifests, alb_name, domain } => print_policy(&manifests, alb_name, domain),
+        Cmd::Controller(args) => crate::controller::run(args).await,
+        Cmd::Policy { manifests, alb_name, domain, ingress } => print_policy(&manifests, alb_name, domain, &ingress),
         Cmd::Dataplane { nginx, http_ports } => crate::nginx::dataplane(nginx, http_ports).await,
         Cmd::Crds { out_dir } => write_crds(out_dir.as_deref()),
         Cmd::EchoServer { listen, name } => crate::echo::run(listen, name).await,
     }
 }
 
-fn print_policy(dir: &std::path::Path, alb_name: Option<String>, domain: String) -> Result<()> {
+fn print_policy(
+    dir: &std::path::Path,
+    alb_name: Option<String>,
+    domain: String,
+    ingress: &crate::standalone::IngressArgs,
+) -> Result<()> {
     let mut m = crate::manifests::ManifestDir::new(dir);
     let mut problems: Vec<String> = m.reload()?.iter().map(|p| p.to_string()).collect();
-    let (snap, more) = m.snapshot();
+    let cfg = ingress.config(alb_name.as_deref(), &domain);
+    let (snap, more, warnings) = crate::standalone::snapshot_with_ingresses(&m, &cfg, alb_name.as_deref());
     problems.extend(more.iter().map(|p| p.to_string()));
+    problems.extend(warnings.iter().map(|w| w.to_string()));
     let compiled = crate::compile::compile(&snap, &crate::compile::CompileOptions { alb_name, domain, generation: 0 });
     for p in problems {
         eprintln!("warning: {p}");

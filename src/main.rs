@@ -2,8 +2,10 @@
 
 mod cli;
 mod compile;
+mod controller;
 mod crd;
 mod echo;
+mod ingress;
 mod manifests;
 mod nginx;
 mod policy;

@@ -5,6 +5,8 @@
 use crate::compile::Snapshot;
 use crate::crd::{Frontend, Rule};
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,16 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.file.display(), self.message)
     }
+}
+
+/// The objects `alb standalone` translates into Frontends/Rules (`src/ingress/`) before compiling.
+#[derive(Debug, Clone, Default)]
+pub struct IngressObjects {
+    pub ingresses: Vec<Ingress>,
+    /// Read so that they are not reported as unknown; the claim does not consult them (controlplane.md §2.1).
+    pub ingress_classes: Vec<IngressClass>,
+    /// For their `<d>/project` label.
+    pub namespaces: Vec<Namespace>,
 }
 
 /// Objects of one file.
@@ -92,8 +104,17 @@ impl ManifestDir {
     }
 
     /// Builds the compiler's snapshot; objects of unknown kinds or that do not fit their type are reported.
+    /// Ingress-related objects are not part of it: see [`ManifestDir::snapshot_with_ingresses`].
+    #[allow(dead_code)] // the standalone paths use snapshot_with_ingresses
     pub fn snapshot(&self) -> (Snapshot, Vec<Problem>) {
+        let (snap, _, problems) = self.snapshot_with_ingresses();
+        (snap, problems)
+    }
+
+    /// The compiler's snapshot plus the Ingresses, IngressClasses and Namespaces of the folder.
+    pub fn snapshot_with_ingresses(&self) -> (Snapshot, IngressObjects, Vec<Problem>) {
         let mut snap = Snapshot::default();
+        let mut ing = IngressObjects::default();
         let mut problems = Vec::new();
         for (path, f) in &self.files {
             for (i, doc) in f.docs.iter().enumerate() {
@@ -101,8 +122,10 @@ impl ManifestDir {
                 let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
                 let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
                 let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-                // Objects without a namespace land in "default", as kubectl would put them.
-                if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                // Objects without a namespace land in "default", as kubectl would put them (cluster-scoped kinds
+                // excepted).
+                let cluster_scoped = matches!(kind.as_str(), "Namespace" | "IngressClass");
+                if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut).filter(|_| !cluster_scoped) {
                     meta.entry("namespace").or_insert_with(|| Value::String("default".into()));
                 }
                 let what = format!("document {} ({kind} {name:?})", i + 1);
@@ -115,6 +138,11 @@ impl ManifestDir {
                     ("discovery.k8s.io/v1", "EndpointSlice") => {
                         serde_json::from_value(doc).map(|o| snap.endpoint_slices.push(o))
                     }
+                    ("networking.k8s.io/v1", "Ingress") => serde_json::from_value(doc).map(|o| ing.ingresses.push(o)),
+                    ("networking.k8s.io/v1", "IngressClass") => {
+                        serde_json::from_value(doc).map(|o| ing.ingress_classes.push(o))
+                    }
+                    ("v1", "Namespace") => serde_json::from_value(doc).map(|o| ing.namespaces.push(o)),
                     _ => {
                         problems.push(Problem {
                             file: path.clone(),
@@ -130,7 +158,7 @@ impl ManifestDir {
                 }
             }
         }
-        (snap, problems)
+        (snap, ing, problems)
     }
 }
 
@@ -163,6 +191,23 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
         m.reload().unwrap();
         assert_eq!(m.snapshot().0.services.len(), 0);
+    }
+
+    #[test]
+    fn ingress_kinds_are_read_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec: {rules: [{host: a.com}]}\n\
+                    ---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: alb}\nspec: {controller: x}\n\
+                    ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {cpaas.io/project: p1}}\n";
+        std::fs::write(dir.path().join("ing.yaml"), text).unwrap();
+        let mut m = ManifestDir::new(dir.path());
+        m.reload().unwrap();
+        let (snap, ing, problems) = m.snapshot_with_ingresses();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(snap.frontends.is_empty() && snap.rules.is_empty());
+        assert_eq!(ing.ingresses[0].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(ing.ingress_classes.len(), 1);
+        assert_eq!(ing.namespaces[0].metadata.namespace, None, "cluster-scoped");
     }
 
     #[test]

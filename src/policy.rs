@@ -128,7 +128,14 @@ mod tests {
     /// serialising it again keeps every field (nothing the Lua side reads is lost in Rust).
     #[test]
     fn fixtures_round_trip_through_the_rust_model() {
-        for name in ["basic.json", "empty.json", "empty-port.json", "invalid-regex.json", "invalid-expr.json", "bad-version.json"] {
+        for name in [
+            "basic.json",
+            "empty.json",
+            "empty-port.json",
+            "invalid-regex.json",
+            "invalid-expr.json",
+            "bad-version.json",
+        ] {
             let text = fixture(name);
             let policy: Policy = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             let original: Value = serde_json::from_str(&text).unwrap();

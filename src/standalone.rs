@@ -1,44 +1,130 @@
 //! `alb standalone --manifests DIR`: no cluster. Reads Frontend/Rule/Service/EndpointSlice manifests from a
 //! folder, compiles them, runs nginx and pushes the policy; watches the folder and applies every change
 //! without a reload (a reload only when the set of listeners changes).
+//!
+//! Ingresses (with IngressClasses and Namespaces) of the folder are translated in memory into Frontends and
+//! Rules exactly as the leader controller writes them (`src/ingress/`), then compiled with the rest.
 
 use crate::cli::NginxArgs;
-use crate::compile::{compile, CompileOptions, Compiled};
-use crate::manifests::ManifestDir;
+use crate::compile::{compile, CompileOptions, Compiled, Snapshot};
+use crate::ingress::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
+use crate::manifests::{ManifestDir, Problem};
 use crate::nginx::process::Nginx;
-use crate::nginx::push::{digest, PolicyClient, PushError};
+use crate::nginx::push::{PolicyClient, Pusher};
 use crate::nginx::render::HttpListener;
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct StandaloneArgs {
-    /// Folder of manifests (*.yaml, *.yml, *.json): Frontend, Rule, Service, EndpointSlice.
+    /// Folder of manifests (*.yaml, *.yml, *.json): Frontend, Rule, Service, EndpointSlice, and Ingress
+    /// (networking.k8s.io/v1), IngressClass, Namespace (v1, for its project label).
     #[arg(long, env = "ALB_MANIFESTS")]
     pub manifests: PathBuf,
-    /// Only read Frontends/Rules labelled `alb2.<domain>/name=<NAME>` (default: all of them).
+    /// Only read Frontends/Rules labelled `alb2.<domain>/name=<NAME>` (default: all of them). Also the ALB name
+    /// of the Ingress translation: Ingresses without class or of class NAME are served (default class `alb`).
     #[arg(long, env = "NAME")]
     pub alb_name: Option<String>,
     /// Label base domain.
     #[arg(long, env = "DOMAIN", default_value = "cpaas.io")]
     pub domain: String,
     #[command(flatten)]
+    pub ingress: IngressArgs,
+    #[command(flatten)]
     pub nginx: NginxArgs,
+}
+
+/// The Ingress translation's flags (`alb standalone`, `alb policy`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IngressArgs {
+    /// Port of the http Frontend of Ingresses (`config.ingressHTTPPort`); 0 = no http for Ingresses.
+    #[arg(long, env = "ALB_INGRESS_HTTP_PORT", default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// Port of the https Frontend of Ingresses (`config.ingressHTTPSPort`); 0 = no https for Ingresses.
+    #[arg(long, env = "ALB_INGRESS_HTTPS_PORT", default_value_t = 443)]
+    pub ingress_https_port: u16,
+    /// Which Frontends an Ingress host lands on: Never (http unless the host has TLS), Request, Always, Both.
+    /// https listeners are not served yet, hence the default.
+    #[arg(long, env = "ALB_SSL_STRATEGY", default_value = "Never")]
+    pub ssl_strategy: SslStrategy,
+    /// Certificate (`ns/name`) of the https Frontend created for Ingresses.
+    #[arg(long, env = "ALB_DEFAULT_SSL_CERT")]
+    pub default_ssl_cert: Option<String>,
+    /// Namespace of the Frontends/Rules generated from Ingresses (the ALB's namespace); an existing Frontend of
+    /// this namespace on the ingress port is reused.
+    #[arg(long, env = "ALB_NAMESPACE", default_value = "default")]
+    pub alb_namespace: String,
+    /// Projects served (comma list; `ALL_ALL` = all): an Ingress is served when the `<domain>/project` label of
+    /// its Namespace is one of them.
+    #[arg(long, env = "ALB_PROJECTS", value_delimiter = ',', default_value = "ALL_ALL")]
+    pub projects: Vec<String>,
+}
+
+impl IngressArgs {
+    /// The translation's config; without `--alb-name` the ALB is called `alb`.
+    pub fn config(&self, alb_name: Option<&str>, domain: &str) -> AlbIngressConfig {
+        AlbIngressConfig {
+            alb_name: alb_name.unwrap_or("alb").to_string(),
+            alb_namespace: self.alb_namespace.clone(),
+            domain: domain.to_string(),
+            alb_uid: None,
+            http_port: self.ingress_http_port,
+            https_port: self.ingress_https_port,
+            ssl_strategy: self.ssl_strategy,
+            default_ssl_cert: self.default_ssl_cert.clone().filter(|c| !c.is_empty()),
+            projects: self.projects.clone(),
+            port_mode: false,
+        }
+    }
+}
+
+/// The folder's compiler snapshot with its Ingresses translated in, the manifest problems and the Ingress
+/// warnings. `only_alb`: the `--alb-name` filter (Frontends of other ALBs are not reused for Ingresses).
+pub fn snapshot_with_ingresses(
+    dir: &ManifestDir,
+    cfg: &AlbIngressConfig,
+    only_alb: Option<&str>,
+) -> (Snapshot, Vec<Problem>, Vec<IngressWarning>) {
+    let (mut snap, objs, problems) = dir.snapshot_with_ingresses();
+    if objs.ingresses.is_empty() {
+        return (snap, problems, Vec::new());
+    }
+    let label = crate::crd::label_name(&cfg.domain);
+    let (ours, others): (Vec<_>, Vec<_>) = std::mem::take(&mut snap.frontends).into_iter().partition(|f| {
+        only_alb
+            .is_none_or(|alb| f.metadata.labels.as_ref().and_then(|l| l.get(&label)).map(String::as_str) == Some(alb))
+    });
+    let world = IngressWorld {
+        ingresses: &objs.ingresses,
+        namespaces: &objs.namespaces,
+        services: &snap.services,
+        frontends: &ours,
+    };
+    let (frontends, rules, warnings) = crate::ingress::translate_all(cfg, &world);
+    snap.frontends = others;
+    snap.frontends.extend(frontends);
+    snap.rules.extend(rules);
+    (snap, problems, warnings)
 }
 
 /// Compiles the folder; logs problems and rejects not logged by the previous build (`seen`). The policy's
 /// generation is left at 0 so that two compilations of the same objects give the same bytes.
-fn build(dir: &mut ManifestDir, opts: &CompileOptions, seen: &mut BTreeSet<String>) -> Result<Compiled> {
+fn build(
+    dir: &mut ManifestDir,
+    opts: &CompileOptions,
+    ingress: &AlbIngressConfig,
+    seen: &mut BTreeSet<String>,
+) -> Result<Compiled> {
     let mut now = BTreeSet::new();
     for p in dir.reload()? {
         tracing::error!("manifest rejected: {p}");
     }
-    let (snap, problems) = dir.snapshot();
-    for p in problems {
-        let line = p.to_string();
+    let (snap, problems, warnings) = snapshot_with_ingresses(dir, ingress, opts.alb_name.as_deref());
+    let lines = problems.iter().map(|p| p.to_string()).chain(warnings.iter().map(|w| w.to_string()));
+    for line in lines {
         if !seen.contains(&line) {
             tracing::warn!("{line}");
         }
@@ -60,56 +146,15 @@ fn listeners(c: &Compiled) -> Vec<HttpListener> {
     c.listeners.iter().map(|l| HttpListener { name: l.name.clone(), port: l.port }).collect()
 }
 
-struct Pusher {
-    client: PolicyClient,
-    generation: u64,
-    /// Digest of the policy content (generation 0) last applied by every worker, and the bytes pushed.
-    applied: Option<(String, String)>,
-}
-
-impl Pusher {
-    /// Pushes `c.policy` if its content changed (or `force`), waits for every worker, logs the outcome.
-    async fn push(&mut self, c: &Compiled, force: bool) -> Result<()> {
-        let content = digest(&c.policy.to_bytes());
-        if !force && self.applied.as_ref().map(|(d, _)| d == &content).unwrap_or(false) {
-            tracing::debug!("policy unchanged");
-            return Ok(());
-        }
-        self.generation += 1;
-        let mut policy = c.policy.clone();
-        policy.generation = self.generation;
-        let started = Instant::now();
-        let sent = match self.client.put(policy.to_bytes()).await {
-            Ok(d) => d,
-            Err(PushError::Refused(msg)) => {
-                // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
-                tracing::error!("data plane refused policy generation {}: {msg}", self.generation);
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let workers = self.client.wait_applied(&sent, Duration::from_secs(10)).await?;
-        tracing::info!(
-            "policy v{} applied by {workers} workers in {} ms ({} rules, {} rejected, digest {})",
-            self.generation,
-            started.elapsed().as_millis(),
-            policy.rule_count(),
-            c.rejects.len(),
-            &sent[..12]
-        );
-        self.applied = Some((content, sent));
-        Ok(())
-    }
-}
-
 pub async fn run(args: StandaloneArgs) -> Result<()> {
     let opts = CompileOptions { alb_name: args.alb_name.clone(), domain: args.domain.clone(), generation: 0 };
+    let ingress = args.ingress.config(args.alb_name.as_deref(), &args.domain);
     let mut dir = ManifestDir::new(&args.manifests);
     let mut seen = BTreeSet::new();
     let mut compiled =
-        build(&mut dir, &opts, &mut seen).with_context(|| format!("reading {}", args.manifests.display()))?;
+        build(&mut dir, &opts, &ingress, &mut seen).with_context(|| format!("reading {}", args.manifests.display()))?;
     let (bin, input, token) = args.nginx.prepare(listeners(&compiled))?;
-    let mut pusher = Pusher { client: PolicyClient::new(input.api_port, token), generation: 0, applied: None };
+    let mut pusher = Pusher::new(PolicyClient::new(input.api_port, token));
     let mut nginx = Nginx::new(bin, input);
     nginx.start()?;
     pusher.client.wait_ready(Duration::from_secs(10)).await?;
@@ -138,7 +183,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 // Debounce: editors write a file in several steps.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                compiled = build(&mut dir, &opts, &mut seen)?;
+                compiled = build(&mut dir, &opts, &ingress, &mut seen)?;
                 let mut input = nginx.input().clone();
                 input.http_listeners = listeners(&compiled);
                 let reloaded = match nginx.apply(input) {
@@ -158,12 +203,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                     continue;
                 }
                 // A restarted nginx has lost its shared dict: re-push what we had.
-                if let (Ok(s), Some((_, sent))) = (pusher.client.status().await, pusher.applied.as_ref()) {
-                    if s.stored.as_ref().map(|st| &st.digest) != Some(sent) {
-                        tracing::warn!("data plane does not hold our policy any more; pushing it again");
-                        pusher.push(&compiled, true).await?;
-                    }
-                }
+                pusher.repair(&compiled).await?;
             }
         }
     }

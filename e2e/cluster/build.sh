@@ -80,7 +80,7 @@ chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
 log "building Kubernetes $k8s_version (kube-apiserver, kubectl) and etcd $etcd_version with $(go env GOVERSION)"
-log "the first build downloads ~1 GB of Go modules and compiles for 10-25 minutes on 2 cores"
+log "a cold build downloads ~600 MB of Go modules and compiles for ~5 minutes on 2 cores"
 start=$SECONDS
 cd "$mod_dir"
 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \

@@ -18,7 +18,10 @@ static STARTED_HERE: OnceLock<bool> = OnceLock::new();
 
 extern "C" fn stop_at_exit() {
     if STARTED_HERE.get().copied().unwrap_or(false) && std::env::var_os("KEEP_CLUSTER").is_none() {
-        let _ = Command::new(super::repo_dir().join("e2e/cluster/down")).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new(super::repo_dir().join("e2e/cluster/down"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -47,7 +50,8 @@ impl Cluster {
                 atexit(stop_at_exit);
             }
             let c = Cluster { kubeconfig, bin_dir };
-            let out = c.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo.join("crds").to_string_lossy()]);
+            let out =
+                c.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo.join("crds").to_string_lossy()]);
             assert!(out.status.success(), "applying crds/: {}", String::from_utf8_lossy(&out.stderr));
             c.wait_for(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]);
             c

@@ -2,6 +2,7 @@
 local init = require("alb.init")
 local router = require("alb.router")
 local balancer = require("alb.balancer")
+local metrics = require("alb.metrics")
 local ngx_balancer = require("ngx.balancer")
 
 local ngx = ngx
@@ -15,6 +16,7 @@ local pick = balancer.pick
 local pick_untried = balancer.pick_untried
 local set_current_peer = ngx_balancer.set_current_peer
 local set_more_tries = ngx_balancer.set_more_tries
+local rule_id = metrics.rule_id
 
 local _M = {}
 
@@ -22,6 +24,7 @@ local REASON = "X-ALB-ERR-REASON"
 
 -- ALB-generated error: status, reason header, empty body, connection stays usable
 local function alb_error(status, reason)
+    ngx.ctx.alb_err = true -- metrics: alb_error{port}
     ngx.status = status
     header[REASON] = reason
     header["Content-Length"] = 0
@@ -40,6 +43,8 @@ function _M.rewrite()
     if not rule then
         return alb_error(404, reason)
     end
+    local ctx = ngx.ctx
+    ctx.alb_rule = rule
     local upstream = rule.upstream
     if not upstream then
         return alb_error(404, "InvalidUpstream : alb upstream not found")
@@ -48,9 +53,11 @@ function _M.rewrite()
     if not b or b.n == 0 then
         return alb_error(500, rule.no_balancer)
     end
-    local ctx = ngx.ctx
-    ctx.alb_rule = rule
     ctx.alb_bal = b
+    if metrics.enabled then
+        -- ngx.ctx does not survive error_page's redirect to @alb_error: the log phase finds the rule from this
+        ngx_var.alb_rule = rule_id(rule)
+    end
     if rule.scheme ~= "http" then
         ngx_var.alb_backend_scheme = rule.scheme
     end
@@ -106,5 +113,8 @@ function _M.header_filter()
     header[REASON] = "BackendError : read " .. (ngx_var.upstream_bytes_received or "0")
         .. " byte data from backend"
 end
+
+-- log phase (server level, only when the metrics server is enabled): Prometheus counters
+_M.log = metrics.log
 
 return _M

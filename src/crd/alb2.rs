@@ -136,7 +136,8 @@ pub mod v1 {
 pub use v2beta1::{ALB2Spec, ALB2};
 
 /// The merged CRD: v1 (served, deprecated), v2beta1 (served, storage), v2 (served).
-pub fn crd() -> anyhow::Result<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crd(
+) -> anyhow::Result<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
     let crds = vec![v1::ALB2::crd(), v2beta1::ALB2::crd(), v2::ALB2::crd()];
     kube::core::crd::merge_crds(crds, "v2beta1").map_err(|e| anyhow::anyhow!("merging ALB2 CRD versions: {e}"))

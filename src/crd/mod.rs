@@ -19,7 +19,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// API group of Frontend and Rule.
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub const GROUP: &str = "crd.alauda.io";
 /// Label/annotation domain used when none is configured.
 pub const DEFAULT_DOMAIN: &str = "cpaas.io";
@@ -35,31 +34,26 @@ pub fn label_frontend(domain: &str) -> String {
 }
 
 /// `alb2.<d>/source-type` (`ingress` for ingress-created Rules).
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub fn label_source_type(domain: &str) -> String {
     format!("alb2.{domain}/source-type")
 }
 
 /// `alb2.<d>/source-name`: name of the source object (truncated to 63 chars by the writer).
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub fn label_source_name(domain: &str) -> String {
     format!("alb2.{domain}/source-name")
 }
 
 /// `alb2.<d>/source-ns`: namespace of the source object.
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub fn label_source_ns(domain: &str) -> String {
     format!("alb2.{domain}/source-ns")
 }
 
 /// `alb2.<d>/source-index`: `"<rule>-<path>"` index inside the source Ingress.
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub fn label_source_index(domain: &str) -> String {
     format!("alb2.{domain}/source-index")
 }
 
 /// `<d>/project`: project of an ingress-created Rule / of a Namespace.
-#[allow(dead_code)] // used by the Ingress translation (controller issue)
 pub fn label_project(domain: &str) -> String {
     format!("{domain}/project")
 }

@@ -1,5 +1,7 @@
 //! Pushing the policy to the Lua policy API (docs/policy.md "Policy API") and waiting for every worker.
 
+use crate::compile::Compiled;
+use crate::policy::Policy;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
@@ -116,6 +118,25 @@ impl PolicyClient {
         Ok(want)
     }
 
+    /// The stored policy, as pushed; `None` when nothing is stored.
+    pub async fn policy(&self) -> Result<Option<Vec<u8>>, PushError> {
+        let r = self
+            .http
+            .get(format!("{}/policy", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| PushError::Unreachable(e.to_string()))?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(PushError::Other(format!("GET /policy answered {}", r.status())));
+        }
+        let body = r.bytes().await.map_err(|e| PushError::Unreachable(e.to_string()))?;
+        Ok(Some(body.to_vec()))
+    }
+
     /// Waits until every worker applied `digest`. Returns the number of workers.
     pub async fn wait_applied(&self, digest: &str, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
@@ -148,5 +169,104 @@ impl PolicyClient {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+}
+
+/// The policy last applied by every worker.
+#[derive(Debug, Clone)]
+struct Applied {
+    /// Digest of the policy content (generation 0): what decides "unchanged".
+    content: String,
+    /// Digest of the bytes pushed (with their generation): what `/status` reports.
+    sent: String,
+}
+
+/// Pushes compiled policies to one data plane (shared by `alb standalone` and `alb controller`): numbers the
+/// generations, skips a policy whose content is unchanged, waits for every worker, logs the outcome, and
+/// pushes again when the data plane lost the policy (nginx restarted with an empty shared dict).
+pub struct Pusher {
+    pub client: PolicyClient,
+    generation: u64,
+    applied: Option<Applied>,
+    /// What a running data plane already held when we started: (content digest, generation).
+    adopted: Option<(String, u64)>,
+}
+
+impl Pusher {
+    pub fn new(client: PolicyClient) -> Pusher {
+        Pusher { client, generation: 0, applied: None, adopted: None }
+    }
+
+    /// Reads the policy a running data plane holds (a restarted controller): the generation counter goes on
+    /// from it, and the same content is pushed again with the same generation, hence the same digest.
+    pub async fn adopt(&mut self) -> Result<()> {
+        let Some(body) = self.client.policy().await? else { return Ok(()) };
+        let Ok(mut stored) = serde_json::from_slice::<Policy>(&body) else {
+            tracing::warn!("the data plane holds a policy we cannot read; replacing it");
+            return Ok(());
+        };
+        let generation = stored.generation;
+        stored.generation = 0;
+        self.generation = self.generation.max(generation);
+        self.adopted = Some((digest(&stored.to_bytes()), generation));
+        tracing::info!("the data plane already holds policy v{generation}; continuing from it");
+        Ok(())
+    }
+
+    /// Digest of the bytes last applied by every worker.
+    pub fn sent(&self) -> Option<&str> {
+        self.applied.as_ref().map(|a| a.sent.as_str())
+    }
+
+    /// Pushes `c.policy` if its content changed (or `force`), waits for every worker, logs the outcome.
+    /// Returns whether every worker now holds `c.policy` (false: refused by the data plane).
+    pub async fn push(&mut self, c: &Compiled, force: bool) -> Result<bool> {
+        let content = digest(&c.policy.to_bytes());
+        if !force && self.applied.as_ref().map(|a| a.content == content).unwrap_or(false) {
+            tracing::debug!("policy unchanged");
+            return Ok(true);
+        }
+        let generation = match self.adopted.take() {
+            Some((adopted, g)) if adopted == content => g,
+            _ => {
+                self.generation += 1;
+                self.generation
+            }
+        };
+        let mut policy = c.policy.clone();
+        policy.generation = generation;
+        let started = Instant::now();
+        let sent = match self.client.put(policy.to_bytes()).await {
+            Ok(d) => d,
+            Err(PushError::Refused(msg)) => {
+                // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
+                tracing::error!("data plane refused policy generation {generation}: {msg}");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let workers = self.client.wait_applied(&sent, Duration::from_secs(10)).await?;
+        tracing::info!(
+            "policy v{generation} applied by {workers} workers in {} ms ({} rules, {} rejected, digest {})",
+            started.elapsed().as_millis(),
+            policy.rule_count(),
+            c.rejects.len(),
+            &sent[..12]
+        );
+        self.applied = Some(Applied { content, sent });
+        Ok(true)
+    }
+
+    /// Pushes `c` again when the data plane does not hold what we last applied (nginx restarted).
+    /// Returns whether it pushed.
+    pub async fn repair(&mut self, c: &Compiled) -> Result<bool> {
+        let Some(sent) = self.sent().map(str::to_string) else { return Ok(false) };
+        let Ok(s) = self.client.status().await else { return Ok(false) };
+        if s.stored.as_ref().map(|st| &st.digest) == Some(&sent) {
+            return Ok(false);
+        }
+        tracing::warn!("data plane does not hold our policy any more; pushing it again");
+        self.push(c, true).await?;
+        Ok(true)
     }
 }

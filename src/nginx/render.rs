@@ -31,6 +31,9 @@ pub struct ConfInput {
     /// `off` or an absolute path.
     pub access_log: String,
     pub policy_dict_size: String,
+    /// Metrics/health server port on `bind_address` (`/metrics`, `/healthz`, `/clear`); 0 = no metrics server
+    /// and no per-request metrics hook.
+    pub metrics_port: u16,
 }
 
 impl ConfInput {
@@ -87,6 +90,9 @@ pub fn render(input: &ConfInput) -> Result<String> {
     {
         bail!("policy dict size {dict:?} must look like 64m");
     }
+    if input.metrics_port != 0 && input.metrics_port == input.api_port {
+        bail!("metrics port {} is the policy API port", input.metrics_port);
+    }
     let mut seen = std::collections::BTreeSet::new();
     for l in &input.http_listeners {
         if !safe_name(&l.name) {
@@ -94,6 +100,9 @@ pub fn render(input: &ConfInput) -> Result<String> {
         }
         if l.port == 0 || l.port == input.api_port || !seen.insert(l.port) {
             bail!("listener port {} is zero, duplicated or the policy API port", l.port);
+        }
+        if l.port == input.metrics_port {
+            bail!("listener port {} is the metrics port", l.port);
         }
     }
     let mut hb = Handlebars::new();
@@ -114,6 +123,7 @@ pub fn render(input: &ConfInput) -> Result<String> {
         "error_log_level": input.error_log_level,
         "access_log": access_log,
         "policy_dict_size": dict,
+        "metrics_port": input.metrics_port,
     });
     hb.render("nginx", &data).context("rendering nginx.conf")
 }
@@ -135,6 +145,7 @@ mod tests {
             error_log_level: "notice".into(),
             access_log: "off".into(),
             policy_dict_size: "64m".into(),
+            metrics_port: 1936,
         }
     }
 
@@ -175,6 +186,39 @@ mod tests {
         assert!(render(&i).is_err());
         let mut i = input();
         i.http_listeners.push(HttpListener { name: "b".into(), port: 80 });
+        assert!(render(&i).is_err());
+    }
+
+    #[test]
+    fn metrics_server_and_log_hook_follow_the_metrics_port() {
+        let conf = render(&input()).unwrap();
+        assert!(conf.contains("listen 0.0.0.0:1936;"));
+        assert!(conf.contains("lua_shared_dict alb_metrics 20m;"));
+        assert!(conf.contains("env METRICS_AUTH;"));
+        assert!(conf.contains("require(\"alb.metrics\").init({ enabled = true })"));
+        assert!(conf.contains("location = /metrics"));
+        // the log hook is at server level, so it also runs for @alb_error's answers
+        let server = conf.find("# frontend alb-00080").unwrap();
+        let hook = conf[server..].find("log_by_lua_block").unwrap();
+        let loc = conf[server..].find("location /").unwrap();
+        assert!(hook < loc);
+
+        let mut i = input();
+        i.metrics_port = 0;
+        let conf = render(&i).unwrap();
+        assert!(!conf.contains("1936"));
+        assert!(!conf.contains("alb_metrics"));
+        assert!(!conf.contains("log_by_lua"));
+        assert!(!conf.contains("$alb_rule"));
+    }
+
+    #[test]
+    fn metrics_port_must_not_collide() {
+        let mut i = input();
+        i.metrics_port = 80;
+        assert!(render(&i).is_err());
+        let mut i = input();
+        i.metrics_port = 1937;
         assert!(render(&i).is_err());
     }
 

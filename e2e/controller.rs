@@ -1,0 +1,534 @@
+//! `alb controller` against a real kube-apiserver (e2e/cluster/up, shared by the tests), real nginx and real
+//! backend processes. There is no kubelet: Services are headless and their EndpointSlices point at backend
+//! processes on this host's own address (the API server refuses loopback endpoint addresses); nginx listens
+//! on 127.0.0.1 (and 127.0.0.2 for a second replica). Every test has its own namespace, ALB name and ports, so tests run in parallel.
+
+use crate::harness::cluster::Cluster;
+use crate::harness::{alb_bin, free_port, get, nginx_pids, Conn, Proc};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn tempdir(prefix: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// The test host's address (e2e/testhost/up): the API server refuses loopback EndpointSlice addresses, so the
+/// backends run in a network namespace of our own, reached over a veth pair; traffic never leaves the machine.
+fn host_ip() -> String {
+    static IP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IP.get_or_init(|| {
+        let out =
+            Command::new(crate::harness::repo_dir().join("e2e/testhost/up")).output().expect("run e2e/testhost/up");
+        assert!(out.status.success(), "e2e/testhost/up: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+    })
+    .clone()
+}
+
+/// `alb echo-server` on the test host [`host_ip`] (a real backend process in its network namespace).
+struct Backend {
+    port: u16,
+    _proc: Proc,
+}
+
+impl Backend {
+    fn start(name: &str) -> Backend {
+        let ip = host_ip();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", "alb-e2e"])
+            .arg(alb_bin())
+            .args(["echo-server", "--listen", &format!("{ip}:0"), "--name", name])
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn(&format!("backend {name}"), &mut cmd);
+        let mut line = String::new();
+        BufReader::new(proc.child.stdout.take().expect("stdout")).read_line(&mut line).expect("echo-server address");
+        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("echo-server port");
+        Backend { port, _proc: proc }
+    }
+}
+
+/// Polls `f` until it gives `Some` or `timeout` passes (then panics with `what`).
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx master + worker pids once no worker of an earlier reload is still exiting.
+fn stable_pids(runtime: &Path) -> Vec<i32> {
+    let mut last = nginx_pids(runtime);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = nginx_pids(runtime);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// One `alb controller` process.
+struct Controller {
+    proc: Proc,
+    runtime: PathBuf,
+    admin_port: u16,
+    identity: String,
+}
+
+struct ControllerOpts<'a> {
+    ns: &'a str,
+    alb: &'a str,
+    pod: &'a str,
+    runtime: &'a Path,
+    api_port: u16,
+    bind: &'a str,
+    spawn_nginx: bool,
+}
+
+impl Controller {
+    fn start(c: &Cluster, o: ControllerOpts<'_>) -> Controller {
+        let admin_port = free_port();
+        let mut cmd = Command::new(alb_bin());
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["--alb-name", o.alb, "--alb-namespace", o.ns, "--pod-name", o.pod])
+            .arg("--runtime-dir")
+            .arg(o.runtime)
+            .args(["--api-port", &o.api_port.to_string(), "--bind", o.bind, "--workers", "2"])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "1"])
+            .env("ALB_LOG", "info")
+            .env_remove("KUBECONFIG");
+        if o.spawn_nginx {
+            cmd.arg("--spawn-nginx");
+        }
+        let proc = Proc::spawn(&format!("alb controller {}", o.pod), &mut cmd);
+        proc.wait_log("applied by", Duration::from_secs(30));
+        Controller {
+            proc,
+            runtime: o.runtime.to_path_buf(),
+            admin_port,
+            identity: format!("{}/{}/{}", o.ns, o.alb, o.pod),
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        stable_pids(&self.runtime)
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.proc.logs().iter().any(|l| l.contains(needle))
+    }
+}
+
+/// A test's namespace, ALB (ALB2 with address 127.0.0.1, http Ingress port `http_port`) and backends.
+struct Env {
+    c: &'static Cluster,
+    ns: String,
+    alb: String,
+    http_port: u16,
+}
+
+impl Env {
+    fn new(prefix: &str, projects: &str) -> Env {
+        let c = Cluster::shared();
+        let ns = c.namespace(prefix);
+        let alb = format!("alb-{prefix}");
+        let http_port = free_port();
+        c.apply(&format!(
+            "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: {http_port}, ingressHTTPSPort: 0, projects: {projects}}}\n"
+        ));
+        Env { c, ns, alb, http_port }
+    }
+
+    fn controller(&self, pod: &str, runtime: &Path, bind: &str) -> Controller {
+        Controller::start(
+            self.c,
+            ControllerOpts {
+                ns: &self.ns,
+                alb: &self.alb,
+                pod,
+                runtime,
+                api_port: free_port(),
+                bind,
+                spawn_nginx: true,
+            },
+        )
+    }
+
+    /// A headless Service `name` (port 80) whose EndpointSlice holds the backend (on [`host_ip`]).
+    fn service(&self, name: &str, b: &Backend) {
+        let ns = &self.ns;
+        self.c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  clusterIP: None\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n",
+            port = b.port,
+            ip = host_ip()
+        ));
+    }
+
+    /// An Ingress in `ns` with one Prefix path per `(path, service)`; `class` sets `spec.ingressClassName`.
+    /// Tests name their ALB as class: an Ingress without class is claimed by every ALB of the shared cluster.
+    fn ingress_yaml(&self, ns: &str, name: &str, class: Option<&str>, paths: &[(&str, &str)]) -> String {
+        let class = class.map(|c| format!("  ingressClassName: {c}\n")).unwrap_or_default();
+        let mut y = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{class}  rules:\n  - http:\n      paths:\n"
+        );
+        for (path, svc) in paths {
+            y.push_str(&format!(
+                "      - path: {path}\n        pathType: Prefix\n        backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}\n"
+            ));
+        }
+        y
+    }
+
+    /// Rules generated from Ingress `ing_ns/name`.
+    fn rules_of(&self, ing_ns: &str, name: &str) -> Vec<serde_json::Value> {
+        let sel = format!("alb2.cpaas.io/source-name={name},alb2.cpaas.io/source-ns={ing_ns}");
+        let v = self.c.get_json(&["rules", "-n", &self.ns, "-l", &sel]);
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn lease_holder(&self) -> String {
+        let out = self.c.kubectl(&["get", "lease", &self.alb, "-n", &self.ns, "-o", "jsonpath={.spec.holderIdentity}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// GET over a fresh connection to `addr:port` (any loopback address); `(status, x-backend, x-alb-err-reason)`.
+fn get_at(addr: &str, port: u16, path: &str) -> Option<(u16, String, String)> {
+    let mut s = std::net::TcpStream::connect((addr, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, _) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut backend = String::new();
+    let mut reason = String::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("x-backend") {
+                backend = v.trim().to_string();
+            } else if k.eq_ignore_ascii_case("x-alb-err-reason") {
+                reason = v.trim().to_string();
+            }
+        }
+    }
+    Some((status, backend, reason))
+}
+
+fn routes_to(port: u16, path: &str, backend: &str) -> bool {
+    get_at("127.0.0.1", port, path).is_some_and(|(s, b, _)| s == 200 && b == backend)
+}
+
+#[test]
+fn ingress_becomes_rules_routes_edits_without_reload_and_deletes() {
+    let env = Env::new("ctl-ing", "[ALL_ALL]");
+    let (a, b, k) = (Backend::start("a"), Backend::start("b"), Backend::start("keep"));
+    env.service("svc-a", &a);
+    env.service("svc-b", &b);
+    env.service("svc-keep", &k);
+    let runtime = tempdir("alb-e2e-ctl-");
+    let ctl = env.controller("p1", runtime.path(), "127.0.0.1");
+    let port = env.http_port;
+
+    // The readiness probe turns 200 once the first policy is applied.
+    assert_eq!(get(ctl.admin_port, "/readyz", &[]).status, 200);
+    assert_eq!(get(ctl.admin_port, "/healthz", &[]).status, 200);
+
+    // A second Ingress stays on the port, so a deleted path answers "no rule match" (not "empty policy").
+    env.c.apply(&env.ingress_yaml(&env.ns, "keep", Some(&env.alb), &[("/keep", "svc-keep")]));
+    wait_for("/keep routed", Duration::from_secs(10), || routes_to(port, "/keep", "keep").then_some(()));
+
+    let started = Instant::now();
+    env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/a", "svc-a")]));
+    wait_for("/a routed to a within 2 s", Duration::from_secs(2), || routes_to(port, "/a/x", "a").then_some(()));
+    eprintln!("ingress routed {} ms after kubectl apply returned", started.elapsed().as_millis());
+    let rules = env.rules_of(&env.ns, "web");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["spec"]["dslx"][0]["values"][0], serde_json::json!(["STARTS_WITH", "/a"]));
+    assert_eq!(rules[0]["spec"]["source"]["type"], "ingress");
+    // Ingress status carries the ALB address and port.
+    let st = wait_for("ingress status", Duration::from_secs(5), || {
+        let v = env.c.get_json(&["ingress", "web", "-n", &env.ns]);
+        let lb = v["status"]["loadBalancer"]["ingress"].clone();
+        lb.as_array().is_some_and(|a| !a.is_empty()).then_some(lb)
+    });
+    assert_eq!(st[0]["ip"], "127.0.0.1", "{st}");
+    assert_eq!(st[0]["ports"][0]["port"], serde_json::json!(port), "{st}");
+
+    // Edit the path: rerouted, no nginx reload.
+    let pids = ctl.pids();
+    env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/b", "svc-b")]));
+    wait_for("/b routed to b", Duration::from_secs(2), || routes_to(port, "/b", "b").then_some(()));
+    let (status, _, reason) = get_at("127.0.0.1", port, "/a/x").unwrap();
+    assert_eq!((status, reason.as_str()), (404, "InvalidUpstream : no rule match"));
+    assert_eq!(ctl.pids(), pids, "rule changes do not reload nginx");
+
+    // Delete: the path is gone, the other Ingress keeps working.
+    env.c.delete(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/b", "svc-b")]));
+    let (status, reason) = wait_for("/b gone", Duration::from_secs(2), || {
+        get_at("127.0.0.1", port, "/b").filter(|r| r.0 == 404).map(|r| (r.0, r.2))
+    });
+    assert_eq!((status, reason.as_str()), (404, "InvalidUpstream : no rule match"));
+    wait_for("rules of web deleted", Duration::from_secs(5), || env.rules_of(&env.ns, "web").is_empty().then_some(()));
+    assert!(routes_to(port, "/keep", "keep"));
+    assert_eq!(ctl.pids(), pids, "no reload either when an Ingress goes away");
+    // Events: Synced on the Ingress.
+    let ev = env.c.get_json(&["events.v1.events.k8s.io", "-n", &env.ns]);
+    let synced =
+        ev["items"].as_array().unwrap().iter().any(|e| e["reason"] == "Synced" && e["regarding"]["name"] == "keep");
+    assert!(synced, "no Synced event: {ev}");
+}
+
+fn frontend_yaml(ns: &str, alb: &str, name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{alb2.cpaas.io/name: {alb}}}\nspec:\n  port: {port}\n  protocol: http\n"
+    )
+}
+
+fn rule_yaml(ns: &str, alb: &str, ft: &str, name: &str, dslx: &str, svc: &str) -> String {
+    format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{alb2.cpaas.io/name: {alb}, alb2.cpaas.io/frontend: {ft}}}\nspec:\n  priority: 5\n  dslx: {dslx}\n  serviceGroup:\n    services: [{{name: {svc}, namespace: {ns}, port: 80}}]\n"
+    )
+}
+
+fn accepted(c: &Cluster, ns: &str, rule: &str) -> Option<serde_json::Value> {
+    let v = c.get_json(&["rule", rule, "-n", ns]);
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted").cloned()
+}
+
+#[test]
+fn rules_match_on_header_cookie_param_src_ip_and_bad_regex_is_reported() {
+    let env = Env::new("ctl-rule", "[ALL_ALL]");
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    env.service("svc-a", &a);
+    env.service("svc-b", &b);
+    let runtime = tempdir("alb-e2e-ctl-");
+    let ctl = env.controller("p1", runtime.path(), "127.0.0.1");
+    let port = free_port();
+    let (ns, alb) = (env.ns.as_str(), env.alb.as_str());
+    let dslx = r#"[{type: URL, values: [[STARTS_WITH, /vip]]}, {type: HEADER, key: x-user, values: [[EQ, bob]]}, {type: COOKIE, key: session, values: [[EQ, s1]]}, {type: PARAM, key: v, values: [[EQ, "2"]]}, {type: SRC_IP, values: [[RANGE, 127.0.0.1, 127.0.0.9]]}]"#;
+    env.c.apply(
+        &[
+            frontend_yaml(ns, alb, "ft", port),
+            rule_yaml(ns, alb, "ft", "vip", dslx, "svc-a"),
+            rule_yaml(ns, alb, "ft", "plain", "[{type: URL, values: [[STARTS_WITH, /]]}]", "svc-b"),
+        ]
+        .join("---\n"),
+    );
+    ctl.proc.wait_log(&format!("listening on 127.0.0.1:{port}"), Duration::from_secs(10));
+    let vip_headers = [("X-User", "bob"), ("Cookie", "session=s1"), ("X-Real-IP", "127.0.0.5")];
+    // The new listener is bound once nginx has processed the HUP: until then connections are refused.
+    wait_for("vip routed to a", Duration::from_secs(5), || {
+        let r = Conn::open(port).ok()?.send("GET", "/vip?v=2", &vip_headers, b"").ok()?;
+        (r.backend() == "a").then_some(())
+    });
+    assert_eq!(get(port, "/vip?v=3", &vip_headers).backend(), "b", "param must match");
+    assert_eq!(
+        get(port, "/vip?v=2", &[("X-User", "bob"), ("Cookie", "session=s1"), ("X-Real-IP", "10.0.0.1")]).backend(),
+        "b"
+    );
+    assert_eq!(get(port, "/vip?v=2", &[("X-User", "bob"), ("X-Real-IP", "127.0.0.5")]).backend(), "b", "cookie");
+    let ok = wait_for("Accepted=True on vip", Duration::from_secs(5), || accepted(env.c, ns, "vip"));
+    assert_eq!(ok["status"], "True", "{ok}");
+
+    // A bad regex: left out with a reason, everything else unaffected.
+    let pids = ctl.pids();
+    env.c.apply(&rule_yaml(ns, alb, "ft", "bad", "[{type: URL, values: [[REGEX, \"(\"]]}]", "svc-a"));
+    let cond = wait_for("Accepted=False on bad", Duration::from_secs(5), || {
+        accepted(env.c, ns, "bad").filter(|c| c["status"] == "False")
+    });
+    assert_eq!(cond["reason"], "InvalidRegex", "{cond}");
+    assert!(cond["message"].as_str().unwrap().contains("spec.dslx[0]"), "{cond}");
+    let ev = wait_for("Warning event for bad", Duration::from_secs(5), || {
+        let v = env.c.get_json(&["events.v1.events.k8s.io", "-n", ns]);
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["regarding"]["name"] == "bad" && e["type"] == "Warning")
+            .cloned()
+    });
+    assert_eq!(ev["reason"], "InvalidRegex", "{ev}");
+    assert_eq!(ev["reportingController"], format!("alb2-{alb}"), "{ev}");
+    assert!(ctl.logged("rejected Rule"), "the reject is logged");
+    assert_eq!(get(port, "/vip?v=2", &vip_headers).backend(), "a");
+    assert_eq!(get(port, "/other", &[]).backend(), "b");
+    assert_eq!(ctl.pids(), pids);
+
+    // Fixed: accepted again.
+    env.c.apply(&rule_yaml(ns, alb, "ft", "bad", "[{type: URL, values: [[REGEX, \"^/re+\"]]}]", "svc-a"));
+    wait_for("bad accepted once fixed", Duration::from_secs(5), || {
+        accepted(env.c, ns, "bad").filter(|c| c["status"] == "True")
+    });
+}
+
+#[test]
+fn one_leader_translates_both_serve_and_the_other_takes_over() {
+    let env = Env::new("ctl-lead", "[ALL_ALL]");
+    let a = Backend::start("a");
+    env.service("svc-a", &a);
+    let (r1, r2) = (tempdir("alb-e2e-ctl-"), tempdir("alb-e2e-ctl-"));
+    // Two replicas: their nginx listen on two loopback addresses, same port.
+    let mut c1 = env.controller("p1", r1.path(), "127.0.0.1");
+    wait_for("p1 leads", Duration::from_secs(10), || (env.lease_holder() == c1.identity).then_some(()));
+    let c2 = env.controller("p2", r2.path(), "127.0.0.2");
+    let port = env.http_port;
+
+    env.c.apply(&env.ingress_yaml(&env.ns, "one", Some(&env.alb), &[("/one", "svc-a")]));
+    wait_for("/one on both replicas", Duration::from_secs(5), || {
+        let both = ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|addr| get_at(addr, port, "/one").is_some_and(|r| r.0 == 200 && r.1 == "a"));
+        both.then_some(())
+    });
+    assert_eq!(env.rules_of(&env.ns, "one").len(), 1);
+    assert!(c1.logged("created Rule"), "the leader translates");
+    assert!(!c2.logged("created Rule") && !c2.logged("became leader"), "the follower does not: {:?}", c2.proc.logs());
+    assert_eq!(env.lease_holder(), c1.identity);
+
+    // The leader goes away: the follower takes the Lease and translates new Ingresses.
+    c1.proc.terminate();
+    wait_for("p2 leads", Duration::from_secs(10), || (env.lease_holder() == c2.identity).then_some(()));
+    c2.proc.wait_log("became leader", Duration::from_secs(5));
+    env.c.apply(&env.ingress_yaml(&env.ns, "two", Some(&env.alb), &[("/two", "svc-a")]));
+    wait_for("/two routed by p2", Duration::from_secs(5), || {
+        get_at("127.0.0.2", port, "/two").is_some_and(|r| r.0 == 200 && r.1 == "a").then_some(())
+    });
+    assert_eq!(env.rules_of(&env.ns, "two").len(), 1);
+    assert!(c2.logged("created Rule"));
+}
+
+#[test]
+fn ingresses_of_another_class_or_project_are_left_alone() {
+    let env = Env::new("ctl-class", "[p1]");
+    let a = Backend::start("a");
+    env.service("svc-a", &a);
+    let other_ns = env.c.namespace("ctl-class-p2");
+    let label = |ns: &str, p: &str| {
+        let out = env.c.kubectl(&["label", "namespace", ns, &format!("cpaas.io/project={p}"), "--overwrite"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    label(&env.ns, "p1");
+    label(&other_ns, "p2");
+    let runtime = tempdir("alb-e2e-ctl-");
+    let _ctl = env.controller("p1", runtime.path(), "127.0.0.1");
+    let port = env.http_port;
+
+    env.c.apply(&env.ingress_yaml(&env.ns, "other-class", Some("some-other-alb"), &[("/x", "svc-a")]));
+    env.c.apply(&env.ingress_yaml(&other_ns, "other-project", Some(&env.alb), &[("/y", "svc-a")]));
+    env.c.apply(&env.ingress_yaml(&env.ns, "ours", Some(&env.alb), &[("/z", "svc-a")]));
+    wait_for("our Ingress routed", Duration::from_secs(5), || routes_to(port, "/z", "a").then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(env.rules_of(&env.ns, "other-class").is_empty(), "another class is not ours");
+    assert!(env.rules_of(&other_ns, "other-project").is_empty(), "project p2 is not served");
+    assert_eq!(get_at("127.0.0.1", port, "/x").map(|r| r.0), Some(404));
+    let st = env.c.get_json(&["ingress", "other-class", "-n", &env.ns]);
+    assert!(st["status"]["loadBalancer"]["ingress"].is_null(), "status of a foreign Ingress untouched: {st}");
+
+    // Switching the class to ours makes it ours.
+    env.c.apply(&env.ingress_yaml(&env.ns, "other-class", Some(&env.alb), &[("/x", "svc-a")]));
+    wait_for("/x routed once claimed", Duration::from_secs(5), || routes_to(port, "/x", "a").then_some(()));
+    // And away again: its Rules are removed.
+    env.c.apply(&env.ingress_yaml(&env.ns, "other-class", Some("some-other-alb"), &[("/x", "svc-a")]));
+    wait_for("rules removed when unclaimed", Duration::from_secs(5), || {
+        env.rules_of(&env.ns, "other-class").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
+    let env = Env::new("ctl-side", "[ALL_ALL]");
+    let a = Backend::start("a");
+    env.service("svc-a", &a);
+    // The sidecar: nginx run by `alb dataplane` in the runtime dir the controller writes nginx.conf into.
+    let dp = crate::harness::Dataplane::start(0);
+    let start = |pod: &str| {
+        Controller::start(
+            env.c,
+            ControllerOpts {
+                ns: &env.ns,
+                alb: &env.alb,
+                pod,
+                runtime: dp.runtime.path(),
+                api_port: dp.api_port,
+                bind: "127.0.0.1",
+                spawn_nginx: false,
+            },
+        )
+    };
+    let mut ctl = start("p1");
+    let port = env.http_port;
+    env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/", "svc-a")]));
+    wait_for("routed through the sidecar", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
+    ctl.proc.wait_log("nginx reloaded: listeners changed", Duration::from_secs(1));
+    let digest = |s: &serde_json::Value| s["stored"]["digest"].as_str().unwrap_or("").to_string();
+    let before = digest(&dp.status());
+    let pids = stable_pids(dp.runtime.path());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(port).expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                match conn.send("GET", "/", &[], b"") {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        conn = Conn::open(port).expect("reconnect");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    ctl.proc.terminate();
+    let ctl2 = start("p2");
+    assert!(ctl2.logged("already holds policy"), "{:?}", ctl2.proc.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(digest(&dp.status()), before, "same policy, same digest after the restart");
+    assert_eq!(stable_pids(dp.runtime.path()), pids, "nginx was not reloaded or restarted");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 0 && failed == 0, "{ok} ok, {failed} failed");
+    drop(ctl2);
+    drop(ctl);
+}
+
+#[test]
+fn a_restarted_nginx_gets_the_policy_again() {
+    let env = Env::new("ctl-ngx", "[ALL_ALL]");
+    let a = Backend::start("a");
+    env.service("svc-a", &a);
+    let runtime = tempdir("alb-e2e-ctl-");
+    let ctl = env.controller("p1", runtime.path(), "127.0.0.1");
+    let port = env.http_port;
+    env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/", "svc-a")]));
+    wait_for("routed", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
+    // nginx stops (graceful QUIT): the controller starts it again and pushes the policy into the empty dict.
+    let master = ctl.pids()[0];
+    let skip = ctl.proc.log_len();
+    let out = Command::new("kill").args(["-QUIT", &master.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    ctl.proc.wait_log_after(skip, "nginx started", Duration::from_secs(10));
+    wait_for("routed again", Duration::from_secs(2), || routes_to(port, "/", "a").then_some(()));
+    assert_ne!(ctl.pids()[0], master);
+}

@@ -1,0 +1,484 @@
+-- Prometheus metrics of the HTTP listeners (dataplane.md §4.16): counted in the log phase into the shared dict
+-- `alb_metrics`, rendered as Prometheus text 0.0.4 by the metrics server (`/metrics`, `/clear`).
+--
+-- Dict layout (values are numbers, written with incr-with-init):
+--   counter sample          `<name>{<labels>}`            the exposition line minus its value
+--   histogram bucket i      `<name>|<i>{<labels>}`        NOT cumulative: i = 1..#BOUNDS, #BOUNDS+1 = +Inf
+--   histogram sum           `<name>|s{<labels>}`
+-- `_count` is the sum of the buckets and the buckets are made cumulative when scraped, so an observation costs
+-- two incr and `_count` always equals `_bucket{le="+Inf"}`.
+--
+-- The request path never builds a label string twice: every matched rule object of the compiled router caches
+-- its escaped keys (`rule.metrics`, rebuilt with the router on each policy), unmatched requests use one cache
+-- per port. The gauges (`nginx_http_connections`, `metrics_cache_size`) are computed at scrape time.
+local init = require("alb.init")
+
+local ngx = ngx
+local ngx_var = ngx.var
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local pairs = pairs
+local find = string.find
+local gsub = string.gsub
+local gmatch = string.gmatch
+local sub = string.sub
+local sort = table.sort
+local concat = table.concat
+local now = ngx.now
+local start_time = ngx.req.start_time
+local get_method = ngx.req.get_method
+local log = ngx.log
+local ERR, WARN, NOTICE = ngx.ERR, ngx.WARN, ngx.NOTICE
+
+local _M = {
+    DICT = "alb_metrics",
+    -- set by init() in the master (inherited by the workers) when nginx.conf has the metrics server
+    enabled = false,
+    -- false only when env METRICS_AUTH is exactly "false" (as the original)
+    auth = true,
+    -- cached label combinations per rule / per port before we stop caching (the samples are still counted)
+    CACHE_LIMIT = 256,
+}
+
+local BOUNDS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
+local NB = #BOUNDS + 1
+local LE = {}
+for i = 1, #BOUNDS do
+    LE[i] = tostring(BOUNDS[i])
+end
+LE[NB] = "+Inf"
+
+local M_CONN = "nginx_http_connections"
+local M_MISMATCH = "nginx_http_mismatch_rule_requests"
+local M_STATUS = "nginx_http_status"
+local M_REQ_SIZE = "nginx_http_request_size_bytes"
+local M_RESP_SIZE = "nginx_http_response_size_bytes"
+local M_DURATION = "nginx_http_request_duration_seconds"
+local M_UP_STATUS = "nginx_http_upstream_requests_status"
+local M_UP_DURATION = "nginx_http_upstream_request_duration_seconds"
+local M_ALB_ERROR = "alb_error"
+local M_CACHE = "metrics_cache_size"
+
+-- exposition order, type and help of every family
+local FAMILIES = {
+    { M_CONN, "gauge", "Number of HTTP connections by state" },
+    { M_MISMATCH, "counter", "Number of requests that matched no rule" },
+    { M_STATUS, "counter", "Number of HTTP responses by rule and status" },
+    { M_REQ_SIZE, "counter", "Bytes received in HTTP requests" },
+    { M_RESP_SIZE, "counter", "Bytes sent in HTTP responses" },
+    { M_DURATION, "histogram", "HTTP request duration in seconds" },
+    { M_UP_STATUS, "counter", "Number of HTTP responses by rule, upstream and status" },
+    { M_UP_DURATION, "histogram", "Upstream response time in seconds" },
+    { M_ALB_ERROR, "counter", "Number of errors answered by the ALB itself" },
+    { M_CACHE, "gauge", "Free bytes of the metrics shared dict" },
+}
+
+local shm -- ngx.shared.alb_metrics, resolved in the worker
+
+--- init{enabled=true}: init_by_lua (master), only when nginx.conf declares the dict and the metrics server.
+function _M.init(opts)
+    opts = opts or {}
+    _M.enabled = opts.enabled and true or false
+    _M.auth = os.getenv("METRICS_AUTH") ~= "false"
+    shm = ngx.shared[_M.DICT]
+    if _M.enabled and not shm then
+        error("alb: metrics enabled but lua_shared_dict " .. _M.DICT .. " is missing")
+    end
+end
+
+-- label values per the text format: backslash, double quote and newline are escaped
+local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
+local function esc(s)
+    if find(s, '[\\"\n]') then
+        return (gsub(s, '[\\"\n]', ESC))
+    end
+    return s
+end
+_M.escape = esc
+
+local function str(v)
+    local t = type(v)
+    if t == "string" then
+        return v
+    elseif t == "number" then
+        return tostring(v)
+    end
+    return "" -- nil, cjson.null, tables
+end
+
+-- keys of one histogram series: [1..NB] buckets, .s sum
+local function hist_keys(name, labels)
+    local t = {}
+    for i = 1, NB do
+        t[i] = name .. "|" .. i .. "{" .. labels .. "}"
+    end
+    t.s = name .. "|s{" .. labels .. "}"
+    return t
+end
+
+--- label cache of a rule (or of "no rule" on a port)
+local function new_cache(port, rule_name, source)
+    local st, sns, sn = "", "", ""
+    if type(source) == "table" then
+        st, sns, sn = str(source.type), str(source.namespace), str(source.name)
+    end
+    local base = 'port="' .. esc(port) .. '",rule="' .. esc(rule_name) .. '"'
+    local src = ',source_type="' .. esc(st) .. '",source_namespace="' .. esc(sns) .. '",source_name="' .. esc(sn)
+        .. '"'
+    return {
+        port = port,
+        base = base,
+        src = src,
+        duration = hist_keys(M_DURATION, base .. src),
+        status = {}, -- status -> method -> {status key, request size key, response size key}
+        ups = {}, -- upstream_addr -> {escaped addr, duration keys, status -> method -> key}
+        n = 0, -- cached combinations
+        alb_error = M_ALB_ERROR .. '{port="' .. esc(port) .. '"}',
+        mismatch = {}, -- method -> key (no-rule cache only)
+    }
+end
+
+local nomatch = {} -- port -> cache (bounded by the listening ports)
+
+local function rule_cache(rule, port)
+    local c = new_cache(port, str(rule.name), rule.source)
+    c.id = tostring(rule.i)
+    rule.metrics = c
+    return c
+end
+
+local function status_keys(c, status, method)
+    local bys = c.status[status]
+    local e = bys and bys[method]
+    if e then
+        return e
+    end
+    local l = "{" .. c.base .. ',status="' .. status .. '",method="' .. esc(method) .. '"' .. c.src .. "}"
+    e = { M_STATUS .. l, M_REQ_SIZE .. l, M_RESP_SIZE .. l }
+    if c.n < _M.CACHE_LIMIT then
+        c.n = c.n + 1
+        if not bys then
+            bys = {}
+            c.status[status] = bys
+        end
+        bys[method] = e
+    end
+    return e
+end
+
+local function upstream_entry(c, addr)
+    local u = c.ups[addr]
+    if u then
+        return u
+    end
+    local a = esc(addr)
+    u = {
+        addr = a,
+        duration = hist_keys(M_UP_DURATION, c.base .. ',upstream_ip="' .. a .. '"' .. c.src),
+        status = {},
+    }
+    if c.n < _M.CACHE_LIMIT then
+        c.n = c.n + 1
+        c.ups[addr] = u
+    end
+    return u
+end
+
+local function upstream_status_key(c, u, status, method)
+    local bys = u.status[status]
+    local k = bys and bys[method]
+    if k then
+        return k
+    end
+    k = M_UP_STATUS .. "{" .. c.base .. ',upstream_ip="' .. u.addr .. '",status="' .. status .. '",method="'
+        .. esc(method) .. '"' .. c.src .. "}"
+    if c.n < _M.CACHE_LIMIT then
+        c.n = c.n + 1
+        if not bys then
+            bys = {}
+            u.status[status] = bys
+        end
+        bys[method] = k
+    end
+    return k
+end
+
+local function bucket(v)
+    for i = 1, NB - 1 do
+        if v <= BOUNDS[i] then
+            return i
+        end
+    end
+    return NB
+end
+
+local last_err_log = 0
+local function incr(key, v)
+    local _, err = shm:incr(key, v, 0)
+    if err then
+        local t = now()
+        if t - last_err_log >= 10 then
+            last_err_log = t
+            log(ERR, "alb: metrics dict ", _M.DICT, ": ", err)
+        end
+    end
+end
+
+-- $upstream_response_time: "0.003", or "0.001, 0.002" / "0.001 : 0.002" after retries and internal redirects
+local function upstream_time(s)
+    if not s then
+        return 0
+    end
+    local v = tonumber(s)
+    if v then
+        return v
+    end
+    v = 0
+    for n in gmatch(s, "[%d.]+") do
+        v = v + (tonumber(n) or 0)
+    end
+    return v
+end
+
+--- the rule a request matched; after error_page's internal redirect (`@alb_error`) ngx.ctx is gone and the
+--- rule is found again from $alb_rule (its position, set by phase.rewrite) in the current policy
+local function matched_rule(ctx, port)
+    local rule = ctx.alb_rule
+    if rule then
+        return rule
+    end
+    local id = ngx_var.alb_rule
+    if not id or id == "" then
+        return nil
+    end
+    local st = init.state
+    local p = st and st.routes[port]
+    return p and p.rules[tonumber(id)]
+end
+
+--- rule id to keep in $alb_rule (phase.rewrite, matched requests that go upstream)
+function _M.rule_id(rule)
+    local c = rule.metrics
+    if c then
+        return c.id
+    end
+    return tostring(rule.i)
+end
+
+--- log phase of the HTTP listeners
+function _M.log()
+    if not shm then
+        return
+    end
+    local ctx = ngx.ctx
+    local port = ngx_var.server_port or ""
+    local rule = matched_rule(ctx, port)
+    local c
+    if rule then
+        c = rule.metrics or rule_cache(rule, port)
+    else
+        c = nomatch[port]
+        if not c then
+            c = new_cache(port, "", nil)
+            nomatch[port] = c
+        end
+    end
+    local status = ngx.status or 0
+    local method = get_method() or ""
+    local e = status_keys(c, status, method)
+    incr(e[1], 1)
+    incr(e[2], tonumber(ngx_var.request_length) or 0)
+    incr(e[3], tonumber(ngx_var.bytes_sent) or 0)
+    local t = now() - start_time()
+    if t < 0 then
+        t = 0
+    end
+    local d = c.duration
+    incr(d[bucket(t)], 1)
+    incr(d.s, t)
+    if rule then
+        local u = upstream_entry(c, ngx_var.upstream_addr or "")
+        incr(upstream_status_key(c, u, status, method), 1)
+        local ut = upstream_time(ngx_var.upstream_response_time)
+        d = u.duration
+        incr(d[bucket(ut)], 1)
+        incr(d.s, ut)
+    else
+        local k = c.mismatch[method]
+        if not k then
+            k = M_MISMATCH .. '{port="' .. esc(port) .. '",method="' .. esc(method) .. '"}'
+            if c.n < _M.CACHE_LIMIT then
+                c.n = c.n + 1
+                c.mismatch[method] = k
+            end
+        end
+        incr(k, 1)
+    end
+    if ctx.alb_err then
+        incr(c.alb_error, 1)
+    end
+end
+
+---------------------------------------------------------------------------------------------------------------
+-- metrics server
+
+local function fmt_num(v)
+    if v == math.floor(v) and v > -1e15 and v < 1e15 then
+        return string.format("%d", v)
+    end
+    return tostring(v)
+end
+
+local function respond(status, body, ctype)
+    ngx.status = status
+    ngx.header["Content-Type"] = ctype or "text/plain"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.print(body)
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+-- as the original: any `Authorization: Bearer <x>` is accepted, the token itself is not checked
+local function authorized()
+    if not _M.auth then
+        return true
+    end
+    local h = ngx_var.http_authorization
+    return h ~= nil and find(h, "^%s*[Bb][Ee][Aa][Rr][Ee][Rr]%s+%S") ~= nil
+end
+
+local function clear()
+    shm:flush_all()
+    shm:flush_expired()
+end
+
+--- text exposition of everything in the dict (plus the scrape-time gauges)
+function _M.render()
+    local counters = {} -- family -> {line, ...}
+    local hists = {} -- family -> labels "{...}" -> {[1..NB] counts, s = sum}
+    local keys = shm:get_keys(0)
+    for i = 1, #keys do
+        local key = keys[i]
+        local v = shm:get(key)
+        if type(v) == "number" then
+            local brace = find(key, "{", 1, true)
+            local bar = find(key, "|", 1, true)
+            if bar and brace and bar < brace then
+                local name = sub(key, 1, bar - 1)
+                local slot = sub(key, bar + 1, brace - 1)
+                local labels = sub(key, brace)
+                local h = hists[name]
+                if not h then
+                    h = {}
+                    hists[name] = h
+                end
+                local series = h[labels]
+                if not series then
+                    series = { s = 0 }
+                    for j = 1, NB do
+                        series[j] = 0
+                    end
+                    h[labels] = series
+                end
+                if slot == "s" then
+                    series.s = v
+                else
+                    local j = tonumber(slot)
+                    if j and j >= 1 and j <= NB then
+                        series[j] = v
+                    end
+                end
+            else
+                local name = brace and sub(key, 1, brace - 1) or key
+                local l = counters[name]
+                if not l then
+                    l = {}
+                    counters[name] = l
+                end
+                l[#l + 1] = key .. " " .. fmt_num(v)
+            end
+        end
+    end
+    counters[M_CONN] = {
+        M_CONN .. '{state="reading"} ' .. (ngx_var.connections_reading or 0),
+        M_CONN .. '{state="waiting"} ' .. (ngx_var.connections_waiting or 0),
+        M_CONN .. '{state="writing"} ' .. (ngx_var.connections_writing or 0),
+        M_CONN .. '{state="active"} ' .. (ngx_var.connections_active or 0),
+    }
+    counters[M_CACHE] = { M_CACHE .. " " .. fmt_num(shm:free_space()) }
+
+    local out, n = {}, 0
+    local function emit(s)
+        n = n + 1
+        out[n] = s
+    end
+    for _, f in ipairs(FAMILIES) do
+        local name, typ, help = f[1], f[2], f[3]
+        emit("# HELP " .. name .. " " .. help .. "\n# TYPE " .. name .. " " .. typ .. "\n")
+        if typ == "histogram" then
+            local h = hists[name]
+            if h then
+                local labelsets = {}
+                for labels in pairs(h) do
+                    labelsets[#labelsets + 1] = labels
+                end
+                sort(labelsets)
+                for _, labels in ipairs(labelsets) do
+                    local series = h[labels]
+                    local open = sub(labels, 1, -2) -- "{...", no closing brace
+                    local sep = (open == "{") and "" or ","
+                    local cum = 0
+                    for j = 1, NB do
+                        cum = cum + series[j]
+                        emit(name .. "_bucket" .. open .. sep .. 'le="' .. LE[j] .. '"} ' .. fmt_num(cum) .. "\n")
+                    end
+                    emit(name .. "_sum" .. labels .. " " .. fmt_num(series.s) .. "\n")
+                    emit(name .. "_count" .. labels .. " " .. fmt_num(cum) .. "\n")
+                end
+            end
+        else
+            local l = counters[name]
+            if l then
+                sort(l)
+                emit(concat(l, "\n"))
+                emit("\n")
+            end
+        end
+    end
+    return concat(out)
+end
+
+--- /metrics
+function _M.collect()
+    if not authorized() then
+        return respond(401, "Unauthorized")
+    end
+    if not shm then
+        return respond(503, "metrics disabled\n")
+    end
+    local body = _M.render()
+    -- as the original: start over when the dict is almost full (series from evicted keys would be wrong anyway)
+    local cap = shm:capacity()
+    local free = shm:free_space()
+    if free < cap * 0.1 then
+        log(WARN, "alb: metrics dict ", _M.DICT, " has ", free, " of ", cap,
+            " bytes free (< 10%): all metrics reset after this scrape")
+        clear()
+    end
+    return respond(200, body, "text/plain; version=0.0.4")
+end
+
+--- /clear
+function _M.clear_handler()
+    if not authorized() then
+        return respond(401, "Unauthorized")
+    end
+    if not shm then
+        return respond(503, "metrics disabled\n")
+    end
+    clear()
+    log(NOTICE, "alb: metrics cleared")
+    return respond(200, "ok\n")
+end
+
+return _M

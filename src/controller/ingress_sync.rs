@@ -1,0 +1,536 @@
+//! Leader only: Ingress → Frontend/Rule objects (controlplane.md §2.4) with the pure translation of
+//! `crate::ingress`, Events (`Synced`, one Warning per [`IngressWarning`]) and `status.loadBalancer` (§2.5).
+//!
+//! Every pass reads the stores, so it is level-based: a pass after any change (debounced) and every
+//! `--resync-period` brings the API server to what the Ingresses need. Writes not yet seen by the stores
+//! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
+
+use super::stores::{cloned, Stores};
+use super::ControllerArgs;
+use crate::crd::alb2::ALB2;
+use crate::crd::{self, Frontend, Rule};
+use crate::ingress::translate::{annotation_path_index, annotation_rule_index, rule_name, SOURCE_TYPE};
+use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long a pass waits for the stores to show our own writes.
+const CATCH_UP: Duration = Duration::from_secs(3);
+/// Attempts at a free Rule name when a deterministic name is taken.
+const NAME_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{verb} {kind} {ns}/{name}: {source}")]
+    Api { verb: &'static str, kind: &'static str, ns: String, name: String, source: kube::Error },
+    #[error("no free name for a Rule of Frontend {0} after {NAME_ATTEMPTS} attempts")]
+    NoName(String),
+}
+
+/// A write the stores must show before the next pass.
+#[derive(Debug, Clone)]
+enum Written {
+    Created { kind: &'static str, ns: String, name: String, uid: String },
+    Updated { kind: &'static str, ns: String, name: String, old_rv: String },
+    Deleted { kind: &'static str, ns: String, name: String },
+}
+
+fn seen<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, w: &Written) -> bool {
+    let get = |ns: &str, name: &str| store.get(&ObjectRef::new(name).within(ns));
+    match w {
+        Written::Created { ns, name, uid, .. } => get(ns, name).is_some_and(|o| o.meta().uid.as_deref() == Some(uid)),
+        Written::Updated { ns, name, old_rv, .. } => {
+            get(ns, name).is_none_or(|o| o.meta().resource_version.as_deref() != Some(old_rv))
+        }
+        Written::Deleted { ns, name, .. } => get(ns, name).is_none(),
+    }
+}
+
+/// This ALB's Ingress settings from its ALB2 (`spec.config`, labels) — controlplane.md §1.3, §2.7.
+pub fn alb_config(args: &ControllerArgs, alb: &ALB2) -> AlbIngressConfig {
+    let config = alb.spec.config.as_ref();
+    let get = |k: &str| config.and_then(|c| c.get(k));
+    let port = |k: &str, default: u16| {
+        get(k)
+            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(default)
+    };
+    let text = |k: &str| get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+    let mut projects: BTreeSet<String> = get("projects")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .unwrap_or_default();
+    // The operator mirrors config.projects to `project.<d>/<p>` labels; read both.
+    projects.extend(ingress::claim::label_projects(&args.domain, alb.metadata.labels.as_ref()));
+    let role = alb.metadata.labels.as_ref().and_then(|l| l.get(&format!("{}/role", args.domain)));
+    AlbIngressConfig {
+        alb_name: args.alb_name.clone(),
+        alb_namespace: args.alb_namespace.clone(),
+        domain: args.domain.clone(),
+        alb_uid: alb.metadata.uid.clone(),
+        http_port: port("ingressHTTPPort", 80),
+        https_port: port("ingressHTTPSPort", 443),
+        ssl_strategy: text("defaultSSLStrategy").and_then(|s| s.parse().ok()).unwrap_or(SslStrategy::Never),
+        default_ssl_cert: text("defaultSSLCert"),
+        projects: projects.into_iter().collect(),
+        port_mode: role.map(String::as_str) == Some("port"),
+    }
+}
+
+/// Addresses for Ingress status: `spec.address` (comma list) and the operator's `status.detail.address`.
+pub fn alb_addresses(alb: &ALB2) -> Vec<String> {
+    let mut out: Vec<String> = alb
+        .spec
+        .address
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let detail = alb.status.as_ref().and_then(|s| s.detail.as_ref()).and_then(|d| d.get("address"));
+    for key in ["ipv4", "ipv6", "host"] {
+        for a in detail.and_then(|d| d.get(key)).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(a) = a.as_str().map(str::trim).filter(|a| !a.is_empty()) {
+                if !out.iter().any(|o| o == a) {
+                    out.push(a.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Ingress a generated Rule or Frontend came from (`spec.source`, else a Rule's source labels).
+fn source_of(
+    domain: &str,
+    source: Option<&crd::Source>,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<(String, String)> {
+    if let Some(s) = source.filter(|s| !s.kind.is_empty()) {
+        return (s.kind == SOURCE_TYPE).then(|| (s.namespace.clone(), s.name.clone()));
+    }
+    let l = labels?;
+    (l.get(&crd::label_source_type(domain))?.as_str() == SOURCE_TYPE)
+        .then(|| Some((l.get(&crd::label_source_ns(domain))?.clone(), l.get(&crd::label_source_name(domain))?.clone())))
+        .flatten()
+}
+
+pub struct IngressSync {
+    client: Client,
+    stores: Arc<Stores>,
+    args: ControllerArgs,
+    recorder: Recorder,
+    /// Writes the stores have not shown yet, and since when we wait.
+    pending: Vec<Written>,
+    pending_since: Option<Instant>,
+    /// Per Ingress: the generation we reported `Synced` for and the warnings we reported.
+    reported: HashMap<(String, String), (Option<i64>, Vec<IngressWarning>)>,
+    missing_alb_logged: bool,
+}
+
+impl IngressSync {
+    pub fn new(client: Client, stores: Arc<Stores>, args: ControllerArgs, recorder: Recorder) -> IngressSync {
+        IngressSync {
+            client,
+            stores,
+            args,
+            recorder,
+            pending: Vec::new(),
+            pending_since: None,
+            reported: HashMap::new(),
+            missing_alb_logged: false,
+        }
+    }
+
+    fn rules_api(&self) -> Api<Rule> {
+        Api::namespaced(self.client.clone(), &self.args.alb_namespace)
+    }
+
+    fn frontends_api(&self) -> Api<Frontend> {
+        Api::namespaced(self.client.clone(), &self.args.alb_namespace)
+    }
+
+    /// Whether the stores show every write of the previous pass (or we waited long enough).
+    fn caught_up(&mut self) -> bool {
+        let stores = &self.stores;
+        self.pending.retain(|w| {
+            let kind = match w {
+                Written::Created { kind, .. } | Written::Updated { kind, .. } | Written::Deleted { kind, .. } => *kind,
+            };
+            if kind == "Rule" {
+                !seen(&stores.rules, w)
+            } else {
+                !seen(&stores.frontends, w)
+            }
+        });
+        if self.pending.is_empty() {
+            self.pending_since = None;
+            return true;
+        }
+        if self.pending_since.is_some_and(|t| t.elapsed() > CATCH_UP) {
+            tracing::debug!("stores did not show {} of our writes in time: {:?}", self.pending.len(), self.pending);
+            self.pending.clear();
+            self.pending_since = None;
+            return true;
+        }
+        false
+    }
+
+    fn wrote(&mut self, w: Written) {
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.push(w);
+    }
+
+    /// One pass over every Ingress. `Ok(true)`: come back soon (writes in flight or Frontends just created).
+    pub async fn pass(&mut self) -> Result<bool, SyncError> {
+        if !self.caught_up() {
+            return Ok(true);
+        }
+        let Some(alb) = self.stores.alb() else {
+            if !self.missing_alb_logged {
+                tracing::warn!(
+                    "ALB2 {}/{} not found: Ingresses are not synced until it exists",
+                    self.args.alb_namespace,
+                    self.args.alb_name
+                );
+                self.missing_alb_logged = true;
+            }
+            return Ok(false);
+        };
+        self.missing_alb_logged = false;
+        let cfg = alb_config(&self.args, &alb);
+        let addresses = alb_addresses(&alb);
+        let ingresses = cloned(&self.stores.ingresses);
+        let namespaces = cloned(&self.stores.namespaces);
+        let services = cloned(&self.stores.services);
+        let frontends = cloned(&self.stores.frontends);
+        let rules = cloned(&self.stores.rules);
+        let world =
+            IngressWorld { ingresses: &ingresses, namespaces: &namespaces, services: &services, frontends: &frontends };
+
+        let mut again = false;
+        let mut first_error = None;
+        let mut claimed = BTreeSet::new();
+        for ing in &ingresses {
+            if !ingress::claims(&cfg, &world, ing) {
+                continue;
+            }
+            let key =
+                (ing.metadata.namespace.clone().unwrap_or_default(), ing.metadata.name.clone().unwrap_or_default());
+            claimed.insert(key.clone());
+            let exp = ingress::expected(&cfg, &world, ing);
+            let mine: Vec<Rule> =
+                rules.iter().filter(|r| ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1)).cloned().collect();
+            let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
+            let changed = !plan.is_empty();
+            match self.apply(&cfg, plan).await {
+                Ok(true) => {
+                    again = true;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
+                    self.event(ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
+            if changed {
+                tracing::info!("ingress {}/{} synced", key.0, key.1);
+            }
+            self.report(ing, &key, exp.warnings).await;
+            if let Err(e) = self.update_status(ing, &addresses, &exp.ports).await {
+                tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
+                first_error.get_or_insert(e);
+            }
+        }
+        self.reported.retain(|k, _| claimed.contains(k));
+
+        // Rules and Frontends of Ingresses that are gone or not claimed any more.
+        let mut orphans = BTreeSet::new();
+        for r in &rules {
+            if let Some(src) = source_of(&cfg.domain, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+                orphans.insert(src);
+            }
+        }
+        for f in &frontends {
+            if let Some(src) = source_of(&cfg.domain, f.spec.source.as_ref(), None) {
+                orphans.insert(src);
+            }
+        }
+        for (ns, name) in orphans.difference(&claimed) {
+            let plan = ingress::cleanup(&cfg, ns, name, &rules, &frontends);
+            if plan.is_empty() {
+                continue;
+            }
+            match self.apply(&cfg, plan).await {
+                Ok(_) => tracing::info!("ingress {ns}/{name}: not served by this ALB any more, its Rules removed"),
+                Err(e) => {
+                    tracing::warn!("cleaning up after ingress {ns}/{name}: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(again),
+        }
+    }
+
+    /// Applies a plan: Frontends first (when some are created, the Rules wait for the next pass, which sees
+    /// their uids for the ownerReferences), then Rules: creates, deletes, updates. `Ok(true)`: deferred.
+    async fn apply(&mut self, cfg: &AlbIngressConfig, plan: Plan) -> Result<bool, SyncError> {
+        let pp = PostParams::default();
+        let created_frontends = !plan.create_frontends.is_empty();
+        for ft in plan.create_frontends {
+            let (ns, name) = ns_name(&ft.metadata);
+            match self.frontends_api().create(&pp, &ft).await {
+                Ok(made) => {
+                    tracing::info!("created Frontend {ns}/{name} (port {})", ft.spec.port);
+                    let uid = made.metadata.uid.unwrap_or_default();
+                    self.wrote(Written::Created { kind: "Frontend", ns, name, uid });
+                }
+                // Another Ingress of this pass created it: fine, the next pass sees it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(api_err("create", "Frontend", &ns, &name)(e)),
+            }
+        }
+        for mut ft in plan.update_frontends {
+            let (ns, name) = ns_name(&ft.metadata);
+            let old_rv = ft.metadata.resource_version.clone().unwrap_or_default();
+            ft.metadata.managed_fields = None;
+            self.frontends_api().replace(&name, &pp, &ft).await.map_err(api_err("update", "Frontend", &ns, &name))?;
+            self.wrote(Written::Updated { kind: "Frontend", ns, name, old_rv });
+        }
+        if created_frontends {
+            return Ok(true);
+        }
+        for rule in plan.create_rules {
+            self.create_rule(cfg, rule).await?;
+        }
+        for (ns, name) in plan.delete_rules {
+            match Api::<Rule>::namespaced(self.client.clone(), &ns).delete(&name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!("deleted Rule {ns}/{name}"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_err("delete", "Rule", &ns, &name)(e)),
+            }
+            self.wrote(Written::Deleted { kind: "Rule", ns, name });
+        }
+        for mut rule in plan.update_rules {
+            let (ns, name) = ns_name(&rule.metadata);
+            let old_rv = rule.metadata.resource_version.clone().unwrap_or_default();
+            rule.metadata.managed_fields = None;
+            self.rules_api().replace(&name, &pp, &rule).await.map_err(api_err("update", "Rule", &ns, &name))?;
+            tracing::info!("updated Rule {ns}/{name}");
+            self.wrote(Written::Updated { kind: "Rule", ns, name, old_rv });
+        }
+        Ok(false)
+    }
+
+    /// Creates a Rule; when its name is taken (by a Rule of another Ingress), tries the next names.
+    async fn create_rule(&mut self, cfg: &AlbIngressConfig, mut rule: Rule) -> Result<(), SyncError> {
+        let pp = PostParams::default();
+        for attempt in 1..=NAME_ATTEMPTS {
+            let (ns, name) = ns_name(&rule.metadata);
+            match self.rules_api().create(&pp, &rule).await {
+                Ok(made) => {
+                    tracing::info!("created Rule {ns}/{name}");
+                    self.wrote(Written::Created { kind: "Rule", ns, name, uid: made.metadata.uid.unwrap_or_default() });
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let Some(next) = next_name(cfg, &rule, attempt) else {
+                        return Err(SyncError::NoName(name));
+                    };
+                    rule.metadata.name = Some(next);
+                }
+                Err(e) => return Err(api_err("create", "Rule", &ns, &name)(e)),
+            }
+        }
+        let ft = rule.metadata.labels.as_ref().and_then(|l| l.get(&crd::label_frontend(&cfg.domain))).cloned();
+        Err(SyncError::NoName(ft.unwrap_or_default()))
+    }
+
+    /// `Synced` once per Ingress generation; each warning once while it lasts.
+    async fn report(&mut self, ing: &Ingress, key: &(String, String), warnings: Vec<IngressWarning>) {
+        let (gen, old) = self.reported.get(key).cloned().unwrap_or((None, Vec::new()));
+        if old != warnings {
+            for w in warnings.iter().filter(|w| !old.contains(w)) {
+                tracing::warn!("{w}");
+                self.event(ing, EventType::Warning, &w.reason, &w.message).await;
+            }
+        }
+        if gen.is_none() || gen != ing.metadata.generation {
+            self.event(ing, EventType::Normal, "Synced", "Ingress synced successfully").await;
+        }
+        self.reported.insert(key.clone(), (ing.metadata.generation.or(Some(0)), warnings));
+    }
+
+    async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, message: &str) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: super::status::note(message),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
+            tracing::warn!("cannot record an Event for ingress {:?}: {e}", ing.metadata.name);
+        }
+    }
+
+    /// Add-only merge of our addresses and ports into `status.loadBalancer`.
+    async fn update_status(&self, ing: &Ingress, addresses: &[String], ports: &[(u16, &str)]) -> Result<(), SyncError> {
+        if addresses.is_empty() || ports.is_empty() {
+            return Ok(());
+        }
+        let current = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+        let want = ingress::load_balancer_status(addresses, ports, current);
+        if current == Some(&want) {
+            return Ok(());
+        }
+        let (ns, name) = ns_name(&ing.metadata);
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        let body = serde_json::json!({"status": {"loadBalancer": want}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(api_err(
+            "update status of",
+            "Ingress",
+            &ns,
+            &name,
+        ))?;
+        Ok(())
+    }
+}
+
+/// The next deterministic name for a generated Rule whose name is taken.
+fn next_name(cfg: &AlbIngressConfig, rule: &Rule, attempt: u32) -> Option<String> {
+    let d = &cfg.domain;
+    let labels = rule.metadata.labels.as_ref()?;
+    let annos = rule.metadata.annotations.as_ref()?;
+    let ft = labels.get(&crd::label_frontend(d))?;
+    let r: usize = annos.get(&annotation_rule_index(d))?.parse().ok()?;
+    let p: usize = annos.get(&annotation_path_index(d))?.parse().ok()?;
+    let src = rule.spec.source.as_ref()?;
+    Some(rule_name(ft, &src.namespace, &src.name, r, p, attempt))
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn api_err<'a>(
+    verb: &'static str,
+    kind: &'static str,
+    ns: &'a str,
+    name: &'a str,
+) -> impl FnOnce(kube::Error) -> SyncError + 'a {
+    move |source| SyncError::Api { verb, kind, ns: ns.to_string(), name: name.to_string(), source }
+}
+
+/// Debounced passes on every store change, every `resync` and soon after a pass that wants another one;
+/// runs until aborted (leadership lost).
+pub async fn run(mut sync: IngressSync, mut changes: watch::Receiver<u64>, resync: Duration) {
+    sync.stores.wait_ingress_inputs().await;
+    tracing::info!("leader: syncing Ingresses");
+    loop {
+        changes.borrow_and_update();
+        let wait = match sync.pass().await {
+            Ok(false) => resync,
+            Ok(true) => Duration::from_millis(200),
+            Err(_) => Duration::from_secs(2),
+        };
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn args() -> ControllerArgs {
+        Cli::parse_from(["alb", "--alb-name", "alb-dev", "--alb-namespace", "cpaas-system"]).args
+    }
+
+    fn alb(v: serde_json::Value) -> ALB2 {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn config_from_the_alb2() {
+        let a = alb(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v2beta1", "kind": "ALB2",
+            "metadata": {"name": "alb-dev", "namespace": "cpaas-system", "uid": "u-1",
+                         "labels": {"project.cpaas.io/p2": "true", "cpaas.io/role": "port"}},
+            "spec": {"address": "1.1.1.1, lb.example.com", "config": {
+                "ingressHTTPPort": 8080, "ingressHTTPSPort": "0", "defaultSSLStrategy": "both",
+                "defaultSSLCert": "cpaas-system/cert", "projects": ["p1"], "unknown": 1}},
+            "status": {"detail": {"address": {"ipv4": ["2.2.2.2", "1.1.1.1"], "ipv6": ["::2"], "host": []}}}
+        }));
+        let cfg = alb_config(&args(), &a);
+        assert_eq!((cfg.http_port, cfg.https_port), (8080, 0));
+        assert_eq!(cfg.ssl_strategy, SslStrategy::Both);
+        assert_eq!(cfg.default_ssl_cert.as_deref(), Some("cpaas-system/cert"));
+        assert_eq!(cfg.projects, vec!["p1".to_string(), "p2".to_string()]);
+        assert!(cfg.port_mode);
+        assert_eq!(cfg.alb_uid.as_deref(), Some("u-1"));
+        assert_eq!(alb_addresses(&a), vec!["1.1.1.1", "lb.example.com", "2.2.2.2", "::2"]);
+    }
+
+    #[test]
+    fn defaults_without_config() {
+        let a = alb(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v2beta1", "kind": "ALB2",
+            "metadata": {"name": "alb-dev", "namespace": "cpaas-system"}, "spec": {}
+        }));
+        let cfg = alb_config(&args(), &a);
+        assert_eq!((cfg.http_port, cfg.https_port), (80, 443));
+        assert_eq!(cfg.ssl_strategy, SslStrategy::Never);
+        assert!(cfg.projects.is_empty() && !cfg.port_mode && cfg.default_ssl_cert.is_none());
+        assert!(alb_addresses(&a).is_empty());
+    }
+
+    #[test]
+    fn source_from_spec_or_labels() {
+        let src = crd::Source { kind: "ingress".into(), namespace: "n".into(), name: "i".into() };
+        assert_eq!(source_of("cpaas.io", Some(&src), None), Some(("n".into(), "i".into())));
+        let other = crd::Source { kind: "gateway".into(), ..src.clone() };
+        assert_eq!(source_of("cpaas.io", Some(&other), None), None);
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("alb2.cpaas.io/source-type", "ingress"),
+            ("alb2.cpaas.io/source-ns", "n2"),
+            ("alb2.cpaas.io/source-name", "i2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(source_of("cpaas.io", None, Some(&labels)), Some(("n2".into(), "i2".into())));
+        assert_eq!(source_of("cpaas.io", None, None), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! Every replica: store change → debounce → snapshot → compile → listeners (reload only when they change) →
+//! push (skipped when the policy content is unchanged). Also keeps the data plane holding our policy: a
+//! spawned nginx that died is restarted, and a data plane that lost the policy gets it again.
+
+use super::dataplane::Dataplane;
+use super::stores::Stores;
+use super::ControllerArgs;
+use crate::compile::{compile, CompileOptions, Compiled};
+use crate::nginx::push::{PolicyClient, Pusher};
+use crate::nginx::render::HttpListener;
+use anyhow::Result;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Store events closer than this are compiled once.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the data plane is checked (nginx alive, policy still held).
+const HEALTH_PERIOD: Duration = Duration::from_millis(500);
+
+/// A compiled policy and the Frontend/Rule objects it was compiled from (for their statuses).
+pub struct Published {
+    pub compiled: Compiled,
+    pub frontends: Vec<crate::crd::Frontend>,
+    pub rules: Vec<crate::crd::Rule>,
+}
+
+pub struct RenderLoop {
+    args: ControllerArgs,
+    stores: Arc<Stores>,
+    changes: watch::Receiver<u64>,
+    published: watch::Sender<Option<Arc<Published>>>,
+    ready: Arc<AtomicBool>,
+    opts: CompileOptions,
+    /// Reject lines logged by the previous compilation (each is logged once, when it appears).
+    seen: BTreeSet<String>,
+}
+
+fn listeners(c: &Compiled) -> Vec<HttpListener> {
+    c.listeners.iter().map(|l| HttpListener { name: l.name.clone(), port: l.port }).collect()
+}
+
+impl RenderLoop {
+    pub fn new(
+        args: &ControllerArgs,
+        stores: Arc<Stores>,
+        changes: watch::Receiver<u64>,
+        published: watch::Sender<Option<Arc<Published>>>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<RenderLoop> {
+        let opts = CompileOptions { alb_name: Some(args.alb_name.clone()), domain: args.domain.clone(), generation: 0 };
+        Ok(RenderLoop { args: args.clone(), stores, changes, published, ready, opts, seen: BTreeSet::new() })
+    }
+
+    fn build(&mut self) -> Compiled {
+        let snapshot = self.stores.snapshot();
+        let compiled = compile(&snapshot, &self.opts);
+        let mut now = BTreeSet::new();
+        for r in &compiled.rejects {
+            let line = format!("rejected {r}");
+            if !self.seen.contains(&line) {
+                tracing::warn!("{line}");
+            }
+            now.insert(line);
+        }
+        self.seen = now;
+        let published = Published { compiled: compiled.clone(), frontends: snapshot.frontends, rules: snapshot.rules };
+        self.published.send_replace(Some(Arc::new(published)));
+        compiled
+    }
+
+    /// Returns false when the push should be retried (data plane unreachable or not all workers applied).
+    async fn push(&self, pusher: &mut Pusher, compiled: &Compiled, force: bool) -> bool {
+        match pusher.push(compiled, force).await {
+            Ok(true) => {
+                self.ready.store(true, Ordering::Relaxed);
+                true
+            }
+            // Refused: retrying the same policy cannot help; the next change will be pushed.
+            Ok(false) => true,
+            Err(e) => {
+                tracing::error!("push failed (the data plane keeps its previous policy; retrying): {e:#}");
+                false
+            }
+        }
+    }
+
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        tokio::select! {
+            _ = self.stores.wait_policy_inputs() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        self.changes.borrow_and_update();
+        let mut compiled = self.build();
+        let (mut dataplane, token) = Dataplane::start(&self.args.nginx, self.args.spawn_nginx, listeners(&compiled))?;
+        let mut pusher = Pusher::new(PolicyClient::new(self.args.nginx.api_port, token));
+        // A sidecar may still be starting: wait for its policy API as long as it takes.
+        loop {
+            match pusher.client.wait_ready(Duration::from_secs(10)).await {
+                Ok(_) => break,
+                Err(e) if self.args.spawn_nginx => return Err(e),
+                Err(e) => tracing::warn!("waiting for the nginx sidecar: {e:#}"),
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+        }
+        for l in &dataplane.input().http_listeners {
+            tracing::info!("listening on {}:{} (frontend {})", dataplane.input().bind_address, l.port, l.name);
+        }
+        // A restarted controller continues from what the running data plane holds (same digest, no gap).
+        if let Err(e) = pusher.adopt().await {
+            tracing::warn!("cannot read the data plane's current policy: {e:#}");
+        }
+        let mut pushed = self.push(&mut pusher, &compiled, false).await;
+
+        let mut health = tokio::time::interval(HEALTH_PERIOD);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    self.changes.borrow_and_update();
+                    compiled = self.build();
+                    let before: BTreeSet<u16> = dataplane.input().http_listeners.iter().map(|l| l.port).collect();
+                    let reloaded = match dataplane.set_listeners(listeners(&compiled)) {
+                        Ok(r) => {
+                            let input = dataplane.input();
+                            for l in input.http_listeners.iter().filter(|l| !before.contains(&l.port)) {
+                                tracing::info!("listening on {}:{} (frontend {})", input.bind_address, l.port, l.name);
+                            }
+                            r
+                        }
+                        Err(e) => {
+                            tracing::error!("listeners not applied, keeping the running ones: {e:#}");
+                            false
+                        }
+                    };
+                    pushed = self.push(&mut pusher, &compiled, reloaded).await;
+                }
+                _ = health.tick() => {
+                    match dataplane.restart_if_exited() {
+                        Ok(true) => {
+                            if let Err(e) = pusher.client.wait_ready(Duration::from_secs(10)).await {
+                                tracing::error!("restarted nginx does not answer: {e:#}");
+                                continue;
+                            }
+                            pushed = self.push(&mut pusher, &compiled, true).await;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!("cannot restart nginx: {e:#}");
+                            continue;
+                        }
+                    }
+                    if !pushed {
+                        pushed = self.push(&mut pusher, &compiled, false).await;
+                        continue;
+                    }
+                    // A restarted nginx has lost its shared dict: push what we had again.
+                    if let Err(e) = pusher.repair(&compiled).await {
+                        tracing::error!("re-push failed: {e:#}");
+                    }
+                }
+            }
+        }
+        dataplane.stop();
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Leader only: the `Accepted` condition of every Frontend and Rule of this ALB (True, or False with the
+//! compiler's reject reason and message), written through the status subresource only when it changes, and a
+//! Warning Event for every object that becomes rejected.
+
+use super::render_loop::Published;
+use crate::compile::Reject;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const ACCEPTED: &str = "Accepted";
+/// Event notes are limited to 1 kB by the API server.
+const NOTE_MAX: usize = 1000;
+
+/// `alb2-<alb>`: the reporting component of our Events (as the original's event source).
+pub fn reporter(alb_name: &str, identity: &str) -> Reporter {
+    Reporter { controller: format!("alb2-{alb_name}"), instance: Some(identity.to_string()) }
+}
+
+pub fn note(s: &str) -> Option<String> {
+    if s.len() <= NOTE_MAX {
+        return Some(s.to_string());
+    }
+    let mut end = NOTE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}…", &s[..end]))
+}
+
+/// The `Accepted` condition we want on one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    accepted: bool,
+    reason: String,
+    message: String,
+    generation: Option<i64>,
+}
+
+impl Desired {
+    fn of(kind: &str, meta: &ObjectMeta, rejects: &[Reject]) -> Desired {
+        let ns = meta.namespace.as_deref().unwrap_or("");
+        let name = meta.name.as_deref().unwrap_or("");
+        let mine: Vec<&Reject> =
+            rejects.iter().filter(|r| r.kind == kind && r.namespace == ns && r.name == name).collect();
+        match mine.first() {
+            None => Desired {
+                accepted: true,
+                reason: ACCEPTED.into(),
+                message: format!("{kind} is part of the policy"),
+                generation: meta.generation,
+            },
+            Some(first) => Desired {
+                accepted: false,
+                reason: first.reason.clone(),
+                message: mine.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("; "),
+                generation: meta.generation,
+            },
+        }
+    }
+
+    fn matches(&self, c: &Condition) -> bool {
+        c.status == if self.accepted { "True" } else { "False" }
+            && c.reason == self.reason
+            && c.message == self.message
+            && c.observed_generation == self.generation
+    }
+
+    fn condition(&self, current: Option<&Condition>) -> Condition {
+        let status = if self.accepted { "True" } else { "False" };
+        // lastTransitionTime moves only when the status flips.
+        let last_transition_time = match current {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Time(Timestamp::now()),
+        };
+        Condition {
+            type_: ACCEPTED.into(),
+            status: status.into(),
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            observed_generation: self.generation,
+            last_transition_time,
+        }
+    }
+}
+
+fn accepted_condition(conditions: Option<&Vec<Condition>>) -> Option<&Condition> {
+    conditions.and_then(|cs| cs.iter().find(|c| c.type_ == ACCEPTED))
+}
+
+type Key = (&'static str, String, String);
+
+pub struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+    /// What we patched last, so that a store that has not caught up yet does not make us patch twice.
+    written: HashMap<Key, Desired>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, recorder: Recorder) -> StatusWriter {
+        StatusWriter { client, recorder, written: HashMap::new() }
+    }
+
+    /// Brings every object's condition in line with `p`; returns whether something failed (retry later).
+    async fn sync(&mut self, p: &Published) -> bool {
+        let mut failed = false;
+        let mut live = std::collections::HashSet::new();
+        for ft in &p.frontends {
+            let current = accepted_condition(ft.status.as_ref().and_then(|s| s.conditions.as_ref()));
+            live.insert(key("Frontend", &ft.metadata));
+            failed |= !self.one(ft, "Frontend", current, &p.compiled.rejects).await;
+        }
+        for rl in &p.rules {
+            let current = accepted_condition(rl.status.as_ref().and_then(|s| s.conditions.as_ref()));
+            live.insert(key("Rule", &rl.metadata));
+            failed |= !self.one(rl, "Rule", current, &p.compiled.rejects).await;
+        }
+        self.written.retain(|k, _| live.contains(k));
+        failed
+    }
+
+    /// One object; returns false on an API error.
+    async fn one<K>(&mut self, obj: &K, kind: &'static str, current: Option<&Condition>, rejects: &[Reject]) -> bool
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let meta = obj.meta();
+        let desired = Desired::of(kind, meta, rejects);
+        let k = key(kind, meta);
+        if current.is_some_and(|c| desired.matches(c)) {
+            self.written.insert(k, desired);
+            return true;
+        }
+        if self.written.get(&k) == Some(&desired) {
+            return true;
+        }
+        let (ns, name) = (k.1.clone(), k.2.clone());
+        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        let body = serde_json::json!({"status": {"conditions": [desired.condition(current)]}});
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+            Ok(_) => {}
+            // Deleted meanwhile: nothing to report.
+            Err(kube::Error::Api(s)) if s.code == 404 => return true,
+            Err(e) => {
+                tracing::warn!("cannot write the status of {kind} {ns}/{name}: {e}");
+                return false;
+            }
+        }
+        if !desired.accepted {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: desired.reason.clone(),
+                note: note(&desired.message),
+                action: "Compile".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+                tracing::warn!("cannot record an Event for {kind} {ns}/{name}: {e}");
+            }
+        }
+        self.written.insert(k, desired);
+        true
+    }
+}
+
+fn key(kind: &'static str, meta: &ObjectMeta) -> Key {
+    (kind, meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// Writes statuses for every compiled policy until aborted (leadership lost).
+pub async fn run(mut writer: StatusWriter, mut compiled: watch::Receiver<Option<Arc<Published>>>) {
+    loop {
+        let latest = compiled.borrow_and_update().clone();
+        let failed = match latest {
+            Some(p) => writer.sync(&p).await,
+            None => false,
+        };
+        if failed {
+            // Retry after a pause unless a newer policy arrives first.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                r = compiled.changed() => if r.is_err() { return },
+            }
+        } else if compiled.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, generation: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            generation: Some(generation),
+            ..Default::default()
+        }
+    }
+
+    fn reject(name: &str, reason: &str) -> Reject {
+        Reject {
+            kind: "Rule".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            field: "spec.dslx[0]".into(),
+            reason: reason.into(),
+            message: format!("Rule ns/{name}: spec.dslx[0] is bad"),
+        }
+    }
+
+    #[test]
+    fn desired_condition_from_rejects() {
+        let rejects = vec![reject("bad", "InvalidRegex")];
+        let ok = Desired::of("Rule", &meta("good", 1), &rejects);
+        assert!(ok.accepted);
+        assert_eq!(ok.reason, ACCEPTED);
+        let bad = Desired::of("Rule", &meta("bad", 3), &rejects);
+        assert!(!bad.accepted);
+        assert_eq!(bad.reason, "InvalidRegex");
+        assert_eq!(bad.generation, Some(3));
+        // The same name of another kind is not affected.
+        assert!(Desired::of("Frontend", &meta("bad", 1), &rejects).accepted);
+    }
+
+    #[test]
+    fn condition_keeps_transition_time_while_status_holds() {
+        let bad = Desired::of("Rule", &meta("bad", 1), &[reject("bad", "InvalidRegex")]);
+        let first = bad.condition(None);
+        assert!(bad.matches(&first));
+        let again = bad.condition(Some(&first));
+        assert_eq!(again.last_transition_time, first.last_transition_time);
+        let newer = Desired { generation: Some(2), ..bad.clone() };
+        assert!(!newer.matches(&first), "a new generation is written again");
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(800);
+        let n = note(&s).unwrap();
+        assert!(n.len() <= NOTE_MAX + '…'.len_utf8());
+    }
+}

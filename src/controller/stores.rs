@@ -1,0 +1,198 @@
+//! One reflector (`watcher` + `Store`) per kind the controller reads. Every change of any store bumps a
+//! counter on a `watch` channel; the render loop and the leader work debounce on it.
+//!
+//! Watch errors (API server unreachable, RBAC, a CRD not installed yet) are logged and retried with kube's
+//! default backoff; the stores keep their last content meanwhile and are relisted when the watch returns.
+
+use super::ControllerArgs;
+use crate::compile::Snapshot;
+use crate::crd::alb2::ALB2;
+use crate::crd::{Frontend, Rule};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct Stores {
+    /// Frontends of this ALB (its namespace, label `alb2.<d>/name=<alb>`).
+    pub frontends: Store<Frontend>,
+    /// Rules of this ALB (same selection).
+    pub rules: Store<Rule>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    /// `kubernetes.io/tls` Secrets only (certificates, for the TLS issue).
+    pub secrets: Store<Secret>,
+    pub namespaces: Store<Namespace>,
+    pub ingresses: Store<Ingress>,
+    pub ingress_classes: Store<IngressClass>,
+    /// This ALB's own ALB2 object (at most one).
+    pub albs: Store<ALB2>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Spawns a reflector for `api` filtered by `cfg`; every applied change bumps `changes`.
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+    changes: watch::Sender<u64>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                // A (re)list is applied to the store atomically at InitDone: signal then.
+                Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("watch of {kind} is back");
+                        failing = false;
+                    }
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Err(e) => {
+                    // Logged at every (backed-off) retry: the operator wants to see the API server is away.
+                    tracing::warn!("watch of {kind} failed, retrying with backoff: {e}");
+                    failing = true;
+                }
+            }
+        }
+    });
+    (reader, task)
+}
+
+impl Stores {
+    pub fn start(client: Client, args: &ControllerArgs, changes: watch::Sender<u64>) -> Stores {
+        let ns = args.alb_namespace.as_str();
+        let mine = format!("{}={}", crate::crd::label_name(&args.domain), args.alb_name);
+        let all = watcher::Config::default;
+        let mut tasks = Vec::new();
+        let mut go = |t| tasks.push(t);
+        let (frontends, t) =
+            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", changes.clone());
+        go(t);
+        let (rules, t) = reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", changes.clone());
+        go(t);
+        let (services, t) = reflect(Api::all(client.clone()), all(), "Service", changes.clone());
+        go(t);
+        let (endpoint_slices, t) = reflect(Api::all(client.clone()), all(), "EndpointSlice", changes.clone());
+        go(t);
+        let (secrets, t) =
+            reflect(Api::all(client.clone()), all().fields("type=kubernetes.io/tls"), "Secret", changes.clone());
+        go(t);
+        let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", changes.clone());
+        go(t);
+        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", changes.clone());
+        go(t);
+        let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", changes.clone());
+        go(t);
+        let by_name = format!("metadata.name={}", args.alb_name);
+        let (albs, t) = reflect(Api::namespaced(client, ns), all().fields(&by_name), "ALB2", changes);
+        go(t);
+        Stores {
+            frontends,
+            rules,
+            services,
+            endpoint_slices,
+            secrets,
+            namespaces,
+            ingresses,
+            ingress_classes,
+            albs,
+            tasks,
+        }
+    }
+
+    /// Waits until the stores the policy is compiled from have been listed once.
+    pub async fn wait_policy_inputs(&self) {
+        wait_logged("Frontend", &self.frontends).await;
+        wait_logged("Rule", &self.rules).await;
+        wait_logged("Service", &self.services).await;
+        wait_logged("EndpointSlice", &self.endpoint_slices).await;
+        tracing::info!(
+            "caches synced: {} frontends, {} rules, {} services, {} endpoint slices",
+            self.frontends.len(),
+            self.rules.len(),
+            self.services.len(),
+            self.endpoint_slices.len()
+        );
+    }
+
+    /// Waits until the stores the Ingress sync reads have been listed once (an empty Ingress store that was
+    /// never listed must not look like "every Ingress was deleted").
+    pub async fn wait_ingress_inputs(&self) {
+        wait_logged("Ingress", &self.ingresses).await;
+        wait_logged("Namespace", &self.namespaces).await;
+        wait_logged("IngressClass", &self.ingress_classes).await;
+        wait_logged("Secret", &self.secrets).await;
+        wait_logged("ALB2", &self.albs).await;
+        tracing::debug!(
+            "ingress caches synced: {} ingresses, {} namespaces, {} ingress classes, {} TLS secrets",
+            self.ingresses.len(),
+            self.namespaces.len(),
+            self.ingress_classes.len(),
+            self.secrets.len()
+        );
+    }
+
+    /// What the compiler reads, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            frontends: cloned(&self.frontends),
+            rules: cloned(&self.rules),
+            services: cloned(&self.services),
+            endpoint_slices: cloned(&self.endpoint_slices),
+        }
+    }
+
+    /// This ALB's ALB2 object, if it exists.
+    pub fn alb(&self) -> Option<Arc<ALB2>> {
+        self.albs.state().into_iter().next()
+    }
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
+pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    let mut v: Vec<K> = store.state().iter().map(|o| (**o).clone()).collect();
+    v.sort_by(|a, b| {
+        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+    });
+    v
+}
+
+async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Store<K>) {
+    let mut waited = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => {
+                waited += 10;
+                tracing::warn!("still waiting for the first list of {kind} after {waited} s (see the watch errors)");
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The diff between what one Ingress needs and what exists (controlplane.md §2.4), and the cleanup of an
+//! Ingress that is deleted or no longer claimed (§2.1.3).
+//!
+//! The controller applies a [`Plan`] in this order: Frontends (create, update), then Rules: creates, deletes,
+//! updates. Rule names are deterministic ([`super::translate::rule_name`]); should a create still meet
+//! `AlreadyExists` (a Rule of another Ingress with the same name), the controller retries with the next
+//! `attempt`.
+
+use super::translate::{annotation_path_index, annotation_rule_index, Expected, SOURCE_TYPE};
+use super::AlbIngressConfig;
+use crate::crd::{self, Frontend, Rule};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What to write to the API server.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub create_frontends: Vec<Frontend>,
+    /// Existing objects (name, resourceVersion, uid kept) with the new content.
+    pub update_frontends: Vec<Frontend>,
+    pub create_rules: Vec<Rule>,
+    /// Existing objects (name, resourceVersion, uid kept) with the new content.
+    pub update_rules: Vec<Rule>,
+    /// `(namespace, name)`.
+    pub delete_rules: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.create_frontends.is_empty()
+            && self.update_frontends.is_empty()
+            && self.create_rules.is_empty()
+            && self.update_rules.is_empty()
+            && self.delete_rules.is_empty()
+    }
+}
+
+fn ns_name(meta: &ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn get<'a>(m: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+    m.as_ref().and_then(|m| m.get(key)).map(String::as_str)
+}
+
+/// Identity of an ingress Rule: (Frontend label, `"<ruleIdx>:<pathIdx>"`); `None` without identity annotations.
+fn identity(cfg: &AlbIngressConfig, rule: &Rule) -> Option<(String, String)> {
+    let d = &cfg.domain;
+    let m = &rule.metadata;
+    let ft = get(&m.labels, &crd::label_frontend(d))?;
+    let r = get(&m.annotations, &annotation_rule_index(d))?;
+    let p = get(&m.annotations, &annotation_path_index(d))?;
+    Some((ft.to_string(), format!("{r}:{p}")))
+}
+
+/// Labels the translation owns: `alb*` and `<d>/project`.
+fn relevant_labels(cfg: &AlbIngressConfig, m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    let project = crd::label_project(&cfg.domain);
+    m.iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("alb") || **k == project)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Annotations the translation owns: `alb*` and `nginx.ingress*`.
+fn relevant_annotations(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    m.iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("alb") || k.starts_with("nginx.ingress"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `existing` with the owned labels/annotations replaced by `expected`'s (foreign keys kept).
+fn merged(
+    existing: &Option<BTreeMap<String, String>>,
+    expected: &Option<BTreeMap<String, String>>,
+    owned: impl Fn(&str) -> bool,
+) -> Option<BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, String> =
+        existing.iter().flatten().filter(|(k, _)| !owned(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.extend(expected.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether an existing Rule already has the expected content (spec, owned labels/annotations, owners).
+fn same_content(cfg: &AlbIngressConfig, existing: &Rule, expected: &Rule) -> bool {
+    existing.spec == expected.spec
+        && relevant_labels(cfg, &existing.metadata.labels) == relevant_labels(cfg, &expected.metadata.labels)
+        && relevant_annotations(&existing.metadata.annotations) == relevant_annotations(&expected.metadata.annotations)
+        && existing.metadata.owner_references.as_deref().unwrap_or(&[])
+            == expected.metadata.owner_references.as_deref().unwrap_or(&[])
+}
+
+fn has_service_group(ft: &Frontend) -> bool {
+    ft.spec.service_group.as_ref().is_some_and(|sg| !sg.services.is_empty())
+}
+
+/// The diff for one claimed Ingress. `existing_rules` are the Rules of this Ingress (any Frontend);
+/// `existing_frontends` the Frontends of this ALB.
+pub fn plan(
+    cfg: &AlbIngressConfig,
+    expected: &Expected,
+    existing_rules: &[Rule],
+    existing_frontends: &[Frontend],
+) -> Plan {
+    let mut out = Plan::default();
+    for ft in &expected.frontends {
+        match existing_frontends.iter().find(|e| ns_name(&e.metadata) == ns_name(&ft.metadata)) {
+            None => out.create_frontends.push(ft.clone()),
+            // The only update ever made: a Frontend without default backend gets this Ingress's.
+            Some(e) if !has_service_group(e) && has_service_group(ft) => {
+                let mut u = e.clone();
+                u.spec.service_group = ft.spec.service_group.clone();
+                u.spec.backend_protocol = ft.spec.backend_protocol.clone();
+                u.spec.source = ft.spec.source.clone();
+                out.update_frontends.push(u);
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Existing rules by identity, oldest name first so the survivor of duplicates is stable.
+    let mut by_key: BTreeMap<(String, String), Vec<&Rule>> = BTreeMap::new();
+    let mut sorted: Vec<&Rule> = existing_rules.iter().collect();
+    sorted.sort_by_key(|r| ns_name(&r.metadata));
+    for r in sorted {
+        match identity(cfg, r) {
+            Some(k) => by_key.entry(k).or_default().push(r),
+            None => out.delete_rules.push(ns_name(&r.metadata)),
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    for exp in &expected.rules {
+        let Some(key) = identity(cfg, exp) else { continue };
+        wanted.insert(key.clone());
+        let Some(have) = by_key.get(&key).and_then(|v| v.first()) else {
+            out.create_rules.push(exp.clone());
+            continue;
+        };
+        if same_content(cfg, have, exp) {
+            continue;
+        }
+        let project = crd::label_project(&cfg.domain);
+        let mut u = (*have).clone();
+        u.spec = exp.spec.clone();
+        u.metadata.labels =
+            merged(&have.metadata.labels, &exp.metadata.labels, |k| k.starts_with("alb") || k == project);
+        u.metadata.annotations = merged(&have.metadata.annotations, &exp.metadata.annotations, |k| {
+            k.starts_with("alb") || k.starts_with("nginx.ingress")
+        });
+        u.metadata.owner_references = exp.metadata.owner_references.clone();
+        out.update_rules.push(u);
+    }
+    for (key, rules) in &by_key {
+        let extras = if wanted.contains(key) { &rules[1..] } else { &rules[..] };
+        out.delete_rules.extend(extras.iter().map(|r| ns_name(&r.metadata)));
+    }
+    out
+}
+
+/// Whether `rule` was generated from Ingress `ns/name` (spec.source, else the source labels).
+pub fn is_rule_of(cfg: &AlbIngressConfig, rule: &Rule, ns: &str, name: &str) -> bool {
+    if let Some(s) = rule.spec.source.as_ref().filter(|s| !s.kind.is_empty()) {
+        return s.kind == SOURCE_TYPE && s.namespace == ns && s.name == name;
+    }
+    let d = &cfg.domain;
+    let l = &rule.metadata.labels;
+    get(l, &crd::label_source_type(d)) == Some(SOURCE_TYPE)
+        && get(l, &crd::label_source_ns(d)) == Some(&ns.chars().take(63).collect::<String>())
+        && get(l, &crd::label_source_name(d)) == Some(&name.chars().take(63).collect::<String>())
+}
+
+/// An Ingress that is deleted or not claimed any more: delete its Rules; on the ingress Frontends
+/// (`http_port`/`https_port`) whose `source` is this Ingress, clear `serviceGroup`, `source`, `backendProtocol`.
+pub fn cleanup(
+    cfg: &AlbIngressConfig,
+    ing_ns: &str,
+    ing_name: &str,
+    existing_rules: &[Rule],
+    existing_frontends: &[Frontend],
+) -> Plan {
+    let mut out = Plan::default();
+    for r in existing_rules.iter().filter(|r| is_rule_of(cfg, r, ing_ns, ing_name)) {
+        out.delete_rules.push(ns_name(&r.metadata));
+    }
+    out.delete_rules.sort();
+    let ports: Vec<i32> = [cfg.http_port, cfg.https_port].iter().filter(|p| **p != 0).map(|p| i32::from(*p)).collect();
+    for ft in existing_frontends.iter().filter(|f| ports.contains(&f.spec.port)) {
+        let ours = ft.spec.source.as_ref().is_some_and(|s| {
+            (s.kind == SOURCE_TYPE || s.kind.is_empty()) && s.namespace == ing_ns && s.name == ing_name
+        });
+        if ours {
+            let mut u = ft.clone();
+            u.spec.service_group = None;
+            u.spec.source = None;
+            u.spec.backend_protocol = String::new();
+            out.update_frontends.push(u);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::translate::expected;
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> AlbIngressConfig {
+        AlbIngressConfig { alb_name: "alb-dev".into(), alb_namespace: "cpaas-system".into(), ..Default::default() }
+    }
+
+    fn world_with_ft() -> World {
+        let mut w = World::default();
+        let mut ft = frontend("cpaas-system", "alb-dev-00080", 80, "http", &[]);
+        ft.metadata.uid = Some("ft-uid".into());
+        w.frontends = vec![ft];
+        w
+    }
+
+    fn two_paths() -> k8s_openapi::api::networking::v1::Ingress {
+        ingress(
+            "ns1",
+            "web",
+            json!({"rules": [{"host": "a.com", "http": {"paths": [
+                {"path": "/a", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}},
+                {"path": "/b", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}}
+            ]}}]}),
+        )
+    }
+
+    /// What the API server would hold after creating `r`.
+    fn stored(mut r: Rule, rv: &str) -> Rule {
+        r.metadata.resource_version = Some(rv.into());
+        r.metadata.uid = Some(format!("uid-{rv}"));
+        r
+    }
+
+    #[test]
+    fn creates_then_converges() {
+        let (cfg, w) = (cfg(), world_with_ft());
+        let exp = expected(&cfg, &w.world(), &two_paths());
+        let p = plan(&cfg, &exp, &[], &w.frontends);
+        assert!(p.create_frontends.is_empty() && p.update_frontends.is_empty());
+        assert_eq!(p.create_rules.len(), 2);
+        assert!(p.update_rules.is_empty() && p.delete_rules.is_empty());
+        let existing: Vec<Rule> =
+            p.create_rules.into_iter().enumerate().map(|(i, r)| stored(r, &i.to_string())).collect();
+        let again = plan(&cfg, &exp, &existing, &w.frontends);
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn missing_frontend_is_created() {
+        let cfg = cfg();
+        let w = World::default();
+        let exp = expected(&cfg, &w.world(), &two_paths());
+        let p = plan(&cfg, &exp, &[], &[]);
+        assert_eq!(p.create_frontends.len(), 1);
+        assert_eq!(p.create_frontends[0].metadata.name.as_deref(), Some("alb-dev-00080"));
+        assert_eq!(p.create_rules.len(), 2);
+    }
+
+    #[test]
+    fn update_keeps_name_and_version_delete_unexpected_and_duplicates() {
+        let (cfg, w) = (cfg(), world_with_ft());
+        let exp = expected(&cfg, &w.world(), &two_paths());
+        // Path 0 exists under another name with old content and a foreign label; path 0 also has a duplicate.
+        let mut old = stored(exp.rules[0].clone(), "7");
+        old.metadata.name = Some("alb-dev-00080-zzzz".into());
+        old.spec.priority = 9;
+        old.metadata.labels.as_mut().unwrap().insert("team".into(), "x".into());
+        let mut dup = old.clone();
+        dup.metadata.name = Some("alb-dev-00080-zzzy".into());
+        // Path 5 is not expected any more; a Rule without identity annotations is dropped.
+        let mut gone = stored(exp.rules[1].clone(), "8");
+        gone.metadata.name = Some("alb-dev-00080-gone".into());
+        gone.metadata.annotations.as_mut().unwrap().insert(annotation_path_index("cpaas.io"), "5".into());
+        let mut anon = stored(exp.rules[1].clone(), "9");
+        anon.metadata.name = Some("alb-dev-00080-anon".into());
+        anon.metadata.annotations = None;
+        let p = plan(&cfg, &exp, &[old, dup, gone, anon], &w.frontends);
+        assert_eq!(p.create_rules.len(), 1, "path 1 is missing");
+        assert_eq!(p.create_rules[0].metadata.name, exp.rules[1].metadata.name);
+        assert_eq!(p.update_rules.len(), 1);
+        let u = &p.update_rules[0];
+        assert_eq!(u.metadata.name.as_deref(), Some("alb-dev-00080-zzzy"), "the first by name survives");
+        assert_eq!(u.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(u.spec.priority, 5);
+        assert_eq!(u.metadata.labels.as_ref().unwrap()["team"], "x", "foreign labels kept");
+        let mut del = p.delete_rules.clone();
+        del.sort();
+        let names: Vec<&str> = del.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["alb-dev-00080-anon", "alb-dev-00080-gone", "alb-dev-00080-zzzz"]);
+        assert!(del.iter().all(|(ns, _)| ns == "cpaas-system"));
+    }
+
+    #[test]
+    fn rule_on_another_frontend_is_deleted_and_owner_ref_change_updates() {
+        let (cfg, w) = (cfg(), world_with_ft());
+        let exp = expected(&cfg, &w.world(), &two_paths());
+        let mut elsewhere = stored(exp.rules[0].clone(), "1");
+        elsewhere.metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/frontend".into(), "alb-dev-00443".into());
+        let mut no_owner = stored(exp.rules[1].clone(), "2");
+        no_owner.metadata.owner_references = None;
+        let p = plan(&cfg, &exp, &[elsewhere.clone(), no_owner], &w.frontends);
+        assert_eq!(p.delete_rules, vec![ns_name(&elsewhere.metadata)]);
+        assert_eq!(p.create_rules.len(), 1);
+        assert_eq!(p.update_rules.len(), 1);
+        assert_eq!(p.update_rules[0].metadata.owner_references.as_ref().unwrap()[0].uid, "ft-uid");
+    }
+
+    #[test]
+    fn frontend_updated_only_to_add_a_default_backend() {
+        let cfg = cfg();
+        let mut w = world_with_ft();
+        let ing =
+            ingress("ns1", "dflt", json!({"defaultBackend": {"service": {"name": "s", "port": {"number": 8080}}}}));
+        let exp = expected(&cfg, &w.world(), &ing);
+        let p = plan(&cfg, &exp, &[], &w.frontends);
+        assert_eq!(p.update_frontends.len(), 1);
+        let u = &p.update_frontends[0];
+        assert_eq!(u.metadata.uid.as_deref(), Some("ft-uid"));
+        assert_eq!(u.spec.service_group.as_ref().unwrap().services[0].port, 8080);
+        assert_eq!(u.spec.source.as_ref().unwrap().name, "dflt");
+        // A Frontend that already has a default backend is left alone.
+        w.frontends[0] = u.clone();
+        let other =
+            ingress("ns1", "other", json!({"defaultBackend": {"service": {"name": "t", "port": {"number": 1}}}}));
+        let exp = expected(&cfg, &w.world(), &other);
+        assert!(plan(&cfg, &exp, &[], &w.frontends).is_empty());
+    }
+
+    #[test]
+    fn cleanup_deletes_rules_and_releases_frontends() {
+        let cfg = cfg();
+        let mut w = world_with_ft();
+        let ing = ingress("ns1", "dflt", json!({"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}}));
+        w.frontends[0] = plan(&cfg, &expected(&cfg, &w.world(), &ing), &[], &w.frontends).update_frontends[0].clone();
+        let rules = expected(&cfg, &w.world(), &two_paths()).rules;
+        let mut foreign = rules[0].clone();
+        foreign.spec.source.as_mut().unwrap().name = "someone-else".into();
+        let p = cleanup(&cfg, "ns1", "web", &[rules[0].clone(), rules[1].clone(), foreign], &w.frontends);
+        assert_eq!(p.delete_rules.len(), 2);
+        assert!(p.update_frontends.is_empty(), "the Frontend's source is another Ingress");
+        let p = cleanup(&cfg, "ns1", "dflt", &rules, &w.frontends);
+        assert!(p.delete_rules.is_empty());
+        let u = &p.update_frontends[0];
+        assert!(u.spec.service_group.is_none() && u.spec.source.is_none() && u.spec.backend_protocol.is_empty());
+        // Labels alone identify the source when spec.source is absent.
+        let mut by_label = rules[0].clone();
+        by_label.spec.source = None;
+        assert!(is_rule_of(&cfg, &by_label, "ns1", "web"));
+        assert!(!is_rule_of(&cfg, &by_label, "ns1", "webx"));
+    }
+}

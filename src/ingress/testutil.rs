@@ -1,0 +1,78 @@
+//! Fixture constructors for the ingress tests.
+
+use super::IngressWorld;
+use crate::crd::Frontend;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use serde_json::{json, Value};
+
+/// An Ingress `ns/name` with the given `spec` JSON.
+pub fn ingress(ns: &str, name: &str, spec: Value) -> Ingress {
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Adds an annotation.
+pub fn annotate(mut ing: Ingress, key: &str, value: &str) -> Ingress {
+    ing.metadata.annotations.get_or_insert_default().insert(key.into(), value.into());
+    ing
+}
+
+pub fn namespace(name: &str, project: Option<&str>) -> Namespace {
+    let labels = project.map(|p| json!({"cpaas.io/project": p})).unwrap_or(json!({}));
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+    )
+    .unwrap()
+}
+
+pub fn frontend(ns: &str, name: &str, port: i32, protocol: &str, labels: &[(&str, &str)]) -> Frontend {
+    let mut l: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    l.entry("alb2.cpaas.io/name").or_insert(json!("alb-dev"));
+    serde_json::from_value(json!({
+        "apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+        "metadata": {"name": name, "namespace": ns, "labels": l},
+        "spec": {"port": port, "protocol": protocol}
+    }))
+    .unwrap()
+}
+
+/// A Service with `(name, port)` TCP ports.
+pub fn service(ns: &str, name: &str, ports: &[(&str, i32)]) -> Service {
+    let ports: Vec<Value> = ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"})).collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": ports}
+    }))
+    .unwrap()
+}
+
+/// Owns the lists an [`IngressWorld`] borrows.
+#[derive(Default)]
+pub struct World {
+    pub ingresses: Vec<Ingress>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub frontends: Vec<Frontend>,
+}
+
+impl World {
+    pub fn world(&self) -> IngressWorld<'_> {
+        IngressWorld {
+            ingresses: &self.ingresses,
+            namespaces: &self.namespaces,
+            services: &self.services,
+            frontends: &self.frontends,
+        }
+    }
+}
+
+/// JSON of anything serializable (the generated CR types have no `PartialEq`).
+pub fn js<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap()
+}

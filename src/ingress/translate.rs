@@ -1,0 +1,527 @@
+//! One claimed Ingress → the Frontends and Rules it needs (controlplane.md §2.2, §2.3).
+
+use super::annotations::{Annotations, PathAnnotations};
+use super::claim::{claims, frontend_at, namespace_project};
+use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
+use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, Rule, RuleSpec, ServiceGroup, ServiceRef, Source};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `spec.source.type` / `alb2.<d>/source-type` of everything generated from an Ingress.
+pub const SOURCE_TYPE: &str = "ingress";
+/// Label values are at most 63 characters.
+const LABEL_VALUE_MAX: usize = 63;
+/// An ImplementationSpecific path containing one of these is a regex.
+const REGEX_CHARS: &[char] = &['^', '$', '(', ')', ':', '?', '[', ']', '*', '\\'];
+
+/// `alb2.<d>/source-ingress-rule-index` (Rule annotation): identity of an ingress Rule, with the path index.
+pub fn annotation_rule_index(domain: &str) -> String {
+    format!("alb2.{domain}/source-ingress-rule-index")
+}
+
+/// `alb2.<d>/source-ingress-path-index` (Rule annotation).
+pub fn annotation_path_index(domain: &str) -> String {
+    format!("alb2.{domain}/source-ingress-path-index")
+}
+
+/// What one claimed Ingress needs.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// The Frontends the Ingress lands on: existing ones (unchanged, or with this Ingress's default backend
+    /// when they had none) and missing ones to create (no uid).
+    pub frontends: Vec<Frontend>,
+    /// One Rule per path per Frontend. Rules of a Frontend without a uid (not created yet) have no
+    /// ownerReference: the next pass adds it.
+    pub rules: Vec<Rule>,
+    pub warnings: Vec<IngressWarning>,
+    /// `(port, "http"|"https")` of the Frontends, for `status.loadBalancer`.
+    pub ports: Vec<(u16, &'static str)>,
+}
+
+/// `<alb>-<port zero-padded to 5>`.
+pub fn frontend_name(alb: &str, port: u16) -> String {
+    format!("{alb}-{port:05}")
+}
+
+/// `<ftName>-<4 chars>`, lower case; the 4 chars are derived from the Ingress, the rule and path indexes, the
+/// Frontend and `attempt` (bumped only to avoid a name already taken), so every computation agrees.
+pub fn rule_name(ft_name: &str, ing_ns: &str, ing_name: &str, r: usize, p: usize, attempt: u32) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let sum = Sha256::digest(format!("{ing_ns}/{ing_name}/{r}/{p}/{ft_name}/{attempt}").as_bytes());
+    let mut n = u64::from_be_bytes(sum[..8].try_into().expect("8 bytes"));
+    let mut suffix = String::with_capacity(4);
+    for _ in 0..4 {
+        suffix.push(ALPHABET[(n % 36) as usize] as char);
+        n /= 36;
+    }
+    format!("{ft_name}-{suffix}").to_lowercase()
+}
+
+fn truncate_label(v: &str) -> String {
+    v.chars().take(LABEL_VALUE_MAX).collect()
+}
+
+/// The URL row of a path (§2.3 table), `None` for an empty path.
+pub fn url_row(path: &str, path_type: &str) -> Option<Vec<String>> {
+    if path.is_empty() {
+        return None;
+    }
+    let row = |op: &str, v: String| Some(vec![op.to_string(), v]);
+    match path_type {
+        "Exact" => row("EQ", path.into()),
+        "Prefix" => row("STARTS_WITH", path.into()),
+        // ImplementationSpecific, unset (or unknown).
+        _ if path.contains(REGEX_CHARS) => {
+            row("REGEX", if path.starts_with('^') { path.into() } else { format!("^{path}") })
+        }
+        _ => row("STARTS_WITH", path.into()),
+    }
+}
+
+/// The HOST row of a host: `*…` → ENDS_WITH, else EQ; lower-cased (request hosts are lower case; the original
+/// kept the case, which made upper-case hosts unreachable). `None` for an empty host.
+pub fn host_row(host: &str) -> Option<Vec<String>> {
+    if host.is_empty() {
+        return None;
+    }
+    let host = host.to_ascii_lowercase();
+    let op = if host.starts_with('*') { "ENDS_WITH" } else { "EQ" };
+    Some(vec![op.to_string(), host])
+}
+
+/// The dslx of a path: URL term first, then HOST.
+pub fn path_dslx(host: &str, path: &str, path_type: &str) -> Vec<DslxTerm> {
+    let mut out = Vec::new();
+    if let Some(row) = url_row(path, path_type) {
+        out.push(DslxTerm { kind: "URL".into(), key: None, values: vec![row] });
+    }
+    if let Some(row) = host_row(host) {
+        out.push(DslxTerm { kind: "HOST".into(), key: None, values: vec![row] });
+    }
+    out
+}
+
+/// The display string of the original (`fmt("%v", dslx)`), e.g. `[{[[STARTS_WITH /a]] URL }]`.
+pub fn dsl_string(dslx: &[DslxTerm]) -> String {
+    let terms: Vec<String> = dslx
+        .iter()
+        .map(|t| {
+            let rows: Vec<String> = t.values.iter().map(|r| format!("[{}]", r.join(" "))).collect();
+            format!("{{[{}] {} {}}}", rows.join(" "), t.kind, t.key.as_deref().unwrap_or(""))
+        })
+        .collect();
+    format!("[{}]", terms.join(" "))
+}
+
+/// One path, ready to become a Rule on each Frontend.
+struct PathRule {
+    r: usize,
+    p: usize,
+    host: String,
+    path: String,
+    dslx: Vec<DslxTerm>,
+    service: ServiceRef,
+    annos: PathAnnotations,
+    backend_protocol: String,
+}
+
+struct Translator<'a> {
+    cfg: &'a AlbIngressConfig,
+    world: &'a IngressWorld<'a>,
+    ing: &'a Ingress,
+    ns: &'a str,
+    name: &'a str,
+    annos: Annotations<'a>,
+    warnings: Vec<IngressWarning>,
+}
+
+impl<'a> Translator<'a> {
+    fn warn(&mut self, reason: &str, message: String) {
+        let w = IngressWarning {
+            namespace: self.ns.to_string(),
+            name: self.name.to_string(),
+            reason: reason.into(),
+            message,
+        };
+        if !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source { kind: SOURCE_TYPE.into(), name: self.name.into(), namespace: self.ns.into() }
+    }
+
+    /// The Service port of a backend: `port.number` as is, `port.name` through the Service's TCP ports.
+    fn backend_service(&mut self, b: &IngressBackend, field: &str) -> Option<ServiceRef> {
+        if b.resource.is_some() {
+            let msg = format!("{field}.resource: resource backends are not supported; skipped");
+            self.warn("UnsupportedBackend", msg);
+            return None;
+        }
+        let Some(svc) = b.service.as_ref() else {
+            self.warn("InvalidBackend", format!("{field}: no service; skipped"));
+            return None;
+        };
+        let port = svc.port.as_ref();
+        let number = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
+            (Some(n), _) => n,
+            (None, Some(pname)) if !pname.is_empty() => {
+                let found = self.world.services.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(self.ns) && s.metadata.name == Some(svc.name.clone())
+                });
+                let Some(service) = found else {
+                    let msg = format!(
+                        "{field}.service.port.name: {pname:?} cannot be resolved: Service {}/{} not found; skipped",
+                        self.ns, svc.name
+                    );
+                    self.warn("ServicePortNotFound", msg);
+                    return None;
+                };
+                let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
+                let hit = ports
+                    .into_iter()
+                    .flatten()
+                    .find(|sp| sp.name.as_deref() == Some(pname) && sp.protocol.as_deref().is_none_or(|p| p == "TCP"));
+                let Some(sp) = hit else {
+                    let msg = format!(
+                        "{field}.service.port.name: {pname:?} is not a TCP port of Service {}/{}; skipped",
+                        self.ns, svc.name
+                    );
+                    self.warn("ServicePortNotFound", msg);
+                    return None;
+                };
+                sp.port
+            }
+            _ => {
+                self.warn("InvalidBackend", format!("{field}.service.port: neither number nor name; skipped"));
+                return None;
+            }
+        };
+        Some(ServiceRef { name: svc.name.clone(), namespace: self.ns.into(), port: number, weight: Some(100) })
+    }
+
+    fn rules(&self) -> &'a [k8s_openapi::api::networking::v1::IngressRule] {
+        self.ing.spec.as_ref().and_then(|s| s.rules.as_deref()).unwrap_or(&[])
+    }
+
+    /// Hosts with TLS (lower case) → certificate name for Rules (`<ingNs>_<secret>` from `spec.tls`, else the
+    /// annotation's `ns/name`; `""` when `spec.tls` lists the host without a secret).
+    fn tls_hosts(&mut self) -> BTreeMap<String, String> {
+        let mut out = match self.annos.tls() {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn("InvalidAnnotation", e.message("the annotation is ignored"));
+                BTreeMap::new()
+            }
+        };
+        let tls = self.ing.spec.as_ref().and_then(|s| s.tls.as_deref()).unwrap_or(&[]);
+        // spec.tls wins: the first entry listing a host with a secret gives its certificate.
+        let mut from_spec: BTreeMap<String, String> = BTreeMap::new();
+        for t in tls {
+            let cert = t.secret_name.as_deref().filter(|s| !s.is_empty()).map(|s| format!("{}_{s}", self.ns));
+            for h in t.hosts.iter().flatten() {
+                let e = from_spec.entry(h.to_ascii_lowercase()).or_default();
+                if e.is_empty() {
+                    *e = cert.clone().unwrap_or_default();
+                }
+            }
+        }
+        for (h, c) in from_spec {
+            if !c.is_empty() || !out.contains_key(&h) {
+                out.insert(h, c);
+            }
+        }
+        out
+    }
+
+    /// (http, https) needed by the Ingress (§2.2 table).
+    fn needs(&mut self, tls: &BTreeMap<String, String>) -> (bool, bool) {
+        let enable_https = match self.annos.enable_https() {
+            Ok(v) => v,
+            Err(e) => {
+                self.warn("InvalidAnnotation", e.message("the SSL strategy decides"));
+                None
+            }
+        };
+        let (mut http, mut https) = (false, false);
+        let not_false = enable_https != Some(false);
+        for rule in self.rules() {
+            let host = rule.host.as_deref().unwrap_or("").to_ascii_lowercase();
+            match self.cfg.ssl_strategy {
+                _ if tls.contains_key(&host) => https = true,
+                SslStrategy::Both if not_false => (http, https) = (true, true),
+                SslStrategy::Always if not_false => https = true,
+                SslStrategy::Request if enable_https == Some(true) => https = true,
+                _ => http = true,
+            }
+        }
+        let default_backend = self.ing.spec.as_ref().is_some_and(|s| s.default_backend.is_some());
+        if self.rules().is_empty() && default_backend {
+            http = true;
+        }
+        (http && self.cfg.http_port != 0, https && self.cfg.https_port != 0)
+    }
+
+    /// The default backend, only when the Ingress has no rules: (service group, backend protocol).
+    fn default_backend(&mut self) -> Option<(ServiceGroup, String)> {
+        let b = self.ing.spec.as_ref().and_then(|s| s.default_backend.as_ref())?;
+        if !self.rules().is_empty() {
+            return None;
+        }
+        let svc = self.backend_service(b, "spec.defaultBackend")?;
+        let proto = match self.annos.backend_protocol() {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                self.warn("InvalidAnnotation", e.message("the default backend is not used"));
+                return None;
+            }
+        };
+        Some((ServiceGroup { services: vec![svc], ..Default::default() }, proto))
+    }
+
+    fn new_frontend(&self, port: u16, proto: &str) -> Frontend {
+        let cfg = self.cfg;
+        let name = frontend_name(&cfg.alb_name, port);
+        let owner = cfg.alb_uid.as_ref().map(|uid| OwnerReference {
+            api_version: format!("{}/v2beta1", crd::GROUP),
+            kind: "ALB2".into(),
+            name: cfg.alb_name.clone(),
+            uid: uid.clone(),
+            ..Default::default()
+        });
+        let cert = match proto {
+            "https" => cfg.default_ssl_cert.as_deref().unwrap_or("").replace('/', "_"),
+            _ => String::new(),
+        };
+        Frontend {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(cfg.alb_namespace.clone()),
+                labels: Some(BTreeMap::from([(crd::label_name(&cfg.domain), cfg.alb_name.clone())])),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: FrontendSpec {
+                port: i32::from(port),
+                protocol: proto.into(),
+                certificate_name: cert,
+                source: Some(self.source()),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    /// The Frontends needed, existing or new, with the default backend applied where allowed.
+    fn frontends(&mut self, http: bool, https: bool) -> Vec<(Frontend, &'static str)> {
+        let default_backend = self.default_backend();
+        let mut out = Vec::new();
+        for (needed, port, proto) in [(http, self.cfg.http_port, "http"), (https, self.cfg.https_port, "https")] {
+            if !needed {
+                continue;
+            }
+            let mut ft = match frontend_at(self.cfg, self.world.frontends, port) {
+                Some(ft) if ft.spec.protocol != proto => {
+                    let msg = format!(
+                        "Frontend {}/{} on port {port} has protocol {:?}, not {proto}: no {proto} Rules",
+                        self.cfg.alb_namespace,
+                        ft.metadata.name.as_deref().unwrap_or(""),
+                        ft.spec.protocol
+                    );
+                    self.warn("FrontendProtocolConflict", msg);
+                    continue;
+                }
+                Some(ft) => ft.clone(),
+                None => self.new_frontend(port, proto),
+            };
+            let has_group = ft.spec.service_group.as_ref().is_some_and(|sg| !sg.services.is_empty());
+            if let (false, Some((sg, bp))) = (has_group, default_backend.as_ref()) {
+                ft.spec.service_group = Some(sg.clone());
+                ft.spec.backend_protocol = bp.clone();
+                ft.spec.source = Some(self.source());
+            }
+            out.push((ft, proto));
+        }
+        out
+    }
+
+    /// Every path that can become a Rule.
+    fn paths(&mut self) -> Vec<PathRule> {
+        let mut out = Vec::new();
+        for (r, rule) in self.rules().iter().enumerate() {
+            let host = rule.host.clone().unwrap_or_default();
+            let paths = rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or(&[]);
+            for (p, path) in paths.iter().enumerate() {
+                let field = format!("spec.rules[{r}].http.paths[{p}].backend");
+                let Some(service) = self.backend_service(&path.backend, &field) else { continue };
+                let (annos, bad) = self.annos.for_path(r, p);
+                for b in bad {
+                    self.warn("InvalidAnnotation", b.message("the default is used"));
+                }
+                let backend_protocol = match &annos.backend_protocol {
+                    Ok(bp) => bp.clone(),
+                    Err(e) => {
+                        self.warn("InvalidAnnotation", e.message("the Ingress's paths get no Rule"));
+                        continue;
+                    }
+                };
+                let url = path.path.clone().unwrap_or_default();
+                let dslx = path_dslx(&host, &url, &path.path_type);
+                if dslx.is_empty() {
+                    let msg = format!("spec.rules[{r}].http.paths[{p}]: no host and no path: the Rule matches nothing");
+                    self.warn("EmptyMatch", msg);
+                }
+                out.push(PathRule { r, p, host: host.clone(), path: url, dslx, service, annos, backend_protocol });
+            }
+        }
+        out
+    }
+
+    fn rule(&self, ft: &Frontend, pr: &PathRule, cert: String, taken: &mut BTreeSet<String>) -> Rule {
+        let (cfg, d) = (self.cfg, self.cfg.domain.as_str());
+        let ft_name = ft.metadata.name.clone().unwrap_or_default();
+        let name = (0..)
+            .map(|attempt| rule_name(&ft_name, self.ns, self.name, pr.r, pr.p, attempt))
+            .find(|n| !taken.contains(n))
+            .expect("some attempt is free");
+        taken.insert(name.clone());
+        let project = namespace_project(d, self.world.namespaces, self.ns);
+        let mut labels = BTreeMap::from([
+            (crd::label_name(d), cfg.alb_name.clone()),
+            (crd::label_frontend(d), ft_name.clone()),
+            (crd::label_source_type(d), SOURCE_TYPE.to_string()),
+            (crd::label_source_name(d), truncate_label(self.name)),
+            (crd::label_source_ns(d), truncate_label(self.ns)),
+            (crd::label_source_index(d), format!("{}-{}", pr.r, pr.p)),
+        ]);
+        if !project.is_empty() {
+            labels.insert(crd::label_project(d), project);
+        }
+        let annotations = BTreeMap::from([
+            (annotation_rule_index(d), pr.r.to_string()),
+            (annotation_path_index(d), pr.p.to_string()),
+        ]);
+        let owner = ft.metadata.uid.as_ref().map(|uid| OwnerReference {
+            api_version: format!("{}/v1", crd::GROUP),
+            kind: "Frontend".into(),
+            name: ft_name.clone(),
+            uid: uid.clone(),
+            ..Default::default()
+        });
+        let a = &pr.annos;
+        Rule {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(cfg.alb_namespace.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: RuleSpec {
+                priority: a.priority,
+                dsl: dsl_string(&pr.dslx),
+                dslx: Some(pr.dslx.clone()),
+                domain: pr.host.clone(),
+                certificate_name: cert,
+                service_group: Some(ServiceGroup { services: vec![pr.service.clone()], ..Default::default() }),
+                backend_protocol: pr.backend_protocol.clone(),
+                url: pr.path.clone(),
+                rewrite_base: pr.path.clone(),
+                rewrite_target: a.rewrite_target.clone(),
+                enable_cors: a.enable_cors,
+                cors_allow_headers: a.cors_allow_headers.clone(),
+                cors_allow_origin: a.cors_allow_origin.clone(),
+                vhost: a.vhost.clone(),
+                source: Some(self.source()),
+                description: format!("{}/{}:{}:{}", self.ns, self.name, ft.spec.port, pr.p),
+                config: Some(serde_json::Value::Object(Default::default())),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn run(mut self, taken: &mut BTreeSet<String>) -> Expected {
+        let tls = self.tls_hosts();
+        let (http, https) = self.needs(&tls);
+        let frontends = self.frontends(http, https);
+        let paths = self.paths();
+        let mut rules = Vec::new();
+        for (ft, proto) in &frontends {
+            for pr in &paths {
+                let cert = match *proto {
+                    "https" => tls.get(&pr.host.to_ascii_lowercase()).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                rules.push(self.rule(ft, pr, cert, taken));
+            }
+        }
+        let ports = frontends.iter().map(|(ft, proto)| (ft.spec.port as u16, *proto)).collect();
+        Expected { frontends: frontends.into_iter().map(|(ft, _)| ft).collect(), rules, warnings: self.warnings, ports }
+    }
+}
+
+fn expected_with(
+    cfg: &AlbIngressConfig,
+    world: &IngressWorld<'_>,
+    ing: &Ingress,
+    taken: &mut BTreeSet<String>,
+) -> Expected {
+    let t = Translator {
+        cfg,
+        world,
+        ing,
+        ns: ing.metadata.namespace.as_deref().unwrap_or(""),
+        name: ing.metadata.name.as_deref().unwrap_or(""),
+        annos: Annotations::new(ing, &cfg.domain),
+        warnings: Vec::new(),
+    };
+    t.run(taken)
+}
+
+/// The Frontends and Rules one claimed Ingress needs (§2.2, §2.3). Call [`claims`] first.
+pub fn expected(cfg: &AlbIngressConfig, world: &IngressWorld<'_>, ing: &Ingress) -> Expected {
+    expected_with(cfg, world, ing, &mut BTreeSet::new())
+}
+
+fn key_of(meta: &ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// In memory (standalone): every claimed Ingress of `world.ingresses` (in namespace/name order) → objects.
+/// Returns `world.frontends` with the Frontends the Ingresses created or gave a default backend, the generated
+/// Rules (names unique among them) and the warnings.
+pub fn translate_all(
+    cfg: &AlbIngressConfig,
+    world: &IngressWorld<'_>,
+) -> (Vec<Frontend>, Vec<Rule>, Vec<IngressWarning>) {
+    let mut frontends: Vec<Frontend> = world.frontends.to_vec();
+    let (mut rules, mut warnings) = (Vec::new(), Vec::new());
+    let mut taken = BTreeSet::new();
+    let mut ings: Vec<&Ingress> = world.ingresses.iter().collect();
+    ings.sort_by_key(|i| key_of(&i.metadata));
+    for ing in ings {
+        let w = IngressWorld { frontends: &frontends, ..*world };
+        if !claims(cfg, &w, ing) {
+            continue;
+        }
+        let exp = expected_with(cfg, &w, ing, &mut taken);
+        for ft in exp.frontends {
+            match frontends.iter_mut().find(|f| key_of(&f.metadata) == key_of(&ft.metadata)) {
+                Some(slot) => *slot = ft,
+                None => frontends.push(ft),
+            }
+        }
+        rules.extend(exp.rules);
+        warnings.extend(exp.warnings);
+    }
+    (frontends, rules, warnings)
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

@@ -1,0 +1,495 @@
+use super::super::testutil::*;
+use super::*;
+use crate::ingress::annotations::BACKEND_PROTOCOL;
+use k8s_openapi::api::networking::v1::Ingress;
+use serde_json::{json, Value};
+
+fn cfg() -> AlbIngressConfig {
+    AlbIngressConfig { alb_name: "alb-dev".into(), alb_namespace: "cpaas-system".into(), ..Default::default() }
+}
+
+fn backend(svc: &str, port: Value) -> Value {
+    json!({"service": {"name": svc, "port": port}})
+}
+
+fn path(p: &str, ty: &str, svc: &str) -> Value {
+    json!({"path": p, "pathType": ty, "backend": backend(svc, json!({"number": 80}))})
+}
+
+/// One rule for `host` with the given paths.
+fn one_rule(host: &str, paths: Vec<Value>) -> Ingress {
+    ingress("ns1", "web", json!({"rules": [{"host": host, "http": {"paths": paths}}]}))
+}
+
+fn run(cfg: &AlbIngressConfig, w: &World, ing: &Ingress) -> Expected {
+    expected(cfg, &w.world(), ing)
+}
+
+fn match_of(rule: &Rule) -> Value {
+    serde_json::to_value(rule.spec.dslx.as_ref().unwrap()).unwrap()
+}
+
+#[test]
+fn worked_example_shape() {
+    // controlplane.md §2.8.
+    let cfg = cfg();
+    let mut w = World { namespaces: vec![namespace("alb-n1", Some("p2"))], ..Default::default() };
+    let mut ft = frontend("cpaas-system", "alb-dev-00080", 80, "http", &[]);
+    ft.metadata.uid = Some("ft-uid".into());
+    w.frontends = vec![ft];
+    let ing = ingress(
+        "alb-n1",
+        "ing-with-project",
+        json!({"rules": [{"http": {"paths": [path("/a", "Prefix", "svc-default")]}}]}),
+    );
+    let exp = run(&cfg, &w, &ing);
+    assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
+    assert_eq!(exp.ports, vec![(80, "http")]);
+    assert_eq!(js(&exp.frontends), js(&w.frontends), "existing Frontend unchanged");
+    assert_eq!(exp.rules.len(), 1);
+    let mut rule = serde_json::to_value(&exp.rules[0]).unwrap();
+    let name = rule["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("alb-dev-00080-") && name.len() == "alb-dev-00080-".len() + 4, "{name}");
+    assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+    rule["metadata"]["name"] = json!("X");
+    assert_eq!(
+        rule,
+        json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule",
+            "metadata": {
+                "name": "X", "namespace": "cpaas-system",
+                "labels": {"alb2.cpaas.io/name": "alb-dev", "alb2.cpaas.io/frontend": "alb-dev-00080",
+                           "alb2.cpaas.io/source-type": "ingress", "alb2.cpaas.io/source-name": "ing-with-project",
+                           "alb2.cpaas.io/source-ns": "alb-n1", "alb2.cpaas.io/source-index": "0-0",
+                           "cpaas.io/project": "p2"},
+                "annotations": {"alb2.cpaas.io/source-ingress-rule-index": "0",
+                                "alb2.cpaas.io/source-ingress-path-index": "0"},
+                "ownerReferences": [{"apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+                                     "name": "alb-dev-00080", "uid": "ft-uid"}]
+            },
+            "spec": {
+                "priority": 5, "description": "alb-n1/ing-with-project:80:0", "domain": "", "url": "/a",
+                "rewrite_base": "/a", "rewrite_target": "", "certificate_name": "", "backendProtocol": "",
+                "dslx": [{"type": "URL", "values": [["STARTS_WITH", "/a"]]}],
+                "dsl": "[{[[STARTS_WITH /a]] URL }]",
+                "serviceGroup": {"session_affinity_policy": "", "session_affinity_attribute": "",
+                                 "services": [{"name": "svc-default", "namespace": "alb-n1", "port": 80, "weight": 100}]},
+                "source": {"type": "ingress", "namespace": "alb-n1", "name": "ing-with-project"},
+                "enableCORS": false, "corsAllowHeaders": "", "corsAllowOrigin": "", "vhost": "",
+                "redirectURL": "", "redirectCode": 0, "type": "", "config": {}
+            }
+        })
+    );
+}
+
+#[test]
+fn path_type_mapping() {
+    let cases = [
+        ("/exact", "Exact", json!(["EQ", "/exact"])),
+        ("/foo", "Prefix", json!(["STARTS_WITH", "/foo"])),
+        ("/foo", "ImplementationSpecific", json!(["STARTS_WITH", "/foo"])),
+        ("/foo", "", json!(["STARTS_WITH", "/foo"])),
+        ("/v[0-9]+/x", "ImplementationSpecific", json!(["REGEX", "^/v[0-9]+/x"])),
+        ("^/already", "ImplementationSpecific", json!(["REGEX", "^/already"])),
+        ("/a.*", "", json!(["REGEX", "^/a.*"])),
+        ("/(a|b)$", "ImplementationSpecific", json!(["REGEX", "^/(a|b)$"])),
+        ("/a:b", "ImplementationSpecific", json!(["REGEX", "^/a:b"])),
+        ("/a?", "ImplementationSpecific", json!(["REGEX", "^/a?"])),
+        ("/a\\d", "ImplementationSpecific", json!(["REGEX", "^/a\\d"])),
+        // Exact and Prefix never become regexes.
+        ("/v[0-9]", "Prefix", json!(["STARTS_WITH", "/v[0-9]"])),
+        ("/a*", "Exact", json!(["EQ", "/a*"])),
+    ];
+    for (p, ty, want) in cases {
+        assert_eq!(url_row(p, ty).map(|r| json!(r)), Some(want), "{p} {ty}");
+    }
+    assert_eq!(url_row("", "Prefix"), None, "empty path: no URL term");
+}
+
+#[test]
+fn host_terms_url_first_and_lower_cased() {
+    let d = path_dslx("*.Foo.com", "/a", "Prefix");
+    assert_eq!(
+        json!(d),
+        json!([{"type": "URL", "values": [["STARTS_WITH", "/a"]]},
+               {"type": "HOST", "values": [["ENDS_WITH", "*.foo.com"]]}])
+    );
+    assert_eq!(dsl_string(&d), "[{[[STARTS_WITH /a]] URL } {[[ENDS_WITH *.foo.com]] HOST }]");
+    // Quirk fixed on purpose: the original kept `Shop.COM` in the dslx, which never matched the lower-cased
+    // request host; we lower-case the dslx and keep `spec.domain` as written.
+    let cfg = cfg();
+    let exp = run(&cfg, &World::default(), &one_rule("Shop.COM", vec![path("/", "Prefix", "s")]));
+    assert_eq!(match_of(&exp.rules[0])[1], json!({"type": "HOST", "values": [["EQ", "shop.com"]]}));
+    assert_eq!(exp.rules[0].spec.domain, "Shop.COM");
+    assert_eq!(
+        json!(path_dslx("a.com", "", "ImplementationSpecific")),
+        json!([{"type": "HOST", "values": [["EQ", "a.com"]]}])
+    );
+    assert!(path_dslx("", "", "").is_empty());
+    assert_eq!(dsl_string(&[]), "[]");
+    let keyed =
+        [DslxTerm { kind: "HEADER".into(), key: Some("x".into()), values: vec![vec!["EQ".into(), "1".into()]] }];
+    assert_eq!(dsl_string(&keyed), "[{[[EQ 1]] HEADER x}]");
+}
+
+#[test]
+fn empty_host_and_path_warns() {
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [{"http": {"paths": [{"pathType": "ImplementationSpecific", "backend": backend("s", json!({"number": 80}))}]}}]}),
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert_eq!(exp.rules.len(), 1);
+    assert_eq!(exp.rules[0].spec.dslx, Some(vec![]));
+    assert_eq!(exp.warnings[0].reason, "EmptyMatch");
+}
+
+/// (http needed, https needed) for an Ingress with one rule of `host`.
+fn needs(strategy: SslStrategy, enable_https: Option<&str>, tls_spec: bool, tls_anno: bool) -> (bool, bool) {
+    let mut cfg = cfg();
+    cfg.ssl_strategy = strategy;
+    let mut ing = one_rule("a.com", vec![path("/", "Prefix", "s")]);
+    if tls_spec {
+        ing.spec.as_mut().unwrap().tls =
+            Some(vec![serde_json::from_value(json!({"hosts": ["A.com"], "secretName": "sec"})).unwrap()]);
+    }
+    if tls_anno {
+        ing = annotate(ing, "alb.networking.cpaas.io/tls", "a.com=ns9/cert");
+    }
+    if let Some(v) = enable_https {
+        ing = annotate(ing, "alb.networking.cpaas.io/enable-https", v);
+    }
+    let exp = run(&cfg, &World::default(), &ing);
+    let has = |proto: &str| exp.ports.iter().any(|(_, p)| *p == proto);
+    let rules_on = |port: i32| exp.rules.iter().filter(|r| r.spec.description.ends_with(&format!(":{port}:0"))).count();
+    assert_eq!((rules_on(80) == 1, rules_on(443) == 1), (has("http"), has("https")), "every path on every Frontend");
+    (has("http"), has("https"))
+}
+
+#[test]
+fn ssl_strategy_table() {
+    use SslStrategy::*;
+    const HTTP: (bool, bool) = (true, false);
+    const HTTPS: (bool, bool) = (false, true);
+    const BOTH: (bool, bool) = (true, true);
+    // Row 1: a TLS host is https whatever the strategy and enable-https.
+    for s in [Never, Request, Always, Both] {
+        for e in [None, Some("true"), Some("false")] {
+            assert_eq!(needs(s, e, true, false), HTTPS, "{s} {e:?} spec.tls");
+            assert_eq!(needs(s, e, false, true), HTTPS, "{s} {e:?} tls annotation");
+        }
+    }
+    // Row 2: Both unless enable-https is "false".
+    assert_eq!(needs(Both, None, false, false), BOTH);
+    assert_eq!(needs(Both, Some("true"), false, false), BOTH);
+    assert_eq!(needs(Both, Some("false"), false, false), HTTP);
+    // Row 3: Always unless "false"; Request only with "true".
+    assert_eq!(needs(Always, None, false, false), HTTPS);
+    assert_eq!(needs(Always, Some("true"), false, false), HTTPS);
+    assert_eq!(needs(Always, Some("false"), false, false), HTTP);
+    assert_eq!(needs(Request, None, false, false), HTTP);
+    assert_eq!(needs(Request, Some("true"), false, false), HTTPS);
+    assert_eq!(needs(Request, Some("false"), false, false), HTTP);
+    // Row 4: Never.
+    assert_eq!(needs(Never, None, false, false), HTTP);
+    assert_eq!(needs(Never, Some("true"), false, false), HTTP);
+    // An invalid enable-https is ignored with a warning.
+    assert_eq!(needs(Request, Some("yes"), false, false), HTTP);
+    assert_eq!(needs(Always, Some("yes"), false, false), HTTPS);
+}
+
+#[test]
+fn ssl_set_is_ingress_wide_and_ports_zero_disable() {
+    let mut cfg = cfg();
+    cfg.ssl_strategy = SslStrategy::Never;
+    cfg.default_ssl_cert = Some("cpaas-system/dflt".into());
+    let mut ing = ingress(
+        "ns1",
+        "web",
+        json!({
+            "tls": [{"hosts": ["secure.com"], "secretName": "s1"}],
+            "rules": [
+                {"host": "secure.com", "http": {"paths": [path("/s", "Prefix", "a")]}},
+                {"host": "plain.com", "http": {"paths": [path("/p", "Prefix", "b")]}}
+            ]
+        }),
+    );
+    let exp = run(&cfg, &World::default(), &ing);
+    assert_eq!(exp.ports, vec![(80, "http"), (443, "https")]);
+    assert_eq!(exp.rules.len(), 4, "every path on both Frontends");
+    let https_ft = &exp.frontends[1];
+    assert_eq!(https_ft.metadata.name.as_deref(), Some("alb-dev-00443"));
+    assert_eq!((https_ft.spec.protocol.as_str(), https_ft.spec.port), ("https", 443));
+    assert_eq!(https_ft.spec.certificate_name, "cpaas-system_dflt");
+    assert_eq!(exp.frontends[0].spec.certificate_name, "");
+    let cert = |ft: &str, host: &str| {
+        exp.rules
+            .iter()
+            .find(|r| r.metadata.labels.as_ref().unwrap()["alb2.cpaas.io/frontend"] == ft && r.spec.domain == host)
+            .map(|r| r.spec.certificate_name.clone())
+            .unwrap()
+    };
+    assert_eq!(cert("alb-dev-00443", "secure.com"), "ns1_s1");
+    assert_eq!(cert("alb-dev-00443", "plain.com"), "");
+    assert_eq!(cert("alb-dev-00080", "secure.com"), "", "no certificate on http Rules");
+
+    // The annotation gives a raw ns/name; spec.tls wins for a host in both.
+    ing = annotate(ing, "alb.networking.cpaas.io/tls", "secure.com=other/x,plain.com=ns2/p");
+    let exp2 = run(&cfg, &World::default(), &ing);
+    let certs: BTreeSet<String> = exp2.rules.iter().map(|r| r.spec.certificate_name.clone()).collect();
+    assert_eq!(certs, BTreeSet::from(["ns1_s1".to_string(), "ns2/p".to_string()]));
+    assert_eq!(exp2.ports, vec![(443, "https")], "no host needs http any more");
+
+    cfg.https_port = 0;
+    let exp = run(&cfg, &World::default(), &ing);
+    assert!(exp.ports.is_empty() && exp.rules.is_empty() && exp.frontends.is_empty());
+    cfg.https_port = 443;
+    cfg.http_port = 0;
+    let plain = one_rule("a.com", vec![path("/", "Prefix", "s")]);
+    assert!(run(&cfg, &World::default(), &plain).rules.is_empty());
+}
+
+#[test]
+fn created_frontends_labels_owner_and_source() {
+    let mut cfg = cfg();
+    cfg.alb_uid = Some("alb-uid".into());
+    let exp = run(&cfg, &World::default(), &one_rule("a.com", vec![path("/", "Prefix", "s")]));
+    let ft = serde_json::to_value(&exp.frontends[0]).unwrap();
+    assert_eq!(
+        ft,
+        json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+            "metadata": {"name": "alb-dev-00080", "namespace": "cpaas-system",
+                         "labels": {"alb2.cpaas.io/name": "alb-dev"},
+                         "ownerReferences": [{"apiVersion": "crd.alauda.io/v2beta1", "kind": "ALB2",
+                                              "name": "alb-dev", "uid": "alb-uid"}]},
+            "spec": {"port": 80, "protocol": "http", "certificate_name": "", "backendProtocol": "",
+                     "source": {"type": "ingress", "namespace": "ns1", "name": "web"}}
+        })
+    );
+    // The Frontend does not exist yet (no uid): its Rules carry no ownerReference until the next pass.
+    assert!(exp.rules[0].metadata.owner_references.is_none());
+    cfg.alb_uid = None;
+    let exp = run(&cfg, &World::default(), &one_rule("a.com", vec![path("/", "Prefix", "s")]));
+    assert!(exp.frontends[0].metadata.owner_references.is_none());
+}
+
+#[test]
+fn existing_frontend_of_other_protocol_is_a_conflict() {
+    let mut w = World { frontends: vec![frontend("cpaas-system", "tcp-80", 80, "tcp", &[])], ..Default::default() };
+    let exp = run(&cfg(), &w, &one_rule("a.com", vec![path("/", "Prefix", "s")]));
+    assert!(exp.rules.is_empty() && exp.frontends.is_empty() && exp.ports.is_empty());
+    assert_eq!(exp.warnings[0].reason, "FrontendProtocolConflict");
+    assert!(exp.warnings[0].message.contains("tcp-80"), "{}", exp.warnings[0].message);
+    // An existing http Frontend with any name is reused.
+    w.frontends = vec![frontend("cpaas-system", "my-http", 80, "http", &[])];
+    let exp = run(&cfg(), &w, &one_rule("a.com", vec![path("/", "Prefix", "s")]));
+    assert_eq!(exp.rules[0].metadata.labels.as_ref().unwrap()["alb2.cpaas.io/frontend"], "my-http");
+    assert!(exp.rules[0].metadata.name.as_deref().unwrap().starts_with("my-http-"));
+}
+
+#[test]
+fn rule_names_are_deterministic_and_distinct() {
+    let cfg = cfg();
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [
+            {"host": "a.com", "http": {"paths": [path("/a", "Prefix", "s"), path("/b", "Prefix", "s")]}},
+            {"host": "b.com", "http": {"paths": [path("/a", "Prefix", "s")]}}
+        ]}),
+    );
+    let names = |ing: &Ingress| -> Vec<String> {
+        run(&cfg, &World::default(), ing).rules.iter().map(|r| r.metadata.name.clone().unwrap()).collect()
+    };
+    let first = names(&ing);
+    assert_eq!(first, names(&ing), "same input, same names");
+    assert_eq!(first.iter().collect::<BTreeSet<_>>().len(), 3);
+    assert_eq!(first[0], rule_name("alb-dev-00080", "ns1", "web", 0, 0, 0));
+    assert_eq!(rule_name("alb-dev-00080", "ns1", "web", 0, 0, 0), rule_name("alb-dev-00080", "ns1", "web", 0, 0, 0));
+    assert_ne!(rule_name("alb-dev-00080", "ns1", "web", 0, 0, 0), rule_name("alb-dev-00080", "ns1", "web", 0, 0, 1));
+    assert_ne!(rule_name("alb-dev-00080", "ns1", "web", 0, 0, 0), rule_name("alb-dev-00080", "ns2", "web", 0, 0, 0));
+    assert_ne!(rule_name("alb-dev-00080", "ns1", "web", 0, 1, 0), rule_name("alb-dev-00080", "ns1", "web", 1, 0, 0));
+    // Names only depend on identity, not on content: editing a path keeps the names.
+    let edited = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [
+            {"host": "a.com", "http": {"paths": [path("/x", "Exact", "t"), path("/b", "Prefix", "s")]}},
+            {"host": "b.com", "http": {"paths": [path("/a", "Prefix", "s")]}}
+        ]}),
+    );
+    assert_eq!(names(&edited), first);
+    // A taken name moves to the next attempt.
+    let mut taken = BTreeSet::from([first[0].clone()]);
+    let exp = expected_with(&cfg, &World::default().world(), &ing, &mut taken);
+    assert_eq!(exp.rules[0].metadata.name.as_deref(), Some(rule_name("alb-dev-00080", "ns1", "web", 0, 0, 1).as_str()));
+}
+
+#[test]
+fn long_names_truncate_label_values() {
+    let long = "n".repeat(70);
+    let ing = ingress(&long, &long, json!({"rules": [{"http": {"paths": [path("/", "Prefix", "s")]}}]}));
+    let exp = run(&cfg(), &World::default(), &ing);
+    let labels = exp.rules[0].metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["alb2.cpaas.io/source-name"].len(), 63);
+    assert_eq!(labels["alb2.cpaas.io/source-ns"].len(), 63);
+    assert_eq!(exp.rules[0].spec.source.as_ref().unwrap().name.len(), 70, "spec.source keeps the full name");
+    assert!(!labels.contains_key("cpaas.io/project"), "no project label without a project");
+}
+
+#[test]
+fn priority_annotation_and_routing_annotations() {
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [{"host": "a.com", "http": {"paths": [path("/a", "Prefix", "s"), path("/b", "Prefix", "s")]}}]}),
+    );
+    let ing = annotate(ing, "alb.cpaas.io/ingress-rule-priority-0-1", "2");
+    let ing = annotate(ing, "alb.cpaas.io/ingress-rule-priority-0-0", "0");
+    let ing = annotate(ing, "nginx.ingress.kubernetes.io/rewrite-target", "/$1");
+    let ing = annotate(ing, "nginx.ingress.kubernetes.io/upstream-vhost", "inner.svc");
+    let ing = annotate(ing, "nginx.ingress.kubernetes.io/enable-cors", "true");
+    let ing = annotate(ing, "nginx.ingress.kubernetes.io/cors-allow-headers", "X-A,X-B");
+    let ing = annotate(ing, "nginx.ingress.kubernetes.io/cors-allow-origin", "https://a.com");
+    let ing = annotate(ing, BACKEND_PROTOCOL, "HTTPS");
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
+    let (a, b) = (&exp.rules[0].spec, &exp.rules[1].spec);
+    assert_eq!((a.priority, b.priority), (5, 2));
+    assert_eq!(a.rewrite_target, "/$1");
+    assert_eq!(a.rewrite_base, "/a");
+    assert_eq!(a.vhost, "inner.svc");
+    assert!(a.enable_cors);
+    assert_eq!(a.cors_allow_headers, "X-A,X-B");
+    assert_eq!(a.cors_allow_origin, "https://a.com");
+    assert_eq!(a.backend_protocol, "https");
+
+    let bad = annotate(ing.clone(), "alb.cpaas.io/ingress-rule-priority-0-1", "urgent");
+    let exp = run(&cfg(), &World::default(), &bad);
+    assert_eq!(exp.rules[1].spec.priority, 5);
+    assert_eq!(exp.warnings.len(), 1);
+    assert_eq!(exp.warnings[0].reason, "InvalidAnnotation");
+    assert!(exp.warnings[0].message.contains("alb.cpaas.io/ingress-rule-priority-0-1"), "{:?}", exp.warnings);
+    assert!(exp.warnings[0].message.contains("urgent"));
+}
+
+#[test]
+fn invalid_backend_protocol_skips_paths_with_a_warning() {
+    let ing = annotate(
+        one_rule("a.com", vec![path("/a", "Prefix", "s"), path("/b", "Prefix", "s")]),
+        BACKEND_PROTOCOL,
+        "GRPC",
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert!(exp.rules.is_empty());
+    assert_eq!(exp.warnings.len(), 1, "one warning, not one per path: {:?}", exp.warnings);
+    let w = &exp.warnings[0];
+    assert_eq!((w.namespace.as_str(), w.name.as_str(), w.reason.as_str()), ("ns1", "web", "InvalidAnnotation"));
+    assert!(w.message.contains(BACKEND_PROTOCOL) && w.message.contains("GRPC"), "{}", w.message);
+    assert_eq!(w.to_string(), format!("ingress ns1/web: InvalidAnnotation: {}", w.message));
+}
+
+#[test]
+fn port_by_name_and_failures() {
+    let w = World {
+        services: vec![
+            service("ns1", "named", &[("http", 8080), ("metrics", 9090)]),
+            service("other", "elsewhere", &[("http", 1)]),
+        ],
+        ..Default::default()
+    };
+    let by_name = |svc: &str, port: &str| json!({"path": "/", "pathType": "Prefix", "backend": backend(svc, json!({"name": port}))});
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [{"host": "a.com", "http": {"paths": [
+            by_name("named", "metrics"),
+            by_name("named", "grpc"),
+            by_name("elsewhere", "http"),
+            {"path": "/r", "pathType": "Prefix", "backend": {"resource": {"kind": "Bucket", "name": "b"}}},
+            {"path": "/n", "pathType": "Prefix", "backend": {"service": {"name": "x"}}},
+            path("/num", "Prefix", "no-such-service")
+        ]}}]}),
+    );
+    let exp = run(&cfg(), &w, &ing);
+    let rules: Vec<(String, i32)> = exp
+        .rules
+        .iter()
+        .map(|r| {
+            let s = &r.spec.service_group.as_ref().unwrap().services[0];
+            (r.metadata.labels.as_ref().unwrap()["alb2.cpaas.io/source-index"].clone(), s.port)
+        })
+        .collect();
+    assert_eq!(rules, vec![("0-0".to_string(), 9090), ("0-5".to_string(), 80)], "number used as is");
+    let reasons: Vec<&str> = exp.warnings.iter().map(|w| w.reason.as_str()).collect();
+    assert_eq!(reasons, ["ServicePortNotFound", "ServicePortNotFound", "UnsupportedBackend", "InvalidBackend"]);
+    assert!(exp.warnings[0].message.contains("spec.rules[0].http.paths[1].backend.service.port.name"));
+    assert!(exp.warnings[0].message.contains("\"grpc\""));
+    assert!(exp.warnings[1].message.contains("not found"), "another namespace's Service does not count");
+    assert!(exp.warnings[2].message.contains("paths[3].backend.resource"));
+}
+
+#[test]
+fn default_backend_only_without_rules() {
+    let mut w = World { services: vec![service("ns1", "dflt", &[("web", 8000)])], ..Default::default() };
+    let ing = ingress("ns1", "d", json!({"defaultBackend": backend("dflt", json!({"name": "web"}))}));
+    let ing = annotate(ing, BACKEND_PROTOCOL, "HTTPS");
+    let exp = run(&cfg(), &w, &ing);
+    assert!(exp.rules.is_empty());
+    assert_eq!(exp.ports, vec![(80, "http")]);
+    let ft = &exp.frontends[0];
+    assert_eq!(
+        serde_json::to_value(ft.spec.service_group.as_ref().unwrap()).unwrap(),
+        json!({"session_affinity_policy": "", "session_affinity_attribute": "",
+               "services": [{"name": "dflt", "namespace": "ns1", "port": 8000, "weight": 100}]})
+    );
+    assert_eq!(ft.spec.backend_protocol, "https");
+    assert_eq!(ft.spec.source.as_ref().unwrap().name, "d");
+
+    // With rules, the default backend is ignored.
+    let both = ingress(
+        "ns1",
+        "d",
+        json!({"defaultBackend": backend("dflt", json!({"number": 1})),
+               "rules": [{"http": {"paths": [path("/", "Prefix", "s")]}}]}),
+    );
+    let exp = run(&cfg(), &w, &both);
+    assert!(exp.frontends[0].spec.service_group.is_none());
+    assert_eq!(exp.rules.len(), 1);
+
+    // An existing Frontend with a default backend keeps it.
+    let mut ft = frontend("cpaas-system", "alb-dev-00080", 80, "http", &[]);
+    ft.spec.service_group = Some(ServiceGroup {
+        services: vec![ServiceRef { name: "mine".into(), ..Default::default() }],
+        ..Default::default()
+    });
+    w.frontends = vec![ft.clone()];
+    let exp = run(&cfg(), &w, &ing);
+    assert_eq!(js(&exp.frontends), js(&vec![ft]));
+
+    // Nothing at all: no Frontend.
+    let empty = ingress("ns1", "e", json!({}));
+    let exp = run(&cfg(), &World::default(), &empty);
+    assert!(exp.frontends.is_empty() && exp.rules.is_empty() && exp.ports.is_empty() && exp.warnings.is_empty());
+}
+
+#[test]
+fn translate_all_merges_and_skips_unclaimed() {
+    let cfg = cfg();
+    let mut w = World { frontends: vec![frontend("cpaas-system", "user-ft", 8080, "http", &[])], ..Default::default() };
+    let mut other_class = one_rule("b.com", vec![path("/", "Prefix", "s")]);
+    other_class.metadata.name = Some("nginx-one".into());
+    other_class.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+    let dflt = ingress("ns0", "dflt", json!({"defaultBackend": backend("d", json!({"number": 80}))}));
+    w.ingresses = vec![one_rule("a.com", vec![path("/", "Prefix", "s")]), other_class, dflt];
+    let (fts, rules, warnings) = translate_all(&cfg, &w.world());
+    assert!(warnings.is_empty());
+    let names: Vec<&str> = fts.iter().map(|f| f.metadata.name.as_deref().unwrap()).collect();
+    assert_eq!(names, ["user-ft", "alb-dev-00080"]);
+    // ns0/dflt came first and created the Frontend with its default backend; ns1/web reused it.
+    assert_eq!(fts[1].spec.service_group.as_ref().unwrap().services[0].name, "d");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].spec.domain, "a.com");
+}
