@@ -95,6 +95,8 @@ struct ControllerOpts<'a> {
     api_port: u16,
     bind: &'a str,
     spawn_nginx: bool,
+    /// The data plane's metrics port (part of nginx.conf: a sidecar's must stay the same across restarts).
+    metrics_port: u16,
 }
 
 impl Controller {
@@ -108,7 +110,7 @@ impl Controller {
             .arg("--runtime-dir")
             .arg(o.runtime)
             .args(["--api-port", &o.api_port.to_string(), "--bind", o.bind, "--workers", "2"])
-            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--admin-port", &admin_port.to_string(), "--metrics-port", &o.metrics_port.to_string()])
             .args(["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "1"])
             .env("ALB_LOG", "info")
             .env_remove("KUBECONFIG");
@@ -144,7 +146,10 @@ struct Env {
 
 impl Env {
     fn new(prefix: &str, projects: &str) -> Env {
-        let c = Cluster::shared();
+        Env::new_on(Cluster::shared(), prefix, projects)
+    }
+
+    fn new_on(c: &'static Cluster, prefix: &str, projects: &str) -> Env {
         let ns = c.namespace(prefix);
         let alb = format!("alb-{prefix}");
         let http_port = free_port();
@@ -165,6 +170,7 @@ impl Env {
                 api_port: free_port(),
                 bind,
                 spawn_nginx: true,
+                metrics_port: free_port(),
             },
         )
     }
@@ -469,6 +475,7 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
                 api_port: dp.api_port,
                 bind: "127.0.0.1",
                 spawn_nginx: false,
+                metrics_port: dp.metrics_port,
             },
         )
     };
@@ -531,4 +538,69 @@ fn a_restarted_nginx_gets_the_policy_again() {
     ctl.proc.wait_log_after(skip, "nginx started", Duration::from_secs(10));
     wait_for("routed again", Duration::from_secs(2), || routes_to(port, "/", "a").then_some(()));
     assert_ne!(ctl.pids()[0], master);
+}
+
+/// The API server goes away for 30 s under load: nginx keeps serving the last policy with no failed request;
+/// once it is back the controller's watches resume and a change made then is applied.
+#[test]
+fn api_server_outage_keeps_serving_and_resyncs_after() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let c = Cluster::private("outage");
+    let env = Env::new_on(c, "ctl-outage", "[ALL_ALL]");
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    env.service("svc-a", &a);
+    env.service("svc-b", &b);
+    let runtime = tempdir("alb-e2e-outage-");
+    let ctl = env.controller("pod-0", runtime.path(), "127.0.0.1");
+    let ing = |svc: &str| env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/one", svc)]);
+    c.apply(&ing("svc-a"));
+    let port = env.http_port;
+    wait_for("route to a", Duration::from_secs(10), || routes_to(port, "/one", "a").then_some(()));
+    let pids = ctl.pids();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut conn = crate::harness::Conn::open(port).expect("connect");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match conn.send("GET", "/one", &[], b"") {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed during outage: {other:?}");
+                            conn = crate::harness::Conn::open(port).expect("reconnect");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+
+    let args = c.stop_apiserver();
+    std::thread::sleep(Duration::from_secs(30));
+    let during = ok.load(Ordering::Relaxed);
+    c.start_apiserver(&args);
+    let back = Instant::now();
+    c.apply(&ing("svc-b"));
+    wait_for("the change made after the outage", Duration::from_secs(60), || {
+        routes_to(port, "/one", "b").then_some(())
+    });
+    eprintln!(
+        "outage: {during} requests served while the API server was down; change applied {:?} after restart",
+        back.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().expect("load thread");
+    }
+    assert!(during > 1000, "load ran during the outage: {during}");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no failed request");
+    assert_eq!(ctl.pids(), pids, "nginx untouched");
+    c.down();
 }

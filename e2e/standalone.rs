@@ -187,7 +187,10 @@ fn sigterm_stops_nginx_and_missing_nginx_is_a_clear_error() {
     let status = gw.proc.terminate().expect("exit status");
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     for pid in pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "nginx process {pid} left behind");
+        // A zombie is gone (exited, not yet reaped by PID 1 of this container).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = stat.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z'));
+        assert!(!alive, "nginx process {pid} left behind: {stat}");
     }
 
     let out = std::process::Command::new(crate::harness::alb_bin())

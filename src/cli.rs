@@ -96,15 +96,20 @@ impl NginxArgs {
     /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.
     pub fn prepare(&self, listeners: Vec<HttpListener>) -> Result<(NginxBinary, ConfInput, String)> {
         let bin = NginxBinary::locate(self.nginx.as_deref())?;
-        let lua_dir = find_lua_dir(self.lua_dir.as_deref())?;
-        let runtime_dir = prepare_runtime_dir(&self.runtime_dir)?;
+        let input = self.conf_input(bin.modules.clone(), listeners)?;
+        let token = ensure_token(&input.token_file())?;
+        Ok((bin, input, token))
+    }
+
+    /// nginx.conf inputs from the flags (prepares the runtime dir); `modules` are the `load_module` paths.
+    pub fn conf_input(&self, modules: Vec<PathBuf>, listeners: Vec<HttpListener>) -> Result<ConfInput> {
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4));
-        let input = ConfInput {
-            runtime_dir,
-            lua_dir,
-            modules: bin.modules.clone(),
+        Ok(ConfInput {
+            runtime_dir: prepare_runtime_dir(&self.runtime_dir)?,
+            lua_dir: find_lua_dir(self.lua_dir.as_deref())?,
+            modules,
             worker_processes: workers,
             worker_connections: 16384,
             api_port: self.api_port,
@@ -114,9 +119,7 @@ impl NginxArgs {
             access_log: self.access_log.clone(),
             policy_dict_size: "128m".into(),
             metrics_port: self.metrics_port,
-        };
-        let token = ensure_token(&input.token_file())?;
-        Ok((bin, input, token))
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! The real kube-apiserver + etcd of `e2e/cluster/up`, shared by every test of one test binary.
-//! `Cluster::shared()` builds (or reuses the cached) binaries, starts the control plane once, applies our CRDs
-//! from `crds/`, and stops it when the test binary exits (unless it was already running: then it is left up).
+//! `Cluster::shared()` builds (or reuses the cached) binaries, starts a control plane for this test process
+//! (its own run dir and ports: concurrent test runs do not interfere), applies our CRDs from `crds/`, and stops it
+//! when the test process exits. With `ALB_E2E_RUN=DIR` it uses (or starts) the cluster in DIR instead and leaves
+//! a cluster it did not start running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,10 +13,13 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub bin_dir: PathBuf,
+    /// Set for a private cluster (its own run dir, stopped by [`Cluster::down`]).
+    pub run_dir: Option<PathBuf>,
 }
 
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 static STARTED_HERE: OnceLock<bool> = OnceLock::new();
+static RUN_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 extern "C" fn stop_at_exit() {
     if STARTED_HERE.get().copied().unwrap_or(false) && std::env::var_os("KEEP_CLUSTER").is_none() {
@@ -40,22 +45,115 @@ impl Cluster {
             let repo = super::repo_dir();
             let build = Command::new(repo.join("e2e/cluster/build.sh")).output().expect("run e2e/cluster/build.sh");
             let bin_dir = PathBuf::from(last_line(&build, "e2e/cluster/build.sh"));
-            let already = Path::new(&std::env::var("ALB_E2E_RUN").unwrap_or_else(|_| "/tmp/alb-e2e-cluster".into()))
-                .join("kubeconfig")
-                .exists();
-            let up = Command::new(repo.join("e2e/cluster/up")).output().expect("run e2e/cluster/up");
+            // One control plane per test process (its own run dir and ports), so concurrent test runs never stop
+            // each other's API server. ALB_E2E_RUN=DIR shares one started by hand (left running at exit).
+            let (run_dir, already) = match std::env::var("ALB_E2E_RUN") {
+                Ok(dir) => (PathBuf::from(&dir), Path::new(&dir).join("kubeconfig").exists()),
+                Err(_) => (PathBuf::from(format!("/tmp/alb-e2e-cluster-{}", std::process::id())), false),
+            };
+            let _ = RUN_DIR.set(run_dir.clone());
+            let up = Command::new(repo.join("e2e/cluster/up")).env("ALB_E2E_RUN", &run_dir).output().expect("run up");
             let kubeconfig = PathBuf::from(last_line(&up, "e2e/cluster/up"));
             let _ = STARTED_HERE.set(!already);
             unsafe {
                 atexit(stop_at_exit);
             }
-            let c = Cluster { kubeconfig, bin_dir };
-            let out =
-                c.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo.join("crds").to_string_lossy()]);
-            assert!(out.status.success(), "applying crds/: {}", String::from_utf8_lossy(&out.stderr));
-            c.wait_for(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]);
+            let c = Cluster { kubeconfig, bin_dir, run_dir: None };
+            c.install_crds();
             c
         })
+    }
+
+    /// A cluster of its own (separate run dir and ports), for tests that stop the API server. Leaked so that
+    /// helpers taking `&'static Cluster` work; call [`Cluster::down`] at the end.
+    pub fn private(tag: &str) -> &'static Cluster {
+        let repo = super::repo_dir();
+        let run_dir = PathBuf::from(format!("/tmp/alb-e2e-{tag}-{}", std::process::id()));
+        let build = Command::new(repo.join("e2e/cluster/build.sh")).output().expect("run e2e/cluster/build.sh");
+        let bin_dir = PathBuf::from(last_line(&build, "e2e/cluster/build.sh"));
+        let up = Command::new(repo.join("e2e/cluster/up")).env("ALB_E2E_RUN", &run_dir).output().expect("run up");
+        let kubeconfig = PathBuf::from(last_line(&up, "e2e/cluster/up"));
+        let c: &'static Cluster = Box::leak(Box::new(Cluster { kubeconfig, bin_dir, run_dir: Some(run_dir) }));
+        c.install_crds();
+        c
+    }
+
+    /// Stops a private cluster.
+    pub fn down(&self) {
+        if let Some(run) = &self.run_dir {
+            let _ = Command::new(super::repo_dir().join("e2e/cluster/down")).env("ALB_E2E_RUN", run).output();
+        }
+    }
+
+    fn pids_file(&self) -> PathBuf {
+        self.run_dir.as_ref().expect("only private clusters can stop their API server").join("pids")
+    }
+
+    /// Stops kube-apiserver (etcd keeps running); returns its command line for [`Cluster::start_apiserver`].
+    pub fn stop_apiserver(&self) -> Vec<String> {
+        let pids = std::fs::read_to_string(self.pids_file()).expect("pids file");
+        let pid: i32 = pids
+            .lines()
+            .find_map(|l| l.strip_prefix("kube-apiserver ").and_then(|r| r.split_whitespace().next()?.parse().ok()))
+            .expect("kube-apiserver pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // SIGKILL: an abrupt outage (a graceful stop waits for watches to drain).
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        {
+            assert!(Instant::now() < deadline, "kube-apiserver did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        args
+    }
+
+    /// Starts kube-apiserver again with the same command line and waits until it answers.
+    pub fn start_apiserver(&self, args: &[String]) {
+        let run = self.run_dir.as_ref().expect("private cluster");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(run.join("logs/kube-apiserver.log"))
+            .expect("log");
+        let mut child = Command::new("setsid")
+            .arg(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        // Keep `down` able to stop it: replace the recorded pid.
+        let pids = std::fs::read_to_string(self.pids_file()).expect("pids file");
+        let updated: Vec<String> = pids
+            .lines()
+            .map(|l| {
+                if l.starts_with("kube-apiserver ") {
+                    format!("kube-apiserver {} {}", child.id(), args[0])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(self.pids_file(), updated.join("\n") + "\n").expect("write pids");
+        // Reap it when `down` stops it.
+        std::thread::spawn(move || child.wait());
+        self.wait_for(&["get", "--raw", "/readyz"]);
+    }
+
+    fn install_crds(&self) {
+        let repo = super::repo_dir();
+        let out =
+            self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo.join("crds").to_string_lossy()]);
+        assert!(out.status.success(), "applying crds/: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_for(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]);
     }
 
     pub fn kubectl_path(&self) -> PathBuf {

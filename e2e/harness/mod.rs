@@ -212,6 +212,7 @@ impl Standalone {
             .arg("--runtime-dir")
             .arg(runtime.path())
             .args(["--api-port", &api_port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
+            .args(["--metrics-port", &free_port().to_string()])
             .env("ALB_LOG", "info");
         let proc = Proc::spawn("alb standalone", &mut cmd);
         proc.wait_log("policy v1 applied", Duration::from_secs(20));
@@ -232,7 +233,8 @@ impl Standalone {
         nginx_pids(self.runtime.path())
     }
 
-    /// Applies a change and waits until the next policy generation is applied by every worker.
+    /// Applies a change and waits until a policy generation is applied by every worker after it. Only exact when
+    /// no earlier push is still in flight: after polling for an earlier change, wait for its log line first.
     pub fn change(&self, f: impl FnOnce(&Self)) -> String {
         let skip = self.proc.log_len();
         f(self);
@@ -245,6 +247,8 @@ pub struct Dataplane {
     pub runtime: tempfile::TempDir,
     pub api_port: u16,
     pub http_ports: Vec<u16>,
+    /// Metrics server (`/metrics`, `/healthz`, `/clear`).
+    pub metrics_port: u16,
     pub token: String,
     pub proc: Proc,
 }
@@ -254,6 +258,7 @@ impl Dataplane {
         let runtime = tempdir("alb-e2e-dp-");
         let api_port = free_port();
         let http_ports: Vec<u16> = (0..n_ports).map(|_| free_port()).collect();
+        let metrics_port = free_port();
         let mut cmd = Command::new(alb_bin());
         cmd.arg("dataplane").arg("--runtime-dir").arg(runtime.path()).args([
             "--api-port",
@@ -262,6 +267,8 @@ impl Dataplane {
             "127.0.0.1",
             "--workers",
             "2",
+            "--metrics-port",
+            &metrics_port.to_string(),
         ]);
         for p in &http_ports {
             cmd.args(["--http-port", &p.to_string()]);
@@ -269,7 +276,7 @@ impl Dataplane {
         let proc = Proc::spawn("alb dataplane", &mut cmd);
         proc.wait_log("data plane ready", Duration::from_secs(20));
         let token = std::fs::read_to_string(runtime.path().join("policy-token")).expect("token").trim().to_string();
-        Dataplane { runtime, api_port, http_ports, token, proc }
+        Dataplane { runtime, api_port, http_ports, metrics_port, token, proc }
     }
 
     pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {

@@ -2,7 +2,7 @@
 //! does) or a sidecar sharing the runtime dir (we write nginx.conf and HUP the pid in `<runtime>/nginx.pid`).
 
 use crate::cli::NginxArgs;
-use crate::nginx::process::{ensure_token, find_lua_dir, prepare_runtime_dir, Nginx, NginxBinary};
+use crate::nginx::process::{ensure_token, Nginx, NginxBinary};
 use crate::nginx::render::{render, ConfInput, HttpListener};
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -107,22 +107,7 @@ impl Dataplane {
                 None
             }
         };
-        let runtime_dir = prepare_runtime_dir(&args.runtime_dir)?;
-        let input = ConfInput {
-            runtime_dir,
-            lua_dir: find_lua_dir(args.lua_dir.as_deref())?,
-            modules: bin.as_ref().map(|b| b.modules.clone()).unwrap_or_default(),
-            worker_processes: args
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4)),
-            worker_connections: 16384,
-            api_port: args.api_port,
-            bind_address: args.bind.clone(),
-            http_listeners: listeners,
-            error_log_level: args.nginx_log_level.clone(),
-            access_log: args.access_log.clone(),
-            policy_dict_size: "128m".into(),
-        };
+        let input = args.conf_input(bin.as_ref().map(|b| b.modules.clone()).unwrap_or_default(), listeners)?;
         let token = ensure_token(&input.token_file()).context("policy token")?;
         let mut sidecar = Sidecar { bin, input: input.clone() };
         sidecar.apply(input)?;

@@ -1,8 +1,9 @@
 //! One reflector (`watcher` + `Store`) per kind the controller reads. Every change of any store bumps a
 //! counter on a `watch` channel; the render loop and the leader work debounce on it.
 //!
-//! Watch errors (API server unreachable, RBAC, a CRD not installed yet) are logged and retried with kube's
-//! default backoff; the stores keep their last content meanwhile and are relisted when the watch returns.
+//! Watch errors (API server unreachable, RBAC, a CRD not installed yet) are logged and retried with a backoff
+//! capped at 3 s ([`WatchBackoff`]); the stores keep their last content meanwhile and are relisted when the watch
+//! returns, so changes made during an outage apply within seconds of the API server's return.
 
 use super::ControllerArgs;
 use crate::compile::Snapshot;
@@ -50,7 +51,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, cfg).backoff(WatchBackoff::default()));
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
@@ -194,5 +195,55 @@ async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &
                 tracing::warn!("still waiting for the first list of {kind} after {waited} s (see the watch errors)");
             }
         }
+    }
+}
+
+/// Exponential backoff from 200 ms, doubling, capped at 3 s, with ±20% jitter. kube's default caps at 30 s,
+/// which after a long API server outage delays the resync by up to half a minute: too slow for a gateway.
+pub struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl WatchBackoff {
+    const MIN: std::time::Duration = std::time::Duration::from_millis(200);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(3);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(base.mul_f64(rand::random_range(0.8..1.2)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::WatchBackoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_is_capped_and_resets() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = (&mut b).take(10).collect();
+        assert!(delays[0] < Duration::from_millis(300));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(3600)), "{delays:?}");
+        assert!(delays[9] >= Duration::from_millis(2400));
+        kube::runtime::utils::Backoff::reset(&mut b);
+        assert!(b.next().unwrap() < Duration::from_millis(300));
     }
 }
