@@ -344,6 +344,10 @@ fn rules_match_on_header_cookie_param_src_ip_and_bad_regex_is_reported() {
         let r = Conn::open(port).ok()?.send("GET", "/vip?v=2", &vip_headers, b"").ok()?;
         (r.backend() == "a").then_some(())
     });
+    // The two Rules may reach the controller in separate watch events: wait for the second one too.
+    wait_for("the catch-all rule", Duration::from_secs(5), || {
+        (get(port, "/plain", &[]).backend() == "b").then_some(())
+    });
     assert_eq!(get(port, "/vip?v=3", &vip_headers).backend(), "b", "param must match");
     assert_eq!(
         get(port, "/vip?v=2", &[("X-User", "bob"), ("Cookie", "session=s1"), ("X-Real-IP", "10.0.0.1")]).backend(),

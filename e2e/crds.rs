@@ -95,6 +95,7 @@ spec:
     // Printer columns are served.
     let out = c.kubectl(&["get", "rules", "-n", &ns]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("PRIORITY") && table.contains("alb-dev-00080"), "{table}");
+    assert!(table.contains("PRIORITY") && table.contains("BACKENDS") && table.contains("ACCEPTED"), "{table}");
+    assert!(table.contains("alb-dev-00080-abcd") && table.contains("svc"), "{table}");
     let _ = c.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }

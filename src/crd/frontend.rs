@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+// clippy mistakes the repeated `type_ = "string"` of the printcolumn(...) lists for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "crd.alauda.io",
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
     doc = "One listening port of an ALB",
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 pub struct FrontendSpec {
@@ -89,7 +92,7 @@ mod tests {
         assert_eq!(props["config"]["x-kubernetes-preserve-unknown-fields"], true);
         let cols: Vec<_> =
             ver["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].clone()).collect();
-        assert_eq!(cols, vec![json!("Port"), json!("Protocol"), json!("Age")]);
+        assert_eq!(cols, vec![json!("Port"), json!("Protocol"), json!("Accepted"), json!("Age")]);
         // Structural schema: no references or unions the API server would refuse.
         let text = serde_json::to_string(&ver["schema"]).unwrap();
         for bad in ["$ref", "anyOf", "oneOf", "allOf", "\"default\":null"] {

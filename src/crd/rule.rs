@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Frontend", type_ = "string", json_path = ".metadata.labels.alb2\\.cpaas\\.io/frontend"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(name = "Matches", type_ = "string", json_path = ".spec.dsl"),
+    printcolumn(name = "Backends", type_ = "string", json_path = ".spec.serviceGroup.services[*].name"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
     printcolumn(name = "Source-Type", type_ = "string", json_path = ".spec.source.type", priority = 1),
     printcolumn(name = "Source-Ns", type_ = "string", json_path = ".spec.source.namespace", priority = 1),
     printcolumn(name = "Source-Name", type_ = "string", json_path = ".spec.source.name", priority = 1),
