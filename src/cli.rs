@@ -20,6 +20,8 @@ pub enum Cmd {
     Standalone(crate::standalone::StandaloneArgs),
     /// Kubernetes controller of one ALB: watches the API server, compiles, runs/feeds nginx, syncs Ingresses.
     Controller(crate::controller::ControllerArgs),
+    /// Operator: turns every ALB2 into its Deployment, Services, ConfigMaps, IngressClass and RBAC.
+    Operator(crate::operator::OperatorArgs),
     /// Print the compiled policy for a folder of manifests (rejected objects go to stderr).
     Policy {
         /// Folder of manifests.
@@ -96,7 +98,8 @@ impl NginxArgs {
     /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.
     pub fn prepare(&self, listeners: Vec<HttpListener>) -> Result<(NginxBinary, ConfInput, String)> {
         let bin = NginxBinary::locate(self.nginx.as_deref())?;
-        let input = self.conf_input(bin.modules.clone(), listeners)?;
+        let mut input = self.conf_input(bin.modules.clone(), listeners)?;
+        input.http2 = bin.http2;
         let token = ensure_token(&input.token_file())?;
         Ok((bin, input, token))
     }
@@ -119,6 +122,7 @@ impl NginxArgs {
             access_log: self.access_log.clone(),
             policy_dict_size: "128m".into(),
             metrics_port: self.metrics_port,
+            http2: Default::default(),
         })
     }
 }
@@ -127,6 +131,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
         Cmd::Controller(args) => crate::controller::run(args).await,
+        Cmd::Operator(args) => crate::operator::run(args).await,
         Cmd::Policy { manifests, alb_name, domain, ingress } => print_policy(&manifests, alb_name, domain, &ingress),
         Cmd::Dataplane { nginx, http_ports } => crate::nginx::dataplane(nginx, http_ports).await,
         Cmd::Crds { out_dir } => write_crds(out_dir.as_deref()),
@@ -153,7 +158,12 @@ fn print_policy(
     for r in &compiled.rejects {
         eprintln!("rejected {r}");
     }
-    println!("{}", serde_json::to_string_pretty(&compiled.policy)?);
+    // Private keys of the certificates stay out of the output.
+    let mut shown = compiled.policy.clone();
+    for c in shown.certificates.values_mut() {
+        c.key = "<redacted>".into();
+    }
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }
 

@@ -8,8 +8,10 @@ mod echo;
 mod ingress;
 mod manifests;
 mod nginx;
+mod operator;
 mod policy;
 mod standalone;
+mod tls;
 
 use anyhow::Result;
 use clap::Parser;

@@ -143,6 +143,15 @@ impl ManifestDir {
                         serde_json::from_value(doc).map(|o| ing.ingress_classes.push(o))
                     }
                     ("v1", "Namespace") => serde_json::from_value(doc).map(|o| ing.namespaces.push(o)),
+                    ("v1", "Secret") => serde_json::from_value(doc).map(|o| match tls_secret(o) {
+                        Ok(s) => snap.secrets.push(s),
+                        Err(t) => problems.push(Problem {
+                            file: path.clone(),
+                            message: format!(
+                                "{what}: Secret of type {t:?} is not read (only kubernetes.io/tls); skipped"
+                            ),
+                        }),
+                    }),
                     _ => {
                         problems.push(Problem {
                             file: path.clone(),
@@ -160,6 +169,22 @@ impl ManifestDir {
         }
         (snap, ing, problems)
     }
+}
+
+/// A `kubernetes.io/tls` Secret with its `stringData` merged into `data` (as the API server does), or the type
+/// it has instead.
+fn tls_secret(mut s: k8s_openapi::api::core::v1::Secret) -> Result<k8s_openapi::api::core::v1::Secret, String> {
+    let t = s.type_.clone().unwrap_or_else(|| "Opaque".into());
+    if t != "kubernetes.io/tls" {
+        return Err(t);
+    }
+    if let Some(sd) = s.string_data.take() {
+        let data = s.data.get_or_insert_with(Default::default);
+        for (k, v) in sd {
+            data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+        }
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

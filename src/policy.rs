@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+pub mod config;
+pub use config::RuleConfig;
+
 /// Schema version understood by `lua/alb/schema.lua`.
 pub const POLICY_VERSION: u32 = 1;
 
@@ -18,11 +21,35 @@ pub struct Policy {
     pub http: BTreeMap<String, HttpPort>,
     #[serde(default)]
     pub backend_groups: Vec<BackendGroup>,
+    /// TLS certificates by lookup key (`"<port>"`, `"<domain>"`, `"<domain>/<port>"`), docs/policy.md
+    /// "certificates". Absent when empty, so policies without TLS keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, Certificate>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { version: POLICY_VERSION, generation: 0, http: BTreeMap::new(), backend_groups: Vec::new() }
+        Policy {
+            version: POLICY_VERSION,
+            generation: 0,
+            http: BTreeMap::new(),
+            backend_groups: Vec::new(),
+            certificates: BTreeMap::new(),
+        }
+    }
+}
+
+/// A certificate chain and its private key, PEM. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// The leaf certificate first, then intermediates (and the Secret's `ca.crt`).
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate").field("cert", &self.cert).field("key", &"<redacted>").finish()
     }
 }
 
@@ -46,8 +73,9 @@ pub struct HttpRule {
     pub upstream: Option<String>,
     #[serde(default)]
     pub backend_protocol: String,
+    /// Per-rule features, docs/policy.md "Rule config (v1)".
     #[serde(default)]
-    pub config: serde_json::Map<String, Value>,
+    pub config: RuleConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

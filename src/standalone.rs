@@ -1,6 +1,6 @@
-//! `alb standalone --manifests DIR`: no cluster. Reads Frontend/Rule/Service/EndpointSlice manifests from a
-//! folder, compiles them, runs nginx and pushes the policy; watches the folder and applies every change
-//! without a reload (a reload only when the set of listeners changes).
+//! `alb standalone --manifests DIR`: no cluster. Reads Frontend/Rule/Service/EndpointSlice (and TLS Secret)
+//! manifests from a folder, compiles them, runs nginx and pushes the policy; watches the folder and applies
+//! every change without a reload (a reload only when the set of listeners changes).
 //!
 //! Ingresses (with IngressClasses and Namespaces) of the folder are translated in memory into Frontends and
 //! Rules exactly as the leader controller writes them (`src/ingress/`), then compiled with the rest.
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct StandaloneArgs {
-    /// Folder of manifests (*.yaml, *.yml, *.json): Frontend, Rule, Service, EndpointSlice, and Ingress
-    /// (networking.k8s.io/v1), IngressClass, Namespace (v1, for its project label).
+    /// Folder of manifests (*.yaml, *.yml, *.json): Frontend, Rule, Service, EndpointSlice, Secret
+    /// (kubernetes.io/tls), and Ingress (networking.k8s.io/v1), IngressClass, Namespace (v1, for its project label).
     #[arg(long, env = "ALB_MANIFESTS")]
     pub manifests: PathBuf,
     /// Only read Frontends/Rules labelled `alb2.<domain>/name=<NAME>` (default: all of them). Also the ALB name
@@ -47,7 +47,6 @@ pub struct IngressArgs {
     #[arg(long, env = "ALB_INGRESS_HTTPS_PORT", default_value_t = 443)]
     pub ingress_https_port: u16,
     /// Which Frontends an Ingress host lands on: Never (http unless the host has TLS), Request, Always, Both.
-    /// https listeners are not served yet, hence the default.
     #[arg(long, env = "ALB_SSL_STRATEGY", default_value = "Never")]
     pub ssl_strategy: SslStrategy,
     /// Certificate (`ns/name`) of the https Frontend created for Ingresses.
@@ -143,7 +142,14 @@ fn build(
 }
 
 fn listeners(c: &Compiled) -> Vec<HttpListener> {
-    c.listeners.iter().map(|l| HttpListener { name: l.name.clone(), port: l.port }).collect()
+    c.listeners
+        .iter()
+        .map(|l| HttpListener {
+            name: l.name.clone(),
+            port: l.port,
+            tls: l.protocol == crate::compile::Protocol::Https,
+        })
+        .collect()
 }
 
 pub async fn run(args: StandaloneArgs) -> Result<()> {

@@ -11,6 +11,7 @@
 local cjson = require("cjson")
 local router = require("alb.router")
 local balancer = require("alb.balancer")
+local alb_ssl = require("alb.ssl")
 
 local ngx = ngx
 local log = ngx.log
@@ -102,6 +103,15 @@ local function apply(premature)
             end
         end
     end
+    local certs, cert_pems, cert_count
+    if routes then
+        local okc, c, p, n = pcall(alb_ssl.build, doc.certificates)
+        if okc then
+            certs, cert_pems, cert_count = c, p, n
+        else
+            routes, err = nil, "certificates: " .. tostring(c)
+        end
+    end
     if not routes then
         failed_version = v
         log(ERR, "alb: worker ", ngx.worker.id(), " cannot apply policy version ", v, ": ", err)
@@ -114,7 +124,9 @@ local function apply(premature)
         generation = generation,
         routes = routes,
         balancers = bals,
+        certificates = cert_count,
     }
+    alb_ssl.activate(certs, cert_pems)
     applied_version = v
     write_ack(dict, _M.state)
     ngx.update_time()

@@ -165,6 +165,49 @@ local function check_group(g)
     return true
 end
 
+-- certificate map keys: "<port>", "<domain>" or "<domain>/<port>" (domain optionally "*."-prefixed)
+local function check_cert_key(k)
+    if k:match("^%d+$") then
+        local n = tonumber(k)
+        return n >= 1 and n <= 65535
+    end
+    local host, port = k:match("^([^/]+)/(%d+)$")
+    if host then
+        local n = tonumber(port)
+        if n < 1 or n > 65535 then
+            return false
+        end
+    else
+        host = k
+    end
+    local body = host:sub(1, 2) == "*." and host:sub(3) or host
+    return body ~= "" and body:match("^[%w%-%.]+$") ~= nil and body:sub(1, 1) ~= "." and body:sub(-1) ~= "."
+end
+
+local function check_certificates(certs)
+    if absent(certs) then
+        return true
+    end
+    if not is_object(certs) then
+        return nil, "certificates must be an object (key -> {cert, key})"
+    end
+    for k, c in pairs(certs) do
+        if not check_cert_key(k) then
+            return nil, fmt("certificates: invalid key %q (\"<port>\", \"<domain>\" or \"<domain>/<port>\")", k)
+        end
+        if not is_object(c) then
+            return nil, fmt("certificates[%q] must be an object", k)
+        end
+        if type(c.cert) ~= "string" or not c.cert:find("-----BEGIN ", 1, true) then
+            return nil, fmt("certificates[%q].cert must be a PEM string", k)
+        end
+        if type(c.key) ~= "string" or not c.key:find("-----BEGIN ", 1, true) then
+            return nil, fmt("certificates[%q].key must be a PEM string", k)
+        end
+    end
+    return true
+end
+
 --- validate(doc) -> true or nil, err. `doc` is the decoded JSON.
 function _M.validate(doc)
     if not is_object(doc) or next(doc) == nil then
@@ -206,6 +249,10 @@ function _M.validate(doc)
                 end
             end
         end
+    end
+    local cok, cerr = check_certificates(doc.certificates)
+    if not cok then
+        return nil, cerr
     end
     local groups = doc.backend_groups
     if not absent(groups) then

@@ -4,6 +4,7 @@
 //! An invalid object never breaks the others: it is left out and reported as a [`Reject`].
 
 pub mod backends;
+pub mod certs;
 pub mod dslx;
 pub mod index;
 pub mod order;
@@ -13,7 +14,7 @@ pub(crate) mod testutil;
 use crate::crd::{self, Frontend, Rule};
 use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
 use backends::Lookup;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub rules: Vec<Rule>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// `kubernetes.io/tls` Secrets (certificates of https Frontends and Rules).
+    pub secrets: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,14 +228,15 @@ impl Ctx<'_> {
                 continue;
             }
             claimed.insert((port, proto == Protocol::Udp), owner);
-            if proto != Protocol::Http {
+            if !matches!(proto, Protocol::Http | Protocol::Https) {
                 let shown = if ft.spec.protocol == proto.as_str() {
                     format!("is {proto}")
                 } else {
                     format!("is {:?}, which is treated as tcp", ft.spec.protocol)
                 };
-                let problem =
-                    format!("{shown}: only http listeners are supported yet, {proto} arrives in a later release");
+                let problem = format!(
+                    "{shown}: only http and https listeners are supported yet, {proto} arrives in a later release"
+                );
                 self.reject("Frontend", meta, "spec.protocol".into(), "UnsupportedProtocol", &problem);
                 continue;
             }
@@ -280,7 +284,7 @@ impl Ctx<'_> {
             index: index::derive(&d),
             upstream: Some(group),
             backend_protocol: ft.spec.backend_protocol.to_lowercase(),
-            config: serde_json::Map::new(),
+            config: Default::default(),
         };
         self.ports.entry(port).or_default().push((key, rule));
     }
@@ -359,10 +363,57 @@ impl Ctx<'_> {
                 index: index::derive(terms),
                 upstream,
                 backend_protocol: rl.spec.backend_protocol.to_lowercase(),
-                config: serde_json::Map::new(),
+                config: Default::default(),
             };
             self.ports.entry(port).or_default().push((key, rule));
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// The certificate map of the accepted https Frontends and of the accepted Rules on them (`certs.rs`).
+    fn certificates(
+        &self,
+        snapshot: &Snapshot,
+        listeners: &[Listener],
+        now: i64,
+    ) -> (BTreeMap<String, crate::policy::Certificate>, Vec<Reject>) {
+        let https: HashMap<(&str, &str), u16> = listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Https)
+            .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.port))
+            .collect();
+        let mut fts: Vec<(&Frontend, u16)> = snapshot
+            .frontends
+            .iter()
+            .filter(|f| self.selected(&f.metadata))
+            .filter_map(|f| https.get(&(ns_of(&f.metadata), name_of(&f.metadata))).map(|p| (f, *p)))
+            .collect();
+        fts.sort_by(|a, b| {
+            (ns_of(&a.0.metadata), name_of(&a.0.metadata)).cmp(&(ns_of(&b.0.metadata), name_of(&b.0.metadata)))
+        });
+        let https_ports: BTreeSet<u16> = https.values().copied().collect();
+        let accepted_rules: HashMap<(&str, &str), u16> = self
+            .ports
+            .iter()
+            .filter(|(p, _)| https_ports.contains(p))
+            .flat_map(|(p, entries)| {
+                entries
+                    .iter()
+                    .filter(|(_, r)| r.source.kind != "ft_default_router")
+                    .map(move |(k, _)| ((k.namespace.as_str(), k.name.as_str()), *p))
+            })
+            .collect();
+        let mut rules: Vec<(&Rule, u16)> = snapshot
+            .rules
+            .iter()
+            .filter(|r| self.selected(&r.metadata))
+            .filter_map(|r| accepted_rules.get(&(ns_of(&r.metadata), name_of(&r.metadata))).map(|p| (r, *p)))
+            .collect();
+        rules.sort_by(|a, b| {
+            (ns_of(&a.0.metadata), name_of(&a.0.metadata)).cmp(&(ns_of(&b.0.metadata), name_of(&b.0.metadata)))
+        });
+        certs::build(&snapshot.secrets, &fts, &rules, now)
     }
 }
 
@@ -386,6 +437,8 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut listeners = Vec::new();
     let accepted = ctx.frontends(snapshot, &mut listeners);
     ctx.rules(snapshot, &accepted, &known);
+    let (certificates, cert_rejects) = ctx.certificates(snapshot, &listeners, certs::now_unix());
+    ctx.rejects.extend(cert_rejects);
 
     let mut http = BTreeMap::new();
     for (port, mut entries) in std::mem::take(&mut ctx.ports) {
@@ -397,6 +450,7 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         generation: opts.generation,
         http,
         backend_groups: ctx.groups.into_values().collect(),
+        certificates,
     };
     Compiled { policy, listeners, rejects: ctx.rejects }
 }

@@ -25,6 +25,7 @@ fn base() -> Snapshot {
             slice("default", "web", "web-abc", &[("http", 8080)], &[("10.0.0.1", Some(true))]),
             slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None)]),
         ],
+        secrets: vec![],
     }
 }
 
@@ -187,7 +188,7 @@ fn null_and_empty_dslx() {
 #[test]
 fn unknown_frontend() {
     let mut s = base();
-    s.frontends.push(frontend("alb-dev-00443", 443, "https", None));
+    s.frontends.push(frontend("alb-dev-00443", 443, "grpc", None));
     s.rules.push(rule_to("ok", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
     s.rules.push(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80));
     s.rules.push(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80));
@@ -314,7 +315,6 @@ fn frontend_port_and_protocol_checks() {
             ("big", "InvalidPort", "spec.port"),
             ("grpc", "UnsupportedProtocol", "spec.protocol"),
             ("tcp", "UnsupportedProtocol", "spec.protocol"),
-            ("tls", "UnsupportedProtocol", "spec.protocol"),
             ("udp", "UnsupportedProtocol", "spec.protocol"),
             ("weird", "UnsupportedProtocol", "spec.protocol"),
             ("zero", "InvalidPort", "spec.port"),
@@ -325,8 +325,9 @@ fn frontend_port_and_protocol_checks() {
     let weird = c.rejects.iter().find(|r| r.name == "weird").unwrap();
     assert!(weird.message.contains("treated as tcp") && weird.message.contains("later release"), "{}", weird.message);
     let ports: Vec<_> = c.listeners.iter().map(|l| (l.name.as_str(), l.port)).collect();
-    assert_eq!(ports, vec![("a-dup", 80), ("http2", 8080)]);
-    assert_eq!(c.policy.http.keys().collect::<Vec<_>>(), vec!["80", "8080"]);
+    assert_eq!(ports, vec![("a-dup", 80), ("tls", 443), ("http2", 8080)]);
+    assert_eq!(c.listeners[1].protocol, Protocol::Https);
+    assert_eq!(c.policy.http.keys().collect::<Vec<_>>(), vec!["443", "80", "8080"]);
     assert!(c.policy.http["8080"].rules.is_empty());
     assert!(c.policy.backend_groups.is_empty(), "the rejected Frontend's default group is not emitted");
 }

@@ -107,7 +107,8 @@ impl Dataplane {
                 None
             }
         };
-        let input = args.conf_input(bin.as_ref().map(|b| b.modules.clone()).unwrap_or_default(), listeners)?;
+        let mut input = args.conf_input(bin.as_ref().map(|b| b.modules.clone()).unwrap_or_default(), listeners)?;
+        input.http2 = bin.as_ref().map(|b| b.http2).unwrap_or_default();
         let token = ensure_token(&input.token_file()).context("policy token")?;
         let mut sidecar = Sidecar { bin, input: input.clone() };
         sidecar.apply(input)?;

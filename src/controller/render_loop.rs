@@ -39,7 +39,14 @@ pub struct RenderLoop {
 }
 
 fn listeners(c: &Compiled) -> Vec<HttpListener> {
-    c.listeners.iter().map(|l| HttpListener { name: l.name.clone(), port: l.port }).collect()
+    c.listeners
+        .iter()
+        .map(|l| HttpListener {
+            name: l.name.clone(),
+            port: l.port,
+            tls: l.protocol == crate::compile::Protocol::Https,
+        })
+        .collect()
 }
 
 impl RenderLoop {

@@ -30,7 +30,7 @@ pub struct Stores {
     pub rules: Store<Rule>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
-    /// `kubernetes.io/tls` Secrets only (certificates, for the TLS issue).
+    /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
     pub secrets: Store<Secret>,
     pub namespaces: Store<Namespace>,
     pub ingresses: Store<Ingress>,
@@ -125,12 +125,14 @@ impl Stores {
         wait_logged("Rule", &self.rules).await;
         wait_logged("Service", &self.services).await;
         wait_logged("EndpointSlice", &self.endpoint_slices).await;
+        wait_logged("Secret", &self.secrets).await;
         tracing::info!(
-            "caches synced: {} frontends, {} rules, {} services, {} endpoint slices",
+            "caches synced: {} frontends, {} rules, {} services, {} endpoint slices, {} TLS secrets",
             self.frontends.len(),
             self.rules.len(),
             self.services.len(),
-            self.endpoint_slices.len()
+            self.endpoint_slices.len(),
+            self.secrets.len()
         );
     }
 
@@ -158,6 +160,7 @@ impl Stores {
             rules: cloned(&self.rules),
             services: cloned(&self.services),
             endpoint_slices: cloned(&self.endpoint_slices),
+            secrets: cloned(&self.secrets),
         }
     }
 

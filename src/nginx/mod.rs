@@ -9,7 +9,8 @@ use render::HttpListener;
 
 /// `alb dataplane`: nginx + Lua with the given listeners, no controller. Runs until SIGINT/SIGTERM.
 pub async fn dataplane(args: NginxArgs, http_ports: Vec<u16>) -> Result<()> {
-    let listeners = http_ports.iter().map(|p| HttpListener { name: format!("port-{p}"), port: *p }).collect();
+    let listeners =
+        http_ports.iter().map(|p| HttpListener { name: format!("port-{p}"), port: *p, tls: false }).collect();
     let (bin, input, token) = args.prepare(listeners)?;
     let client = push::PolicyClient::new(input.api_port, token);
     let mut nginx = process::Nginx::new(bin, input);

@@ -1,7 +1,7 @@
 //! Running nginx: find the binary and its Lua module, lay out the runtime dir, start it in its own session,
 //! reload with HUP only when nginx.conf changed, stop it with QUIT.
 
-use super::render::{render, ConfInput};
+use super::render::{render, ConfInput, Http2Syntax};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -20,6 +20,8 @@ pub struct NginxBinary {
     pub path: PathBuf,
     pub modules: Vec<PathBuf>,
     pub version: String,
+    /// How this version turns HTTP/2 on (from `version`).
+    pub http2: Http2Syntax,
 }
 
 impl NginxBinary {
@@ -60,7 +62,8 @@ impl NginxBinary {
                 bail!("lua-cjson is missing: install lua-cjson (scripts/setup.sh)");
             }
         }
-        Ok(NginxBinary { path, modules, version })
+        let http2 = Http2Syntax::for_version(&version);
+        Ok(NginxBinary { path, modules, version, http2 })
     }
 }
 
@@ -102,6 +105,7 @@ pub fn prepare_runtime_dir(dir: &Path) -> Result<PathBuf> {
     for d in [dir.clone(), dir.join("tmp"), dir.join("logs")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
     }
+    crate::tls::ensure_placeholder(&dir)?;
     Ok(dir)
 }
 

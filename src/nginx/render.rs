@@ -13,6 +13,38 @@ pub struct HttpListener {
     /// Frontend name: only used in a comment, checked by [`safe_name`].
     pub name: String,
     pub port: u16,
+    /// https: `listen ... ssl` + HTTP/2, certificates chosen per handshake by `lua/alb/ssl.lua`.
+    pub tls: bool,
+}
+
+/// How this nginx turns HTTP/2 on for a TLS listener: `listen ... ssl http2` up to 1.25.0, the `http2 on;`
+/// directive from 1.25.1 (where the listen parameter is deprecated).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub enum Http2Syntax {
+    /// `listen <addr>:<port> ssl http2` (Debian 12's nginx 1.22). The default when the version is unknown: it
+    /// also works, with a deprecation warning, on newer nginx.
+    #[default]
+    ListenParameter,
+    /// `http2 on;` (nginx >= 1.25.1, current OpenResty).
+    Directive,
+}
+
+impl Http2Syntax {
+    /// From `nginx -V`'s version, e.g. `nginx/1.22.1` or `openresty/1.27.1.2` (OpenResty's first three numbers are
+    /// nginx's).
+    pub fn for_version(version: &str) -> Http2Syntax {
+        let nums: Vec<u32> = version
+            .split_once('/')
+            .map_or(version, |(_, v)| v)
+            .split(|c: char| !c.is_ascii_digit())
+            .take(3)
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        match nums.as_slice() {
+            [a, b, c] if (*a, *b, *c) >= (1, 25, 1) => Http2Syntax::Directive,
+            _ => Http2Syntax::ListenParameter,
+        }
+    }
 }
 
 /// Everything nginx.conf depends on. Two equal values render the same file, so comparing
@@ -34,11 +66,23 @@ pub struct ConfInput {
     /// Metrics/health server port on `bind_address` (`/metrics`, `/healthz`, `/clear`); 0 = no metrics server
     /// and no per-request metrics hook.
     pub metrics_port: u16,
+    /// HTTP/2 syntax of this nginx (only used by TLS listeners).
+    pub http2: Http2Syntax,
 }
 
 impl ConfInput {
     pub fn token_file(&self) -> PathBuf {
         self.runtime_dir.join("policy-token")
+    }
+
+    /// Self-signed certificate nginx needs on an `ssl` listener to start; never served (`lua/alb/ssl.lua`
+    /// replaces it on every handshake or fails it). Written by `prepare_runtime_dir`.
+    pub fn placeholder_cert(&self) -> PathBuf {
+        self.runtime_dir.join(crate::tls::PLACEHOLDER_CERT)
+    }
+
+    pub fn placeholder_key(&self) -> PathBuf {
+        self.runtime_dir.join(crate::tls::PLACEHOLDER_KEY)
     }
 }
 
@@ -124,6 +168,10 @@ pub fn render(input: &ConfInput) -> Result<String> {
         "access_log": access_log,
         "policy_dict_size": dict,
         "metrics_port": input.metrics_port,
+        "placeholder_cert": safe_path(&input.placeholder_cert())?,
+        "placeholder_key": safe_path(&input.placeholder_key())?,
+        "http2_listen_parameter": input.http2 == Http2Syntax::ListenParameter,
+        "http2_directive": input.http2 == Http2Syntax::Directive,
     });
     hb.render("nginx", &data).context("rendering nginx.conf")
 }
@@ -141,11 +189,12 @@ mod tests {
             worker_connections: 1024,
             api_port: 1937,
             bind_address: "0.0.0.0".into(),
-            http_listeners: vec![HttpListener { name: "alb-00080".into(), port: 80 }],
+            http_listeners: vec![HttpListener { name: "alb-00080".into(), port: 80, tls: false }],
             error_log_level: "notice".into(),
             access_log: "off".into(),
             policy_dict_size: "64m".into(),
             metrics_port: 1936,
+            http2: Http2Syntax::ListenParameter,
         }
     }
 
@@ -185,7 +234,7 @@ mod tests {
         i.bind_address = "0.0.0.0; evil".into();
         assert!(render(&i).is_err());
         let mut i = input();
-        i.http_listeners.push(HttpListener { name: "b".into(), port: 80 });
+        i.http_listeners.push(HttpListener { name: "b".into(), port: 80, tls: false });
         assert!(render(&i).is_err());
     }
 
@@ -220,6 +269,34 @@ mod tests {
         let mut i = input();
         i.metrics_port = 1937;
         assert!(render(&i).is_err());
+    }
+
+    #[test]
+    fn tls_listeners_use_ssl_lua_and_the_http2_syntax_of_the_version() {
+        let mut i = input();
+        i.http_listeners.push(HttpListener { name: "alb-00443".into(), port: 443, tls: true });
+        let conf = render(&i).unwrap();
+        assert!(conf.contains("listen 0.0.0.0:443 ssl http2 default_server"), "{conf}");
+        assert!(!conf.contains("http2 on;"));
+        assert!(conf.contains("ssl_certificate /tmp/alb/conf/placeholder.crt;"));
+        assert!(conf.contains("ssl_certificate_key /tmp/alb/conf/placeholder.key;"));
+        assert!(conf.contains("require(\"alb.ssl\").certificate()"));
+        assert!(conf.contains("env FallbackDefaultPortCert;"));
+        // the plain listener stays plain
+        assert!(conf.contains("listen 0.0.0.0:80 default_server"));
+        assert_eq!(conf.matches("ssl_certificate_by_lua_block").count(), 1);
+
+        i.http2 = Http2Syntax::Directive;
+        let conf = render(&i).unwrap();
+        assert!(conf.contains("listen 0.0.0.0:443 ssl default_server"), "{conf}");
+        assert!(conf.contains("http2 on;"));
+
+        assert_eq!(Http2Syntax::for_version("nginx/1.22.1"), Http2Syntax::ListenParameter);
+        assert_eq!(Http2Syntax::for_version("nginx/1.25.0"), Http2Syntax::ListenParameter);
+        assert_eq!(Http2Syntax::for_version("nginx/1.25.1"), Http2Syntax::Directive);
+        assert_eq!(Http2Syntax::for_version("openresty/1.27.1.2"), Http2Syntax::Directive);
+        assert_eq!(Http2Syntax::for_version("openresty/1.21.4.3"), Http2Syntax::ListenParameter);
+        assert_eq!(Http2Syntax::for_version(""), Http2Syntax::ListenParameter);
     }
 
     #[test]

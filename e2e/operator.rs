@@ -1,0 +1,579 @@
+//! `alb operator` and the `charts/alauda-alb2` chart against a real kube-apiserver (no kubelet, no garbage
+//! collector: the operator must delete what it made itself). helm is built by `e2e/helm/build.sh`.
+//! Each test runs its own operator restricted to its own namespace (`--namespace`), with its own Lease.
+
+use crate::harness::cluster::Cluster;
+use crate::harness::{alb_bin, free_port, repo_dir, Proc};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn helm() -> PathBuf {
+    static HELM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = Command::new(repo_dir().join("e2e/helm/build.sh")).output().expect("run e2e/helm/build.sh");
+        assert!(out.status.success(), "e2e/helm/build.sh: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim())
+    })
+    .clone()
+}
+
+fn chart() -> PathBuf {
+    repo_dir().join("charts/alauda-alb2")
+}
+
+/// `helm template` of the chart with `--set` values; panics with helm's stderr.
+fn template(sets: &[&str]) -> String {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "alb"]).arg(chart());
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm template");
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v = <Value as serde::Deserialize>::deserialize(d).ok()?;
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered chart"))
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `kubectl get` as JSON, `None` when the object does not exist.
+fn get_opt(c: &Cluster, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = c.kubectl(&a);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+struct Operator {
+    proc: Proc,
+}
+
+impl Operator {
+    /// The operator as the chart's Deployment runs it (same command and env), watching `ns` only.
+    fn start(c: &Cluster, ns: &str, rendered: &[Value]) -> Operator {
+        let dep = find(rendered, "Deployment", "alb-operator-ctl");
+        let container = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["command"], serde_json::json!(["/alb/bin/alb", "operator"]));
+        let mut cmd = Command::new(alb_bin());
+        cmd.arg("operator");
+        for e in container["env"].as_array().unwrap() {
+            if let Some(v) = e["value"].as_str() {
+                cmd.env(e["name"].as_str().unwrap(), v);
+            }
+        }
+        cmd.env("MY_POD_NAME", format!("alb-operator-{ns}"))
+            .env("LEADER_NS", ns)
+            .env("WATCH_NAMESPACE", ns)
+            .env("ALB_OPERATOR_PROBE_PORT", "0")
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("ALB_LOG", "info");
+        let proc = Proc::spawn(&format!("alb operator {ns}"), &mut cmd);
+        proc.wait_log("starting as", Duration::from_secs(10));
+        Operator { proc }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.proc.terminate();
+    }
+}
+
+/// Renders the chart for namespace `ns` and ALB `alb`, applies it (CRDs are already installed from `crds/`,
+/// the same files), returns the rendered documents.
+fn install_chart(c: &Cluster, ns: &str, alb: &str, extra: &[&str]) -> Vec<Value> {
+    let ns_set = format!("global.namespace={ns}");
+    let name_set = format!("loadbalancerName={alb}");
+    let mut sets = vec![ns_set.as_str(), name_set.as_str()];
+    sets.extend_from_slice(extra);
+    let rendered = docs(&template(&sets));
+    // This cluster has no Prometheus operator: the ServiceMonitor is checked, not applied.
+    let items: Vec<&Value> = rendered.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
+    c.apply(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string());
+    rendered
+}
+
+fn alb_state(c: &Cluster, ns: &str, alb: &str) -> (String, String) {
+    let v = c.get_json(&["alb2", alb, "-n", ns]);
+    (v["status"]["state"].as_str().unwrap_or("").to_string(), v["status"]["reason"].as_str().unwrap_or("").to_string())
+}
+
+fn deployment(c: &Cluster, ns: &str, alb: &str) -> Value {
+    wait_for("the ALB Deployment", Duration::from_secs(20), || get_opt(c, &["deployment", alb, "-n", ns]))
+}
+
+fn container<'a>(dep: &'a Value, name: &str) -> &'a Value {
+    dep["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// Marks the Deployment ready as a kubelet/controller-manager would (this cluster has neither).
+fn set_ready(c: &Cluster, ns: &str, alb: &str, replicas: i64) {
+    let patch =
+        format!(r#"{{"status":{{"replicas":{replicas},"readyReplicas":{replicas},"availableReplicas":{replicas}}}}}"#);
+    let out = c.kubectl(&["patch", "deployment", alb, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn chart_lints_and_templates() {
+    let out =
+        Command::new(helm()).args(["lint"]).arg(chart()).args(["--set", "loadbalancerName=alb-dev"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = docs(&template(&["loadbalancerName=alb-dev", "replicas=1", "networkMode=container"]));
+    let op = find(&d, "Deployment", "alb-operator-ctl");
+    assert_eq!(op["metadata"]["namespace"], "cpaas-system");
+    assert_eq!(op["spec"]["selector"]["matchLabels"]["name"], "alb-operator");
+    assert_eq!(op["spec"]["template"]["spec"]["serviceAccountName"], "alb-operator");
+    find(&d, "ClusterRole", "alb-operator");
+    find(&d, "ClusterRoleBinding", "alb-operator");
+    let alb = find(&d, "ALB2", "alb-dev");
+    assert_eq!(alb["apiVersion"], "crd.alauda.io/v2beta1");
+    assert_eq!(alb["metadata"]["labels"]["alb.cpaas.io/default-alb"], "true");
+    assert_eq!(alb["spec"]["config"]["replicas"], 1, "other keys go verbatim into spec.config");
+    assert_eq!(alb["spec"]["config"]["networkMode"], "container");
+    assert!(alb["spec"]["config"].get("global").is_none());
+    let backup: Value =
+        serde_json::from_str(alb["metadata"]["annotations"]["alb.cpaas.io/migrate-backup"].as_str().unwrap()).unwrap();
+    assert_eq!(backup, alb["spec"]["config"]);
+    // No default ALB, no ServiceMonitor by default, and no loadbalancerName needed then.
+    let d = docs(&template(&["defaultAlb=false"]));
+    assert!(!d.iter().any(|x| x["kind"] == "ALB2" || x["kind"] == "ServiceMonitor"));
+    // Gateway API CRDs are not bundled; ours are (a unit test keeps them equal to crds/).
+    let crds: Vec<String> = std::fs::read_dir(chart().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(crds.iter().all(|n| n.starts_with("crd.alauda.io_")), "{crds:?}");
+}
+
+#[test]
+fn operator_creates_updates_warns_and_cleans_up() {
+    let c = Cluster::shared();
+    let ns = c.namespace("op-life");
+    let alb = format!("{ns}-alb");
+    let rendered = install_chart(c, &ns, &alb, &["replicas=2", "networkMode=host"]);
+    let _op = Operator::start(c, &ns, &rendered);
+
+    let dep = deployment(c, &ns, &alb);
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["shareProcessNamespace"], true);
+    assert_eq!(pod["serviceAccountName"], format!("{alb}-serviceaccount"));
+    assert_eq!(dep["metadata"]["labels"]["alb.cpaas.io/managed-by"], "alb-operator");
+    assert_eq!(dep["metadata"]["labels"]["alb.cpaas.io/alb2-operator-albname"], alb.as_str());
+    assert_eq!(dep["metadata"]["ownerReferences"][0]["kind"], "ALB2");
+    let ctl = container(&dep, "alb2");
+    let env: Vec<(String, String)> = ctl["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap_or("").into()))
+        .collect();
+    assert!(env.contains(&("NAME".into(), alb.clone())) && env.contains(&("ALB_NS".into(), ns.clone())));
+    assert_eq!(container(&dep, "nginx")["resources"]["limits"]["cpu"], "2");
+    let svc = c.get_json(&["service", &alb, "-n", &ns]);
+    assert_eq!(svc["spec"]["selector"]["service_name"], format!("alb2-{alb}"));
+    assert_eq!(svc["spec"]["ports"][0]["name"], "https-metrics");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 1936);
+    let ic = c.get_json(&["ingressclass", &alb]);
+    assert_eq!(ic["spec"]["controller"], "cpaas.io/alb2");
+    for (kind, name) in [
+        ("configmap", alb.clone()),
+        ("configmap", format!("{alb}-port-info")),
+        ("serviceaccount", format!("{alb}-serviceaccount")),
+        ("role", format!("{alb}-role")),
+        ("rolebinding", format!("{alb}-role")),
+    ] {
+        assert!(get_opt(c, &[kind, &name, "-n", &ns]).is_some(), "{kind} {name}");
+    }
+    assert!(get_opt(c, &["clusterrole", &format!("{alb}-clusterrole")]).is_some());
+    assert!(get_opt(c, &["clusterrolebinding", &format!("{alb}-clusterrolebind")]).is_some());
+    let v = c.get_json(&["alb2", &alb, "-n", &ns]);
+    assert!(v["metadata"]["finalizers"].as_array().unwrap().iter().any(|f| f == "alb2.finalizer"));
+
+    // Status follows the Deployment.
+    wait_for("Progressing", Duration::from_secs(10), || (alb_state(c, &ns, &alb).0 == "Progressing").then_some(()));
+    set_ready(c, &ns, &alb, 2);
+    wait_for("Running", Duration::from_secs(10), || (alb_state(c, &ns, &alb).0 == "Running").then_some(()));
+
+    // Edits: replicas, resources, network mode.
+    let patch = r#"{"spec":{"config":{"replicas":1,"networkMode":"container","resources":{"limits":{"cpu":"1"}},"vip":{"enableLbSvc":true}}}}"#;
+    let out = c.kubectl(&["patch", "alb2", &alb, "-n", &ns, "--type=merge", "-p", patch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dep = wait_for("the edit applied", Duration::from_secs(10), || {
+        let d = deployment(c, &ns, &alb);
+        (d["spec"]["replicas"] == 1).then_some(d)
+    });
+    assert_ne!(dep["spec"]["template"]["spec"]["hostNetwork"], true, "hostNetwork off (false is omitted)");
+    assert_eq!(dep["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    assert_eq!(container(&dep, "nginx")["resources"]["limits"]["cpu"], "1");
+    assert_eq!(container(&dep, "nginx")["resources"]["limits"]["memory"], "2Gi");
+    let lb_sel = format!("alb.cpaas.io/alb2-operator-albname={alb},alb.cpaas.io/service_type=lb");
+    let lbs = wait_for("the LB Service", Duration::from_secs(10), || {
+        let v = c.get_json(&["service", "-n", &ns, "-l", &lb_sel]);
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    });
+    assert_eq!(lbs.len(), 1);
+    assert_eq!(lbs[0]["spec"]["type"], "LoadBalancer");
+    assert!(lbs[0]["metadata"]["name"].as_str().unwrap().starts_with(&format!("{alb}-lb-")));
+
+    // An invalid value: Warning naming the field, nothing applied.
+    let out = c.kubectl(&[
+        "patch",
+        "alb2",
+        &alb,
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"config":{"replicas":5,"resources":{"limits":{"cpu":"lots"}}}}}"#,
+    ]);
+    assert!(out.status.success());
+    let (_, reason) = wait_for("Warning", Duration::from_secs(10), || {
+        let s = alb_state(c, &ns, &alb);
+        (s.0 == "Warning").then_some(s)
+    });
+    assert!(reason.contains("spec.config.resources.limits.cpu"), "{reason}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(deployment(c, &ns, &alb)["spec"]["replicas"], 1, "nothing half-applied");
+
+    // Delete: everything the operator made goes (no garbage collector here).
+    let out = c.kubectl(&["delete", "alb2", &alb, "-n", &ns, "--wait=false"]);
+    assert!(out.status.success());
+    wait_for("the ALB2 gone", Duration::from_secs(15), || {
+        get_opt(c, &["alb2", &alb, "-n", &ns]).is_none().then_some(())
+    });
+    for (kind, name) in [
+        ("deployment", alb.clone()),
+        ("service", alb.clone()),
+        ("configmap", alb.clone()),
+        ("configmap", format!("{alb}-port-info")),
+        ("serviceaccount", format!("{alb}-serviceaccount")),
+        ("role", format!("{alb}-role")),
+    ] {
+        assert!(get_opt(c, &[kind, &name, "-n", &ns]).is_none(), "{kind} {name} left behind");
+    }
+    assert!(get_opt(c, &["ingressclass", &alb]).is_none());
+    assert!(get_opt(c, &["clusterrole", &format!("{alb}-clusterrole")]).is_none());
+    let v = c.get_json(&["service", "-n", &ns, "-l", &lb_sel]);
+    assert!(v["items"].as_array().unwrap().is_empty(), "LB Service left behind");
+}
+
+#[test]
+fn operator_adopts_the_original_operators_objects() {
+    let c = Cluster::shared();
+    let ns = c.namespace("op-adopt");
+    let alb = format!("{ns}-alb");
+    let labels = format!(
+        "{{alb.cpaas.io/managed-by: alb-operator, alb.cpaas.io/version: v3.19.0, alb.cpaas.io/alb2-operator: {ns}_{alb}, alb.cpaas.io/alb2-operator-albname: {alb}, alb.cpaas.io/alb2-operator-albns: {ns}}}"
+    );
+    // As the original operator left them: its Deployment (containers nginx/alb2, its volumes and env), monitor
+    // Service, ConfigMap with nginx snippets, IngressClass, plus Frontends/Rules of its controller.
+    c.apply(&format!(
+        r##"apiVersion: crd.alauda.io/v2beta1
+kind: ALB2
+metadata:
+  name: {alb}
+  namespace: {ns}
+  finalizers: [alb2.finalizer, alb2_instance.finalizer]
+spec:
+  address: 127.0.0.1
+  type: nginx
+  config: {{replicas: 1, networkMode: host, loadbalancerName: {alb}, enableALb: true}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {alb}, namespace: {ns}, labels: {labels}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{service_name: alb2-{alb}, service.cpaas.io/name: deployment-{alb}}}}}
+  template:
+    metadata: {{labels: {{service_name: alb2-{alb}, service.cpaas.io/name: deployment-{alb}, alb2.cpaas.io/type: local}}}}
+    spec:
+      shareProcessNamespace: true
+      hostNetwork: true
+      serviceAccountName: {alb}-serviceaccount
+      containers:
+      - name: nginx
+        image: registry.alauda.cn:60080/acp/alb-nginx:v3.19.0
+        command: [/alb/nginx/run-nginx.sh]
+        env: [{{name: OLD_CONFIG_PATH, value: /etc/alb2/nginx/nginx.conf}}]
+        volumeMounts: [{{name: share-conf, mountPath: /etc/alb2/nginx/}}, {{name: tweak-conf, mountPath: /alb/tweak/}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 1936, scheme: HTTPS}}}}
+      - name: alb2
+        image: registry.alauda.cn:60080/acp/alb2:v3.19.0
+        command: [/alb/ctl/run-alb.sh]
+        env: [{{name: ENABLE_GO_MONITOR, value: "false"}}]
+        volumeMounts: [{{name: share-conf, mountPath: /etc/alb2/nginx/}}]
+      volumes:
+      - {{name: share-conf, emptyDir: {{}}}}
+      - {{name: tweak-conf, configMap: {{name: {alb}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {alb}, namespace: {ns}, labels: {labels}}}
+spec:
+  selector: {{service_name: alb2-{alb}}}
+  ports: [{{name: https-metrics, port: 1936, targetPort: 1936, protocol: TCP}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {alb}, namespace: {ns}, labels: {labels}}}
+data: {{http: "# snippets", bind_nic: "{{}}"}}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: {alb}, labels: {labels}}}
+spec: {{controller: cpaas.io/alb2}}
+---
+apiVersion: crd.alauda.io/v1
+kind: Frontend
+metadata: {{name: {alb}-00080, namespace: {ns}, labels: {{alb2.cpaas.io/name: {alb}}}}}
+spec: {{port: 80, protocol: http}}
+---
+apiVersion: crd.alauda.io/v1
+kind: Rule
+metadata: {{name: {alb}-00080-r1, namespace: {ns}, labels: {{alb2.cpaas.io/name: {alb}, alb2.cpaas.io/frontend: {alb}-00080}}}}
+spec: {{priority: 5, dslx: [{{type: URL, values: [[STARTS_WITH, /]]}}]}}
+"##
+    ));
+    let before = c.get_json(&["service", &alb, "-n", &ns]);
+    let rendered = docs(&template(&[&format!("global.namespace={ns}"), "defaultAlb=false"]));
+    c.apply(
+        &serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rendered})).unwrap(),
+    );
+    let _op = Operator::start(c, &ns, &rendered);
+
+    let dep = wait_for("the Deployment adopted", Duration::from_secs(20), || {
+        let d = deployment(c, &ns, &alb);
+        (container(&d, "alb2")["command"] == serde_json::json!(["/alb/bin/alb", "controller"])).then_some(d)
+    });
+    let pod = &dep["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["nginx", "alb2"]);
+    let vols: Vec<&str> = pod["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert!(!vols.contains(&"share-conf") && !vols.contains(&"tweak-conf"), "old volumes dropped: {vols:?}");
+    assert!(container(&dep, "alb2")["env"].as_array().unwrap().iter().all(|e| e["name"] != "ENABLE_GO_MONITOR"));
+    assert_eq!(container(&dep, "nginx")["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+    // No duplicates: one Deployment, one monitor Service (same clusterIP), one ConfigMap of that name.
+    let sel = format!("alb.cpaas.io/alb2-operator-albname={alb}");
+    assert_eq!(c.get_json(&["deployment", "-n", &ns, "-l", &sel])["items"].as_array().unwrap().len(), 1);
+    let svcs = c.get_json(&["service", "-n", &ns, "-l", &sel]);
+    assert_eq!(svcs["items"].as_array().unwrap().len(), 1);
+    let after = c.get_json(&["service", &alb, "-n", &ns]);
+    assert_eq!(after["spec"]["clusterIP"], before["spec"]["clusterIP"]);
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"], "the same Service, updated in place");
+    let cm = c.get_json(&["configmap", &alb, "-n", &ns]);
+    assert_eq!(cm["data"]["bind_nic"], "{}");
+    // Frontends and Rules are untouched.
+    assert!(get_opt(c, &["frontend", &format!("{alb}-00080"), "-n", &ns]).is_some());
+    assert!(get_opt(c, &["rule", &format!("{alb}-00080-r1"), "-n", &ns]).is_some());
+    // Later edits are applied to the adopted objects as to our own.
+    let out =
+        c.kubectl(&["patch", "alb2", &alb, "-n", &ns, "--type=merge", "-p", r#"{"spec":{"config":{"replicas":2}}}"#]);
+    assert!(out.status.success());
+    wait_for("replicas 2", Duration::from_secs(10), || {
+        (deployment(c, &ns, &alb)["spec"]["replicas"] == 2).then_some(())
+    });
+}
+
+// ---- the pod, run as its container specs say ----------------------------------------------------------------
+
+fn host_ip() -> String {
+    let out = Command::new(repo_dir().join("e2e/testhost/up")).output().expect("run e2e/testhost/up");
+    assert!(out.status.success(), "e2e/testhost/up: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+}
+
+fn http_get(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// Replaces the image paths (`/alb/...`) by the same layout under `root`, and the nginx binary by ours.
+fn localize(s: &str, root: &Path, nginx: &str) -> String {
+    s.replace("/usr/local/openresty/bin/openresty", nginx).replace("/alb/", &format!("{}/alb/", root.display()))
+}
+
+#[test]
+fn pod_processes_as_specified_serve_traffic_and_metrics() {
+    let c = Cluster::shared();
+    let ns = c.namespace("op-pod");
+    let alb = format!("{ns}-alb");
+    let mport = free_port();
+    let rendered = install_chart(
+        c,
+        &ns,
+        &alb,
+        &["replicas=1", "networkMode=container", &format!("metricsPort={mport}"), "prometheus.serviceMonitor=true"],
+    );
+    let _op = Operator::start(c, &ns, &rendered);
+    let dep = deployment(c, &ns, &alb);
+    let pod = dep["spec"]["template"]["spec"].clone();
+
+    // The images' file layout under a temp dir: the OpenResty image's /alb (lua/, nginx/bootstrap.conf, run/),
+    // the controller image's /alb/bin/alb.
+    let tmp = tempfile::Builder::new().prefix("alb-e2e-pod-").tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path();
+    let a = root.join("alb");
+    for d in ["bin", "nginx", "run", "share/lua"] {
+        std::fs::create_dir_all(a.join(d)).unwrap();
+    }
+    Command::new("cp").arg("-R").arg(repo_dir().join("lua")).arg(a.join("lua")).status().unwrap();
+    std::os::unix::fs::symlink(alb_bin(), a.join("bin/alb")).unwrap();
+    // Test-only adaptations: Debian's nginx loads the Lua module (OpenResty has it built in), and the loopback
+    // policy API gets a free port so tests run in parallel.
+    let api_port = free_port();
+    let nginx = "/usr/sbin/nginx";
+    let modules = "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n";
+    let boot = std::fs::read_to_string(repo_dir().join("nginx-templates/bootstrap.conf"))
+        .unwrap()
+        .replace("1937", &api_port.to_string());
+    std::fs::write(a.join("nginx/bootstrap.conf"), format!("{modules}{boot}")).unwrap();
+
+    // Init container, then the nginx container, then the controller container: command + env from the spec.
+    let init = &pod["initContainers"][0];
+    let cmd: Vec<String> =
+        init["command"].as_array().unwrap().iter().map(|s| localize(s.as_str().unwrap(), root, nginx)).collect();
+    let st = Command::new(&cmd[0]).args(&cmd[1..]).status().unwrap();
+    assert!(st.success(), "init container command failed");
+    assert!(a.join("run/policy-token").exists() && a.join("share/lua/alb/phase.lua").exists());
+
+    let spawn = |name: &str, extra_env: &[(&str, String)]| {
+        let spec = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+        let cmd: Vec<String> =
+            spec["command"].as_array().unwrap().iter().map(|s| localize(s.as_str().unwrap(), root, nginx)).collect();
+        let mut command = Command::new(&cmd[0]);
+        command.args(&cmd[1..]).env_clear().env("PATH", std::env::var("PATH").unwrap());
+        for e in spec["env"].as_array().unwrap() {
+            let v = match e["value"].as_str() {
+                Some(v) => localize(v, root, nginx),
+                None => format!("{alb}-pod-1"), // fieldRef metadata.name
+            };
+            command.env(e["name"].as_str().unwrap(), v);
+        }
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        Proc::spawn(&format!("container {name}"), &mut command)
+    };
+    let nginx_proc = spawn("nginx", &[]);
+    wait_for("bootstrap policy API", Duration::from_secs(10), || {
+        http_get(api_port, "/healthz", "").filter(|r| r.0 == 200).map(|_| ())
+    });
+    assert!(http_get(mport, "/healthz", "").is_none(), "the metrics port stays closed until the real conf");
+    let admin = free_port();
+    let ctl = spawn(
+        "alb2",
+        &[
+            ("KUBECONFIG", c.kubeconfig.display().to_string()),
+            ("ALB_API_PORT", api_port.to_string()),
+            ("ALB_ADMIN_PORT", admin.to_string()),
+            ("ALB_WORKERS", "1".into()),
+            ("ALB_LOG", "info".into()),
+        ],
+    );
+
+    // A backend, a Frontend and a Rule.
+    let ip = host_ip();
+    let mut be = Command::new("ip");
+    be.args(["netns", "exec", "alb-e2e"]).arg(alb_bin()).args([
+        "echo-server",
+        "--listen",
+        &format!("{ip}:0"),
+        "--name",
+        "pod-be",
+    ]);
+    be.stdout(Stdio::piped());
+    let mut backend = Proc::spawn("backend", &mut be);
+    let mut line = String::new();
+    BufReader::new(backend.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let bport: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let port = free_port();
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: be, namespace: {ns}}}\nspec:\n  clusterIP: None\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: be-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: be}}\naddressType: IPv4\nports: [{{name: http, port: {bport}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n---\napiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: {ns}, labels: {{alb2.cpaas.io/name: {alb}}}}}\nspec: {{port: {port}, protocol: http}}\n---\napiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata: {{name: r1, namespace: {ns}, labels: {{alb2.cpaas.io/name: {alb}, alb2.cpaas.io/frontend: ft}}}}\nspec:\n  priority: 5\n  dslx: [{{type: URL, values: [[STARTS_WITH, /]]}}]\n  serviceGroup:\n    services: [{{name: be, namespace: {ns}, port: 80}}]\n"
+    ));
+    ctl.wait_log("nginx reloaded: listeners changed", Duration::from_secs(30));
+    wait_for("traffic through the pod", Duration::from_secs(10), || {
+        http_get(port, "/hello", "").filter(|r| r.0 == 200 && r.1.contains("pod-be")).map(|_| ())
+    });
+
+    // Metrics as the chart's ServiceMonitor says: its endpoints name ports of the operator's monitor Service.
+    let sm = find(&rendered, "ServiceMonitor", &alb);
+    let svc = c.get_json(&["service", &alb, "-n", &ns]);
+    for ep in sm["spec"]["endpoints"].as_array().unwrap() {
+        let port_name = ep["port"].as_str().unwrap();
+        let target = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == port_name)
+            .unwrap_or_else(|| panic!("monitor Service has no port {port_name}"))["targetPort"]
+            .as_u64()
+            .unwrap() as u16;
+        // The admin port is remapped for parallel tests; the metrics port is the ALB's metricsPort itself.
+        let local = if target == 1938 { admin } else { target };
+        assert_eq!(local == mport, port_name == "https-metrics");
+        let path = ep["path"].as_str().unwrap();
+        let (status, text) = wait_for(&format!("{port_name} {path}"), Duration::from_secs(5), || {
+            http_get(local, path, "Authorization: Bearer x\r\n")
+        });
+        if port_name == "https-metrics" {
+            assert_eq!(status, 200, "{text}");
+            assert!(text.contains("nginx_http_connections"), "{text}");
+        } else {
+            // The controller's metrics arrive with their own issue; the admin server answers on that port.
+            assert!(status == 200 || status == 404, "{text}");
+            assert_eq!(http_get(local, "/readyz", "").map(|r| r.0), Some(200));
+        }
+    }
+    drop(ctl);
+    drop(nginx_proc);
+    backend.terminate();
+}
