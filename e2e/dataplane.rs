@@ -247,6 +247,7 @@ fn shared_policy_fixtures() {
         ("basic.json", 200, "eba0ac7ba03ffe8f6700a23935a969ba6ac0683f"),
         ("empty.json", 200, "digest"),
         ("empty-port.json", 200, "digest"),
+        ("features.json", 200, "digest"),
         ("invalid-regex.json", 400, "port 80 rule 4 (\\\"regex-or\\\")"),
         ("invalid-expr.json", 400, "wrong number of operands"),
         ("bad-version.json", 400, "unsupported policy version 2"),

@@ -122,11 +122,11 @@ fn ingress_routes_reroutes_without_reload_and_ignores_other_classes() {
     // An invalid backend-protocol: a warning names the Ingress and the annotation, its paths get no Rule.
     let bad = ingress("/exact2").replace(
         "metadata: {name: web, namespace: shop}",
-        "metadata: {name: web, namespace: shop, annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPC}}",
+        "metadata: {name: web, namespace: shop, annotations: {nginx.ingress.kubernetes.io/backend-protocol: FCGI}}",
     );
     gw.write("ing.yaml", &bad);
     let line = gw.proc.wait_log("ingress shop/web: InvalidAnnotation", Duration::from_secs(2));
-    assert!(line.contains("backend-protocol") && line.contains("GRPC"), "{line}");
+    assert!(line.contains("backend-protocol") && line.contains("FCGI"), "{line}");
     let t = Instant::now();
     while get(port, "/exact2", &shop).status != 404 {
         assert!(t.elapsed() < Duration::from_secs(2), "paths of the bad Ingress still routed after 2 s");

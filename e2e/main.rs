@@ -4,14 +4,22 @@
 //! `controller`: `alb controller` against a real kube-apiserver (e2e/cluster/up).
 //! `ingress_standalone`: Ingress manifests translated in memory by `alb standalone`.
 //! `tls`: https listeners, certificates by SNI from TLS Secrets, HTTP/2, rotation without reloads.
+//! `l7`: rule features (redirect, CORS, rewrite, headers, timeouts, retries, affinity, auth, WebSocket).
+//! `l4`: tcp/udp Frontends through nginx's stream module (weights, graceful reloads under HTTP load).
+//! `grpc`: gRPC unary/streaming calls through grpc (h2c, TLS) and https Frontends, real grpcio server/client.
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
+//! `controller_metrics`: the control plane's `alb_controller_*` metrics (admin `/metrics`), standalone and controller.
 
 mod harness;
 
 mod controller;
+mod controller_metrics;
 mod crds;
 mod dataplane;
+mod grpc;
 mod ingress_standalone;
+mod l4;
+mod l7;
 mod metrics;
 mod operator;
 mod standalone;

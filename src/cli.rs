@@ -123,6 +123,7 @@ impl NginxArgs {
             policy_dict_size: "128m".into(),
             metrics_port: self.metrics_port,
             http2: Default::default(),
+            stream_listeners: Vec::new(),
         })
     }
 }

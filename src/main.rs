@@ -1,5 +1,6 @@
 //! `alb`: one binary for the alb-rs gateway. See README.md and `alb --help`.
 
+mod admin;
 mod cli;
 mod compile;
 mod controller;
@@ -7,6 +8,7 @@ mod crd;
 mod echo;
 mod ingress;
 mod manifests;
+mod metrics;
 mod nginx;
 mod operator;
 mod policy;

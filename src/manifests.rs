@@ -33,10 +33,22 @@ pub struct IngressObjects {
     pub namespaces: Vec<Namespace>,
 }
 
-/// Objects of one file.
+/// What identifies a file's content without reading it: modification time, size and inode.
+type Stamp = (Option<std::time::SystemTime>, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok(), m.len(), m.ino()))
+}
+
+/// Objects of one file, already typed: a change re-reads only the files whose [`Stamp`] changed.
 #[derive(Debug, Clone, Default)]
 struct FileObjects {
-    docs: Vec<Value>,
+    stamp: Option<Stamp>,
+    snap: Snapshot,
+    ing: IngressObjects,
+    problems: Vec<Problem>,
 }
 
 /// The folder, with the last good content of each file.
@@ -88,10 +100,15 @@ impl ManifestDir {
         paths.sort();
         for path in paths {
             seen.push(path.clone());
+            let st = stamp(&path);
+            if st.is_some() && self.files.get(&path).is_some_and(|f| f.stamp == st) {
+                continue;
+            }
             let parsed = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|t| parse_documents(&t));
             match parsed {
                 Ok(docs) => {
-                    self.files.insert(path, FileObjects { docs });
+                    let (snap, ing, problems) = typed(&path, docs);
+                    self.files.insert(path, FileObjects { stamp: st, snap, ing, problems });
                 }
                 Err(e) => {
                     let kept = if self.files.contains_key(&path) { " (keeping its previous content)" } else { "" };
@@ -116,66 +133,82 @@ impl ManifestDir {
         let mut snap = Snapshot::default();
         let mut ing = IngressObjects::default();
         let mut problems = Vec::new();
-        for (path, f) in &self.files {
-            for (i, doc) in f.docs.iter().enumerate() {
-                let mut doc = doc.clone();
-                let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-                let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-                let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-                // Objects without a namespace land in "default", as kubectl would put them (cluster-scoped kinds
-                // excepted).
-                let cluster_scoped = matches!(kind.as_str(), "Namespace" | "IngressClass");
-                if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut).filter(|_| !cluster_scoped) {
-                    meta.entry("namespace").or_insert_with(|| Value::String("default".into()));
-                }
-                let what = format!("document {} ({kind} {name:?})", i + 1);
-                let res: Result<(), serde_json::Error> = match (api.as_str(), kind.as_str()) {
-                    ("crd.alauda.io/v1", "Frontend") => {
-                        serde_json::from_value::<Frontend>(doc).map(|o| snap.frontends.push(o))
-                    }
-                    ("crd.alauda.io/v1", "Rule") => serde_json::from_value::<Rule>(doc).map(|o| snap.rules.push(o)),
-                    ("v1", "Service") => serde_json::from_value(doc).map(|o| snap.services.push(o)),
-                    ("discovery.k8s.io/v1", "EndpointSlice") => {
-                        serde_json::from_value(doc).map(|o| snap.endpoint_slices.push(o))
-                    }
-                    ("networking.k8s.io/v1", "Ingress") => serde_json::from_value(doc).map(|o| ing.ingresses.push(o)),
-                    ("networking.k8s.io/v1", "IngressClass") => {
-                        serde_json::from_value(doc).map(|o| ing.ingress_classes.push(o))
-                    }
-                    ("v1", "Namespace") => serde_json::from_value(doc).map(|o| ing.namespaces.push(o)),
-                    ("v1", "Secret") => serde_json::from_value(doc).map(|o| match tls_secret(o) {
-                        Ok(s) => snap.secrets.push(s),
-                        Err(t) => problems.push(Problem {
-                            file: path.clone(),
-                            message: format!(
-                                "{what}: Secret of type {t:?} is not read (only kubernetes.io/tls); skipped"
-                            ),
-                        }),
-                    }),
-                    _ => {
-                        problems.push(Problem {
-                            file: path.clone(),
-                            message: format!(
-                                "{what}: kind {kind:?} of apiVersion {api:?} is not read by alb standalone; skipped"
-                            ),
-                        });
-                        Ok(())
-                    }
-                };
-                if let Err(e) = res {
-                    problems.push(Problem { file: path.clone(), message: format!("{what}: {e}; skipped") });
-                }
-            }
+        for f in self.files.values() {
+            snap.frontends.extend_from_slice(&f.snap.frontends);
+            snap.rules.extend_from_slice(&f.snap.rules);
+            snap.services.extend_from_slice(&f.snap.services);
+            snap.endpoint_slices.extend_from_slice(&f.snap.endpoint_slices);
+            snap.secrets.extend_from_slice(&f.snap.secrets);
+            ing.ingresses.extend_from_slice(&f.ing.ingresses);
+            ing.ingress_classes.extend_from_slice(&f.ing.ingress_classes);
+            ing.namespaces.extend_from_slice(&f.ing.namespaces);
+            problems.extend_from_slice(&f.problems);
         }
         (snap, ing, problems)
     }
 }
 
-/// A `kubernetes.io/tls` Secret with its `stringData` merged into `data` (as the API server does), or the type
+/// Types the documents of one file; objects of unknown kinds or that do not fit their type are reported.
+fn typed(path: &Path, docs: Vec<Value>) -> (Snapshot, IngressObjects, Vec<Problem>) {
+    let mut snap = Snapshot::default();
+    let mut ing = IngressObjects::default();
+    let mut problems = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let mut doc = doc;
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+        let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        // Objects without a namespace land in "default", as kubectl would put them (cluster-scoped kinds
+        // excepted).
+        let cluster_scoped = matches!(kind.as_str(), "Namespace" | "IngressClass");
+        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut).filter(|_| !cluster_scoped) {
+            meta.entry("namespace").or_insert_with(|| Value::String("default".into()));
+        }
+        let what = format!("document {} ({kind} {name:?})", i + 1);
+        let res: Result<(), serde_json::Error> = match (api.as_str(), kind.as_str()) {
+            ("crd.alauda.io/v1", "Frontend") => serde_json::from_value::<Frontend>(doc).map(|o| snap.frontends.push(o)),
+            ("crd.alauda.io/v1", "Rule") => serde_json::from_value::<Rule>(doc).map(|o| snap.rules.push(o)),
+            ("v1", "Service") => serde_json::from_value(doc).map(|o| snap.services.push(o)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                serde_json::from_value(doc).map(|o| snap.endpoint_slices.push(o))
+            }
+            ("networking.k8s.io/v1", "Ingress") => serde_json::from_value(doc).map(|o| ing.ingresses.push(o)),
+            ("networking.k8s.io/v1", "IngressClass") => {
+                serde_json::from_value(doc).map(|o| ing.ingress_classes.push(o))
+            }
+            ("v1", "Namespace") => serde_json::from_value(doc).map(|o| ing.namespaces.push(o)),
+            ("v1", "Secret") => serde_json::from_value(doc).map(|o| match tls_secret(o) {
+                Ok(s) => snap.secrets.push(s),
+                Err(t) => problems.push(Problem {
+                    file: path.to_path_buf(),
+                    message: format!(
+                        "{what}: Secret of type {t:?} is not read (only kubernetes.io/tls and Opaque); skipped"
+                    ),
+                }),
+            }),
+            _ => {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    message: format!(
+                        "{what}: kind {kind:?} of apiVersion {api:?} is not read by alb standalone; skipped"
+                    ),
+                });
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            problems.push(Problem { file: path.to_path_buf(), message: format!("{what}: {e}; skipped") });
+        }
+    }
+    (snap, ing, problems)
+}
+
+/// A `kubernetes.io/tls` or `Opaque` Secret with its `stringData` merged into `data` (as the API server does), or the type
 /// it has instead.
 fn tls_secret(mut s: k8s_openapi::api::core::v1::Secret) -> Result<k8s_openapi::api::core::v1::Secret, String> {
     let t = s.type_.clone().unwrap_or_else(|| "Opaque".into());
-    if t != "kubernetes.io/tls" {
+    // Opaque: basic auth users (compile/features.rs)
+    if t != "kubernetes.io/tls" && t != "Opaque" {
         return Err(t);
     }
     if let Some(sd) = s.string_data.take() {

@@ -163,6 +163,7 @@ mod tests {
             "invalid-regex.json",
             "invalid-expr.json",
             "bad-version.json",
+            "features.json",
         ] {
             let text = fixture(name);
             let policy: Policy = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -6,16 +6,19 @@
 //! Rules exactly as the leader controller writes them (`src/ingress/`), then compiled with the rest.
 
 use crate::cli::NginxArgs;
-use crate::compile::{compile, CompileOptions, Compiled, Snapshot};
+use crate::compile::{CompileOptions, Compiled, Snapshot};
 use crate::ingress::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
 use crate::manifests::{ManifestDir, Problem};
+use crate::metrics::{Metrics, Reload};
 use crate::nginx::process::Nginx;
 use crate::nginx::push::{PolicyClient, Pusher};
-use crate::nginx::render::HttpListener;
+use crate::nginx::render::{HttpListener, StreamListener};
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +38,10 @@ pub struct StandaloneArgs {
     pub ingress: IngressArgs,
     #[command(flatten)]
     pub nginx: NginxArgs,
+    /// Admin server port (`/metrics`, `/healthz`, `/readyz`) on all addresses; 0 disables it. Default 1938: when
+    /// that port is taken a warning is logged and there is no admin server; an explicit port must be free.
+    #[arg(long, env = "ALB_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
 }
 
 /// The Ingress translation's flags (`alb standalone`, `alb policy`).
@@ -116,6 +123,7 @@ fn build(
     opts: &CompileOptions,
     ingress: &AlbIngressConfig,
     seen: &mut BTreeSet<String>,
+    metrics: &Metrics,
 ) -> Result<Compiled> {
     let mut now = BTreeSet::new();
     for p in dir.reload()? {
@@ -129,7 +137,7 @@ fn build(
         }
         now.insert(line);
     }
-    let compiled = compile(&snap, opts);
+    let compiled = metrics.compile(&snap, opts);
     for r in &compiled.rejects {
         let line = format!("rejected {r}");
         if !seen.contains(&line) {
@@ -141,15 +149,8 @@ fn build(
     Ok(compiled)
 }
 
-fn listeners(c: &Compiled) -> Vec<HttpListener> {
-    c.listeners
-        .iter()
-        .map(|l| HttpListener {
-            name: l.name.clone(),
-            port: l.port,
-            tls: l.protocol == crate::compile::Protocol::Https,
-        })
-        .collect()
+fn listeners(c: &Compiled) -> (Vec<HttpListener>, Vec<StreamListener>) {
+    crate::nginx::listeners_of(c)
 }
 
 pub async fn run(args: StandaloneArgs) -> Result<()> {
@@ -157,17 +158,29 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     let ingress = args.ingress.config(args.alb_name.as_deref(), &args.domain);
     let mut dir = ManifestDir::new(&args.manifests);
     let mut seen = BTreeSet::new();
-    let mut compiled =
-        build(&mut dir, &opts, &ingress, &mut seen).with_context(|| format!("reading {}", args.manifests.display()))?;
-    let (bin, input, token) = args.nginx.prepare(listeners(&compiled))?;
-    let mut pusher = Pusher::new(PolicyClient::new(input.api_port, token));
+    let metrics = Arc::new(Metrics::new());
+    // The only instance does everything a leader does.
+    metrics.set_leader(true);
+    let ready = Arc::new(AtomicBool::new(false));
+    spawn_admin(args.admin_port, crate::admin::Admin { ready: ready.clone(), metrics: metrics.clone() }).await?;
+    let mut compiled = build(&mut dir, &opts, &ingress, &mut seen, &metrics)
+        .with_context(|| format!("reading {}", args.manifests.display()))?;
+    let (http, stream) = listeners(&compiled);
+    let (bin, mut input, token) = args.nginx.prepare(http)?;
+    input.stream_listeners = stream;
+    let mut pusher = Pusher::new(PolicyClient::new(input.api_port, token)).with_metrics(metrics.clone());
     let mut nginx = Nginx::new(bin, input);
     nginx.start()?;
     pusher.client.wait_ready(Duration::from_secs(10)).await?;
     for l in &nginx.input().http_listeners {
         tracing::info!("listening on {}:{} (frontend {})", nginx.input().bind_address, l.port, l.name);
     }
+    for l in &nginx.input().stream_listeners {
+        let (bind, proto) = (&nginx.input().bind_address, l.proto.as_str());
+        tracing::info!("listening on {bind}:{}/{proto} (frontend {}, {} backends)", l.port, l.name, l.backends.len());
+    }
     pusher.push(&compiled, true).await?;
+    ready.store(true, Ordering::Relaxed);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -189,13 +202,16 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 // Debounce: editors write a file in several steps.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                compiled = build(&mut dir, &opts, &ingress, &mut seen)?;
+                compiled = build(&mut dir, &opts, &ingress, &mut seen, &metrics)?;
                 let mut input = nginx.input().clone();
-                input.http_listeners = listeners(&compiled);
+                (input.http_listeners, input.stream_listeners) = listeners(&compiled);
                 let reloaded = match nginx.apply(input) {
                     Ok(r) => r,
                     Err(e) => { tracing::error!("listeners not applied, keeping the running ones: {e:#}"); false }
                 };
+                if reloaded {
+                    metrics.reloaded(Reload::ListenersChanged);
+                }
                 if let Err(e) = pusher.push(&compiled, reloaded).await {
                     tracing::error!("push failed: {e:#}");
                 }
@@ -204,6 +220,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 if let Some(status) = nginx.exited() {
                     tracing::error!("nginx exited ({status}); restarting it");
                     nginx.start()?;
+                    metrics.reloaded(Reload::Restart);
                     pusher.client.wait_ready(Duration::from_secs(10)).await?;
                     pusher.push(&compiled, true).await?;
                     continue;
@@ -216,4 +233,18 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     tracing::info!("shutting down");
     nginx.stop();
     Ok(())
+}
+
+/// Starts the admin server: `None` = the default port 1938, best effort; `Some(0)` = none; `Some(p)` must bind.
+async fn spawn_admin(port: Option<u16>, admin: crate::admin::Admin) -> Result<()> {
+    match port {
+        Some(0) => Ok(()),
+        Some(p) => crate::admin::spawn(p, admin).await,
+        None => {
+            if let Err(e) = crate::admin::spawn(1938, admin).await {
+                tracing::warn!("{e:#}; running without the admin server (pass --admin-port)");
+            }
+            Ok(())
+        }
+    }
 }

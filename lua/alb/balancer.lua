@@ -5,6 +5,8 @@
 -- chosen unless every node has weight 0 (then all count as 1). Each (re)build starts at a random node. A group
 -- whose content (node map + algorithm) did not change keeps its balancer object, hence its state, across
 -- policies.
+local affinity = require("alb.features.affinity")
+
 local type = type
 local pairs = pairs
 local tostring = tostring
@@ -53,6 +55,8 @@ local function new_balancer(name, g, keys, nodes, sig)
         b.total = b.total + nd.weight
         b.peers[j] = b.hosts[j] .. ":" .. nd.port
     end
+    -- session affinity (consistent hash ring), nil for round robin
+    b.affinity = affinity.build(b, g.session_affinity_policy, g.session_affinity_attribute)
     return b
 end
 

@@ -3,6 +3,8 @@ local init = require("alb.init")
 local router = require("alb.router")
 local balancer = require("alb.balancer")
 local metrics = require("alb.metrics")
+local features = require("alb.features")
+local affinity = require("alb.features.affinity")
 local ngx_balancer = require("ngx.balancer")
 
 local ngx = ngx
@@ -16,11 +18,14 @@ local pick = balancer.pick
 local pick_untried = balancer.pick_untried
 local set_current_peer = ngx_balancer.set_current_peer
 local set_more_tries = ngx_balancer.set_more_tries
+local set_timeouts = ngx_balancer.set_timeouts
 local rule_id = metrics.rule_id
 
 local _M = {}
 
 local REASON = "X-ALB-ERR-REASON"
+local GRPC_SCHEME = { http = "grpc", https = "grpcs", grpc = "grpc", grpcs = "grpcs" }
+local match_str = string.match
 
 -- ALB-generated error: status, reason header, empty body, connection stays usable
 local function alb_error(status, reason)
@@ -45,6 +50,11 @@ function _M.rewrite()
     end
     local ctx = ngx.ctx
     ctx.alb_rule = rule
+    -- rule features (docs/policy.md "Rule config (v1)"): redirect and CORS preflight come first
+    local f = rule.features
+    if f and f.early then
+        features.early(f, c)
+    end
     local upstream = rule.upstream
     if not upstream then
         return alb_error(404, "InvalidUpstream : alb upstream not found")
@@ -58,9 +68,40 @@ function _M.rewrite()
         -- ngx.ctx does not survive error_page's redirect to @alb_error: the log phase finds the rule from this
         ngx_var.alb_rule = rule_id(rule)
     end
-    if rule.scheme ~= "http" then
-        ngx_var.alb_backend_scheme = rule.scheme
+    local scheme = rule.scheme
+    local grpc_listener = ngx_var.alb_grpc_location == "1"
+    if grpc_listener then
+        -- a grpc listener: http/https rules (a policy not made by our compiler) mean grpc/grpcs
+        scheme = GRPC_SCHEME[scheme] or "grpc"
     end
+    if scheme ~= "http" then
+        ngx_var.alb_backend_scheme = scheme
+    end
+    if f and f.late then
+        features.late(f)
+    end
+    if rule.grpc and not grpc_listener then
+        -- grpc/grpcs backend on an http(s) listener: only @grpc has grpc_pass; ngx.ctx is lost on exec, the
+        -- rule is found again from $alb_grpc_rule
+        ngx_var.alb_grpc_rule = ngx_var.server_port .. ":" .. rule.i
+        return ngx.exec("@grpc")
+    end
+end
+
+-- rewrite phase of @grpc: the rule rewrite() matched, found again from $alb_grpc_rule
+function _M.grpc_rewrite()
+    local st = init.state
+    local port, i = match_str(ngx_var.alb_grpc_rule or "", "^(%d+):(%d+)$")
+    local p = st and port and st.routes[port]
+    local rule = p and p.rules[tonumber(i)]
+    local b = rule and rule.upstream and st.balancers[rule.upstream]
+    if not b or b.n == 0 then
+        log(ERR, "alb: @grpc without a matched rule (", ngx_var.alb_grpc_rule, ")")
+        return alb_error(500, "InvalidBalancer : no balancer found for grpc rule")
+    end
+    local ctx = ngx.ctx
+    ctx.alb_rule = rule
+    ctx.alb_bal = b
 end
 
 function _M.balance()
@@ -72,16 +113,34 @@ function _M.balance()
     end
     local i
     local first = ctx.alb_first
+    local f = ctx.alb_rule.features
+    local aff = b.affinity
     if not first then
-        i = pick(b)
+        if aff then
+            i, ctx.alb_pos = affinity.pick(aff, ctx)
+        else
+            i = pick(b)
+        end
         ctx.alb_first = i
         local n = b.n
-        if n > 1 then
-            local ok, err = set_more_tries(min(4, n - 1))
+        local more = min(4, n - 1)
+        if f and f.tries then
+            more = min(f.tries - 1, more)
+        end
+        if more > 0 then
+            local ok, err = set_more_tries(more)
             if not ok then
                 log(ERR, "alb: set_more_tries: ", err)
             end
         end
+    elseif aff then
+        local tried = ctx.alb_tried
+        if not tried then
+            tried = { [first] = true }
+            ctx.alb_tried = tried
+        end
+        i, ctx.alb_pos = affinity.next(aff, ctx.alb_pos, tried)
+        tried[i] = true
     else
         local tried = ctx.alb_tried
         if not tried then
@@ -96,14 +155,23 @@ function _M.balance()
         log(ERR, "alb: set_current_peer ", b.peers[i], " of ", b.name, ": ", err)
         return ngx.exit(500)
     end
+    local t = f and f.timeout
+    if t then
+        ok, err = set_timeouts(t[1], t[2], t[3])
+        if not ok then
+            log(ERR, "alb: set_timeouts: ", err)
+            return ngx.exit(500)
+        end
+    end
 end
 
 function _M.header_filter()
-    if ngx.status < 400 then
-        return
-    end
     local ctx = ngx.ctx
-    if not ctx.alb_rule then
+    local rule = ctx.alb_rule
+    if rule and (rule.features or ctx.alb_affinity_cookie) then
+        features.header_filter(rule.features, ctx)
+    end
+    if ngx.status < 400 or not rule then
         return
     end
     local us = ngx_var.upstream_status

@@ -7,6 +7,7 @@
 -- answer is the smallest index, over all of them, of a rule whose expression matches: the same as a first-match
 -- scan over `rules`.
 local expr = require("alb.expr")
+local features = require("alb.features")
 
 local type = type
 local find = string.find
@@ -90,6 +91,10 @@ local function build_port(port, rules_json)
         if upstream == null then
             upstream = nil
         end
+        local feats, ferr = features.compile(r.config)
+        if feats == nil then
+            return nil, "port " .. port .. " rule " .. (i - 1) .. " (" .. tostring(r.name) .. "): " .. ferr
+        end
         local proto = r.backend_protocol
         if proto == nil or proto == null or proto == "" then
             proto = "http"
@@ -100,8 +105,10 @@ local function build_port(port, rules_json)
             match = fn,
             upstream = upstream,
             scheme = proto,
+            grpc = proto == "grpc" or proto == "grpcs",
             no_balancer = upstream and ("InvalidBalancer : no balancer found for " .. upstream) or nil,
             config = r.config,
+            features = feats or nil,
             source = r.source,
         }
         local ix = r.index

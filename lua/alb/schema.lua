@@ -3,6 +3,7 @@
 -- expression (and therefore every regex).
 local cjson = require("cjson")
 local expr = require("alb.expr")
+local features = require("alb.features")
 
 local type = type
 local pairs = pairs
@@ -91,7 +92,7 @@ local function check_index(ix)
     return true
 end
 
-local PROTOCOLS = { [""] = true, http = true, https = true }
+local PROTOCOLS = { [""] = true, http = true, https = true, grpc = true, grpcs = true }
 
 local function check_rule(r)
     if not is_object(r) then
@@ -116,10 +117,14 @@ local function check_rule(r)
         return nil, "upstream must be a string"
     end
     if not absent(r.backend_protocol) and not PROTOCOLS[r.backend_protocol] then
-        return nil, "backend_protocol must be \"\", \"http\" or \"https\", got " .. tostring(r.backend_protocol)
+        return nil, "backend_protocol must be \"\", \"http\", \"https\", \"grpc\" or \"grpcs\", got " .. tostring(r.backend_protocol)
     end
     if not absent(r.config) and not is_object(r.config) then
         return nil, "config must be an object"
+    end
+    local feats, ferr = features.compile(r.config)
+    if feats == nil then
+        return nil, ferr
     end
     return true
 end

@@ -94,6 +94,19 @@ pub fn resolve(
     default_ns: &str,
     lookup: &Lookup,
 ) -> Result<BackendGroup, Vec<GroupError>> {
+    resolve_protocol(group_name, sg, default_ns, lookup, "TCP")
+}
+
+/// [`resolve`] matching the Service ports of `protocol` (`TCP`, or `UDP` for udp Frontends; controlplane.md
+/// §3.2: a port is matched by number and protocol).
+pub fn resolve_protocol(
+    group_name: &str,
+    sg: &ServiceGroup,
+    default_ns: &str,
+    lookup: &Lookup,
+    protocol: &str,
+) -> Result<BackendGroup, Vec<GroupError>> {
+    let is_tcp = protocol == "TCP";
     let mut errs = Vec::new();
     // (weight, svc, ns, endpoints) per service.
     let mut per_service = Vec::new();
@@ -108,15 +121,18 @@ pub fn resolve(
             continue;
         };
         let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
-        let sp = ports
-            .into_iter()
-            .flatten()
-            .find(|p| p.port == s.port && matches!(p.protocol.as_deref(), None | Some("") | Some("TCP")));
+        let sp = ports.into_iter().flatten().find(|p| {
+            p.port == s.port
+                && match p.protocol.as_deref() {
+                    None | Some("") => is_tcp,
+                    Some(pr) => pr == protocol,
+                }
+        });
         let Some(sp) = sp else {
             errs.push(GroupError {
                 field: format!("spec.serviceGroup.services[{i}].port"),
                 reason: "PortNotFound",
-                problem: format!("is {} but Service {ns}/{} has no TCP port {}", s.port, s.name, s.port),
+                problem: format!("is {} but Service {ns}/{} has no {protocol} port {}", s.port, s.name, s.port),
             });
             continue;
         };

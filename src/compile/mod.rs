@@ -6,8 +6,10 @@
 pub mod backends;
 pub mod certs;
 pub mod dslx;
+pub mod features;
 pub mod index;
 pub mod order;
+pub mod stream;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -94,6 +96,8 @@ pub struct Listener {
     pub namespace: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// TLS listener: https, or grpc with a `certificate_name`.
+    pub tls: bool,
 }
 
 /// An object (or part of one) left out of the policy, and why.
@@ -139,6 +143,9 @@ pub struct Compiled {
     pub listeners: Vec<Listener>,
     /// In the order found: Frontends first, then Rules, each by namespace/name.
     pub rejects: Vec<Reject>,
+    /// tcp/udp Frontends (`stream.rs`), sorted by port and protocol; not part of the policy (rendered into
+    /// nginx.conf).
+    pub stream: Vec<crate::nginx::stream::StreamListener>,
 }
 
 fn ns_of(meta: &ObjectMeta) -> &str {
@@ -170,6 +177,14 @@ struct Ctx<'a> {
     group_owner: HashMap<String, String>,
     /// Port → rules with their sort keys.
     ports: BTreeMap<u16, Vec<(SortKey, HttpRule)>>,
+    /// Secrets of any type by namespace/name (basic auth, `features.rs`).
+    secrets: features::SecretIndex<'a>,
+    /// Accepted tcp/udp Frontends.
+    stream: Vec<crate::nginx::stream::StreamListener>,
+    /// Accepted tcp/udp Frontends by namespace/name (Rules cannot attach to them).
+    stream_fts: BTreeSet<(String, String)>,
+    /// Ports of the accepted grpc Frontends (their rules' backend protocol is grpc or grpcs).
+    grpc_ports: BTreeSet<u16>,
 }
 
 impl Ctx<'_> {
@@ -228,23 +243,21 @@ impl Ctx<'_> {
                 continue;
             }
             claimed.insert((port, proto == Protocol::Udp), owner);
-            if !matches!(proto, Protocol::Http | Protocol::Https) {
-                let shown = if ft.spec.protocol == proto.as_str() {
-                    format!("is {proto}")
-                } else {
-                    format!("is {:?}, which is treated as tcp", ft.spec.protocol)
-                };
-                let problem = format!(
-                    "{shown}: only http and https listeners are supported yet, {proto} arrives in a later release"
-                );
-                self.reject("Frontend", meta, "spec.protocol".into(), "UnsupportedProtocol", &problem);
+            if matches!(proto, Protocol::Tcp | Protocol::Udp) {
+                self.stream_frontend(ft, port, proto);
                 continue;
+            }
+            let tls =
+                proto == Protocol::Https || (proto == Protocol::Grpc && !ft.spec.certificate_name.trim().is_empty());
+            if proto == Protocol::Grpc {
+                self.grpc_ports.insert(port);
             }
             listeners.push(Listener {
                 name: name_of(meta).into(),
                 namespace: ns_of(meta).into(),
                 port,
                 protocol: proto,
+                tls,
             });
             accepted.insert((ns_of(meta).to_string(), name_of(meta).to_string()), port);
             self.ports.entry(port).or_default();
@@ -252,6 +265,29 @@ impl Ctx<'_> {
         }
         listeners.sort_by_key(|l| l.port);
         accepted
+    }
+
+    /// A tcp/udp Frontend: its listener with the resolved service group (`stream.rs`).
+    fn stream_frontend(&mut self, ft: &Frontend, port: u16, proto: Protocol) {
+        use crate::nginx::stream::StreamProto;
+        let meta = &ft.metadata;
+        let sproto = if proto == Protocol::Udp { StreamProto::Udp } else { StreamProto::Tcp };
+        let prefix = self.opts.alb_name.as_deref().unwrap_or(name_of(meta));
+        let group = format!("{prefix}-{port}-{proto}");
+        match stream::listener(ft, port, sproto, &group, &self.lookup) {
+            Ok((l, warnings)) => {
+                for e in warnings {
+                    self.reject("Frontend", meta, e.field, e.reason, &e.problem);
+                }
+                self.stream.push(l);
+                self.stream_fts.insert((ns_of(meta).to_string(), name_of(meta).to_string()));
+            }
+            Err(errs) => {
+                for e in errs {
+                    self.reject("Frontend", meta, e.field, e.reason, &e.problem);
+                }
+            }
+        }
     }
 
     /// The Frontend's default backend as the port's catch-all rule.
@@ -271,6 +307,10 @@ impl Ctx<'_> {
             name: name_of(meta).into(),
             namespace: ns_of(meta).into(),
         };
+        let (config, errs) = features::frontend_config(ft, &self.secrets);
+        for e in errs {
+            self.reject("Frontend", meta, e.field, e.reason, &e.problem);
+        }
         let rule = HttpRule {
             name: name_of(meta).into(),
             priority: DEFAULT_RULE_PRIORITY,
@@ -283,8 +323,8 @@ impl Ctx<'_> {
             matcher: dslx::to_match(&d),
             index: index::derive(&d),
             upstream: Some(group),
-            backend_protocol: ft.spec.backend_protocol.to_lowercase(),
-            config: Default::default(),
+            backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
+            config,
         };
         self.ports.entry(port).or_default().push((key, rule));
     }
@@ -308,6 +348,13 @@ impl Ctx<'_> {
                 self.reject("Rule", meta, "metadata.labels".into(), "UnknownFrontend", &problem);
                 continue;
             };
+            if self.stream_fts.contains(&(ns.to_string(), ft.to_string())) {
+                let problem = format!(
+                    "{ft_label}={ft} names the tcp/udp Frontend {ns}/{ft}: L4 Frontends route to their serviceGroup only"
+                );
+                self.reject("Rule", meta, "metadata.labels".into(), "UnsupportedProtocol", &problem);
+                continue;
+            }
             let Some(&port) = accepted.get(&(ns.to_string(), ft.to_string())) else {
                 let why = if known.contains(&(ns.to_string(), ft.to_string())) {
                     "which was not accepted (see its rejection)"
@@ -354,6 +401,12 @@ impl Ctx<'_> {
                 name: name.into(),
                 namespace: ns.into(),
             };
+            let frontend = snapshot.frontends.iter().find(|f| ns_of(&f.metadata) == ns && name_of(&f.metadata) == ft);
+            let input = features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
+            let (config, errs) = features::rule_config(&input);
+            for e in errs {
+                self.reject("Rule", meta, e.field, e.reason, &e.problem);
+            }
             let rule = HttpRule {
                 name: name.into(),
                 priority: rl.spec.priority,
@@ -362,8 +415,8 @@ impl Ctx<'_> {
                 matcher: dslx::to_match(terms),
                 index: index::derive(terms),
                 upstream,
-                backend_protocol: rl.spec.backend_protocol.to_lowercase(),
-                config: Default::default(),
+                backend_protocol: self.backend_protocol("Rule", meta, &rl.spec.backend_protocol, port),
+                config,
             };
             self.ports.entry(port).or_default().push((key, rule));
         }
@@ -378,11 +431,8 @@ impl Ctx<'_> {
         listeners: &[Listener],
         now: i64,
     ) -> (BTreeMap<String, crate::policy::Certificate>, Vec<Reject>) {
-        let https: HashMap<(&str, &str), u16> = listeners
-            .iter()
-            .filter(|l| l.protocol == Protocol::Https)
-            .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.port))
-            .collect();
+        let https: HashMap<(&str, &str), u16> =
+            listeners.iter().filter(|l| l.tls).map(|l| ((l.namespace.as_str(), l.name.as_str()), l.port)).collect();
         let mut fts: Vec<(&Frontend, u16)> = snapshot
             .frontends
             .iter()
@@ -427,6 +477,10 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         groups: BTreeMap::new(),
         group_owner: HashMap::new(),
         ports: BTreeMap::new(),
+        secrets: features::SecretIndex::new(&snapshot.secrets),
+        stream: Vec::new(),
+        stream_fts: BTreeSet::new(),
+        grpc_ports: BTreeSet::new(),
     };
     let known: BTreeSet<(String, String)> = snapshot
         .frontends
@@ -452,8 +506,30 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         backend_groups: ctx.groups.into_values().collect(),
         certificates,
     };
-    Compiled { policy, listeners, rejects: ctx.rejects }
+    let mut stream = ctx.stream;
+    stream.sort_by_key(|l| (l.port, l.proto));
+    Compiled { policy, listeners, rejects: ctx.rejects, stream }
 }
 
+impl Ctx<'_> {
+    /// The policy's `backend_protocol` of a Rule or Frontend default backend on `port`, lower-cased: `""`,
+    /// `http`, `https`, `grpc` or `grpcs` (anything else is reported and becomes `""`). On a grpc listener it is
+    /// always `grpc` (h2c to the backend) or `grpcs` (`https`/`grpcs`).
+    fn backend_protocol(&mut self, kind: &str, meta: &ObjectMeta, spec: &str, port: u16) -> String {
+        let mut p = spec.trim().to_lowercase();
+        if !matches!(p.as_str(), "" | "http" | "https" | "grpc" | "grpcs") {
+            let problem = format!("is {spec:?}, not one of http, https, grpc, grpcs: the listener's default is used");
+            self.reject(kind, meta, "spec.backendProtocol".into(), "InvalidBackendProtocol", &problem);
+            p.clear();
+        }
+        if self.grpc_ports.contains(&port) {
+            return if matches!(p.as_str(), "https" | "grpcs") { "grpcs" } else { "grpc" }.to_string();
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,13 @@ fn compiles_a_port() {
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     assert_eq!(
         c.listeners,
-        vec![Listener { name: "alb-dev-00080".into(), namespace: NS.into(), port: 80, protocol: Protocol::Http }]
+        vec![Listener {
+            name: "alb-dev-00080".into(),
+            namespace: NS.into(),
+            port: 80,
+            protocol: Protocol::Http,
+            tls: false
+        }]
     );
     let p = serde_json::to_value(&c.policy).unwrap();
     assert_eq!(p["version"], 1);
@@ -188,7 +194,7 @@ fn null_and_empty_dslx() {
 #[test]
 fn unknown_frontend() {
     let mut s = base();
-    s.frontends.push(frontend("alb-dev-00443", 443, "grpc", None));
+    s.frontends.push(frontend("alb-dev-00443", 0, "https", None));
     s.rules.push(rule_to("ok", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
     s.rules.push(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80));
     s.rules.push(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80));
@@ -313,21 +319,19 @@ fn frontend_port_and_protocol_checks() {
         vec![
             ("alb-dev-00080", "DuplicatePort", "spec.port"),
             ("big", "InvalidPort", "spec.port"),
-            ("grpc", "UnsupportedProtocol", "spec.protocol"),
-            ("tcp", "UnsupportedProtocol", "spec.protocol"),
-            ("udp", "UnsupportedProtocol", "spec.protocol"),
-            ("weird", "UnsupportedProtocol", "spec.protocol"),
             ("zero", "InvalidPort", "spec.port"),
         ]
     );
     let dup = &c.rejects[0];
     assert!(dup.message.contains("cpaas-system/a-dup"), "{}", dup.message);
-    let weird = c.rejects.iter().find(|r| r.name == "weird").unwrap();
-    assert!(weird.message.contains("treated as tcp") && weird.message.contains("later release"), "{}", weird.message);
-    let ports: Vec<_> = c.listeners.iter().map(|l| (l.name.as_str(), l.port)).collect();
-    assert_eq!(ports, vec![("a-dup", 80), ("tls", 443), ("http2", 8080)]);
+    let ports: Vec<_> = c.listeners.iter().map(|l| (l.name.as_str(), l.port, l.tls)).collect();
+    assert_eq!(ports, vec![("a-dup", 80, false), ("tls", 443, true), ("http2", 8080, false), ("grpc", 9000, false)]);
     assert_eq!(c.listeners[1].protocol, Protocol::Https);
-    assert_eq!(c.policy.http.keys().collect::<Vec<_>>(), vec!["443", "80", "8080"]);
+    assert_eq!(c.listeners[3].protocol, Protocol::Grpc);
+    // tcp/udp (and unknown protocols, treated as tcp) are stream listeners, not in the policy
+    let stream: Vec<_> = c.stream.iter().map(|l| (l.name.as_str(), l.port, l.proto.as_str())).collect();
+    assert_eq!(stream, vec![("tcp", 9001, "tcp"), ("udp", 9001, "udp"), ("weird", 9002, "tcp")]);
+    assert_eq!(c.policy.http.keys().collect::<Vec<_>>(), vec!["443", "80", "8080", "9000"]);
     assert!(c.policy.http["8080"].rules.is_empty());
     assert!(c.policy.backend_groups.is_empty(), "the rejected Frontend's default group is not emitted");
 }

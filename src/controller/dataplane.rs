@@ -3,7 +3,7 @@
 
 use crate::cli::NginxArgs;
 use crate::nginx::process::{ensure_token, Nginx, NginxBinary};
-use crate::nginx::render::{render, ConfInput, HttpListener};
+use crate::nginx::render::{reload_reason, render, ConfInput, HttpListener, StreamListener};
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -37,6 +37,7 @@ impl Sidecar {
     /// Writes nginx.conf for `input` when its text differs from the file; HUPs the sidecar then.
     /// Returns whether the sidecar was reloaded.
     fn apply(&mut self, input: ConfInput) -> Result<bool, DataplaneError> {
+        let what = reload_reason(&self.input, &input);
         let text = render(&input)?;
         let path = self.conf_path();
         if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
@@ -64,7 +65,7 @@ impl Sidecar {
             Some(pid) => {
                 kill(Pid::from_raw(pid), Signal::SIGHUP)
                     .map_err(|e| DataplaneError::Signal(format!("pid {pid}: {e}")))?;
-                tracing::info!(pid, listeners = ?self.ports(), "nginx reloaded: listeners changed");
+                tracing::info!(pid, listeners = ?self.ports(), "nginx reloaded: {what}");
                 Ok(true)
             }
             None => {
@@ -92,9 +93,14 @@ pub enum Dataplane {
 
 impl Dataplane {
     /// Prepares the runtime dir and token; starts nginx when `spawn`. Returns the policy API token.
-    pub fn start(args: &NginxArgs, spawn: bool, listeners: Vec<HttpListener>) -> Result<(Dataplane, String)> {
+    pub fn start(
+        args: &NginxArgs,
+        spawn: bool,
+        (listeners, stream): (Vec<HttpListener>, Vec<StreamListener>),
+    ) -> Result<(Dataplane, String)> {
         if spawn {
-            let (bin, input, token) = args.prepare(listeners)?;
+            let (bin, mut input, token) = args.prepare(listeners)?;
+            input.stream_listeners = stream;
             let mut nginx = Nginx::new(bin, input);
             nginx.start()?;
             return Ok((Dataplane::Spawned(nginx), token));
@@ -109,6 +115,7 @@ impl Dataplane {
         };
         let mut input = args.conf_input(bin.as_ref().map(|b| b.modules.clone()).unwrap_or_default(), listeners)?;
         input.http2 = bin.as_ref().map(|b| b.http2).unwrap_or_default();
+        input.stream_listeners = stream;
         let token = ensure_token(&input.token_file()).context("policy token")?;
         let mut sidecar = Sidecar { bin, input: input.clone() };
         sidecar.apply(input)?;
@@ -122,10 +129,15 @@ impl Dataplane {
         }
     }
 
-    /// New listeners: re-render, reload only when nginx.conf changed. Returns whether nginx reloaded.
-    pub fn set_listeners(&mut self, listeners: Vec<HttpListener>) -> Result<bool, DataplaneError> {
+    /// New listeners (http and stream): re-render, reload only when nginx.conf changed. Returns whether nginx
+    /// reloaded.
+    pub fn set_listeners(
+        &mut self,
+        (listeners, stream): (Vec<HttpListener>, Vec<StreamListener>),
+    ) -> Result<bool, DataplaneError> {
         let mut input = self.input().clone();
         input.http_listeners = listeners;
+        input.stream_listeners = stream;
         match self {
             Dataplane::Spawned(n) => Ok(n.apply(input)?),
             Dataplane::Sidecar(s) => s.apply(input),

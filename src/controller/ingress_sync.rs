@@ -137,6 +137,7 @@ pub struct IngressSync {
     /// Per Ingress: the generation we reported `Synced` for and the warnings we reported.
     reported: HashMap<(String, String), (Option<i64>, Vec<IngressWarning>)>,
     missing_alb_logged: bool,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl IngressSync {
@@ -150,6 +151,18 @@ impl IngressSync {
             pending_since: None,
             reported: HashMap::new(),
             missing_alb_logged: false,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> IngressSync {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn reconciled(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.reconciled("Ingress", ok);
         }
     }
 
@@ -236,11 +249,13 @@ impl IngressSync {
             let changed = !plan.is_empty();
             match self.apply(&cfg, plan).await {
                 Ok(true) => {
+                    // Deferred to the next pass (Frontends just created): counted then.
                     again = true;
                     continue;
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    self.reconciled(false);
                     tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
                     self.event(ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
                     first_error.get_or_insert(e);
@@ -251,7 +266,9 @@ impl IngressSync {
                 tracing::info!("ingress {}/{} synced", key.0, key.1);
             }
             self.report(ing, &key, exp.warnings).await;
-            if let Err(e) = self.update_status(ing, &addresses, &exp.ports).await {
+            let status = self.update_status(ing, &addresses, &exp.ports).await;
+            self.reconciled(status.is_ok());
+            if let Err(e) = status {
                 tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
                 first_error.get_or_insert(e);
             }
@@ -404,12 +421,11 @@ impl IngressSync {
         let (ns, name) = ns_name(&ing.metadata);
         let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"loadBalancer": want}});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(api_err(
-            "update status of",
-            "Ingress",
-            &ns,
-            &name,
-        ))?;
+        let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
+        if let Some(m) = &self.metrics {
+            m.status_written("Ingress", written.is_ok());
+        }
+        written.map_err(api_err("update status of", "Ingress", &ns, &name))?;
         Ok(())
     }
 }

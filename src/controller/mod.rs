@@ -4,9 +4,9 @@
 //! IngressClasses and its own ALB2 ([`stores`]), compiles a policy on every change (debounced) and pushes it to
 //! its nginx ([`render_loop`]). One replica, the holder of the Lease `<albns>/<alb>` ([`leader`]), also
 //! translates Ingresses into Frontend/Rule objects ([`ingress_sync`]) and writes statuses and Events
-//! ([`status`]). [`admin`] serves `/healthz` and `/readyz`.
+//! ([`status`]). The admin server ([`crate::admin`]) serves `/healthz`, `/readyz` and `/metrics`
+//! ([`crate::metrics`]).
 
-pub mod admin;
 pub mod dataplane;
 pub mod ingress_sync;
 pub mod leader;
@@ -15,6 +15,7 @@ pub mod status;
 pub mod stores;
 
 use crate::cli::NginxArgs;
+use crate::metrics::Metrics;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -40,7 +41,7 @@ pub struct ControllerArgs {
     /// listeners change and pushes over the loopback policy API.
     #[arg(long, env = "ALB_SPAWN_NGINX")]
     pub spawn_nginx: bool,
-    /// Port of the admin server (`/healthz`, `/readyz`) on all addresses; 0 disables it.
+    /// Port of the admin server (`/healthz`, `/readyz`, `/metrics`) on all addresses; 0 disables it.
     #[arg(long, env = "ALB_ADMIN_PORT", default_value_t = 1938)]
     pub admin_port: u16,
     /// Pod name, part of the leader identity `<albns>/<alb>/<pod>` (default: the host name).
@@ -129,13 +130,15 @@ struct LeaderWork {
     identity: String,
     compiled: watch::Receiver<Option<Arc<render_loop::Published>>>,
     changes: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl LeaderWork {
     async fn run(self) {
         let reporter = status::reporter(&self.args.alb_name, &self.identity);
         let recorder = kube::runtime::events::Recorder::new(self.client.clone(), reporter);
-        let writer = status::StatusWriter::new(self.client.clone(), recorder.clone());
+        let writer =
+            status::StatusWriter::new(self.client.clone(), recorder.clone()).with_metrics(self.metrics.clone());
         let statuses = tokio::spawn(status::run(writer, self.compiled));
         // Aborting this future (leadership lost) must stop the status writer too.
         struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -145,7 +148,8 @@ impl LeaderWork {
             }
         }
         let _guard = AbortOnDrop(statuses);
-        let sync = ingress_sync::IngressSync::new(self.client, self.stores, self.args.clone(), recorder);
+        let sync = ingress_sync::IngressSync::new(self.client, self.stores, self.args.clone(), recorder)
+            .with_metrics(self.metrics);
         ingress_sync::run(sync, self.changes, Duration::from_secs(self.args.resync_period.max(1))).await;
     }
 }
@@ -167,8 +171,10 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let stores = Arc::new(stores::Stores::start(client.clone(), &args, changes_tx));
 
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
     if args.admin_port != 0 {
-        admin::spawn(args.admin_port, ready.clone()).await?;
+        let admin = crate::admin::Admin { ready: ready.clone(), metrics: metrics.clone() };
+        crate::admin::spawn(args.admin_port, admin).await?;
     }
 
     let (leader_tx, leader_rx) = watch::channel(false);
@@ -181,6 +187,17 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         retry_period: Duration::from_secs(args.retry_period),
     };
     let elector = tokio::spawn(leader::run(client.clone(), lease, leader_tx, stop_rx.clone()));
+    let leader_gauge = tokio::spawn({
+        let (mut leader, metrics) = (leader_rx.clone(), metrics.clone());
+        async move {
+            loop {
+                metrics.set_leader(*leader.borrow_and_update());
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 
     let (compiled_tx, compiled_rx) = watch::channel(None);
     let work = LeaderWork {
@@ -190,10 +207,11 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         identity,
         compiled: compiled_rx,
         changes: changes_rx.clone(),
+        metrics: metrics.clone(),
     };
     let leader_work = tokio::spawn(leader::supervise(leader_rx, move || work.clone().run()));
 
-    let render = render_loop::RenderLoop::new(&args, stores.clone(), changes_rx, compiled_tx, ready)?;
+    let render = render_loop::RenderLoop::new(&args, stores.clone(), changes_rx, compiled_tx, ready, metrics)?;
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -201,6 +219,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     });
     let result = render.run(stop_rx).await;
     leader_work.abort();
+    leader_gauge.abort();
     // Give the elector a moment to release the Lease so another replica takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
     signal.abort();

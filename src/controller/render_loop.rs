@@ -5,9 +5,10 @@
 use super::dataplane::Dataplane;
 use super::stores::Stores;
 use super::ControllerArgs;
-use crate::compile::{compile, CompileOptions, Compiled};
+use crate::compile::{CompileOptions, Compiled};
+use crate::metrics::{Metrics, Reload};
 use crate::nginx::push::{PolicyClient, Pusher};
-use crate::nginx::render::HttpListener;
+use crate::nginx::render::{HttpListener, StreamListener};
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,17 +37,11 @@ pub struct RenderLoop {
     opts: CompileOptions,
     /// Reject lines logged by the previous compilation (each is logged once, when it appears).
     seen: BTreeSet<String>,
+    metrics: Arc<Metrics>,
 }
 
-fn listeners(c: &Compiled) -> Vec<HttpListener> {
-    c.listeners
-        .iter()
-        .map(|l| HttpListener {
-            name: l.name.clone(),
-            port: l.port,
-            tls: l.protocol == crate::compile::Protocol::Https,
-        })
-        .collect()
+fn listeners(c: &Compiled) -> (Vec<HttpListener>, Vec<StreamListener>) {
+    crate::nginx::listeners_of(c)
 }
 
 impl RenderLoop {
@@ -56,14 +51,16 @@ impl RenderLoop {
         changes: watch::Receiver<u64>,
         published: watch::Sender<Option<Arc<Published>>>,
         ready: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Result<RenderLoop> {
         let opts = CompileOptions { alb_name: Some(args.alb_name.clone()), domain: args.domain.clone(), generation: 0 };
-        Ok(RenderLoop { args: args.clone(), stores, changes, published, ready, opts, seen: BTreeSet::new() })
+        Ok(RenderLoop { args: args.clone(), stores, changes, published, ready, opts, seen: BTreeSet::new(), metrics })
     }
 
     fn build(&mut self) -> Compiled {
         let snapshot = self.stores.snapshot();
-        let compiled = compile(&snapshot, &self.opts);
+        self.stores.count_into(&self.metrics);
+        let compiled = self.metrics.compile(&snapshot, &self.opts);
         let mut now = BTreeSet::new();
         for r in &compiled.rejects {
             let line = format!("rejected {r}");
@@ -102,7 +99,8 @@ impl RenderLoop {
         self.changes.borrow_and_update();
         let mut compiled = self.build();
         let (mut dataplane, token) = Dataplane::start(&self.args.nginx, self.args.spawn_nginx, listeners(&compiled))?;
-        let mut pusher = Pusher::new(PolicyClient::new(self.args.nginx.api_port, token));
+        let mut pusher =
+            Pusher::new(PolicyClient::new(self.args.nginx.api_port, token)).with_metrics(self.metrics.clone());
         // A sidecar may still be starting: wait for its policy API as long as it takes.
         loop {
             match pusher.client.wait_ready(Duration::from_secs(10)).await {
@@ -148,11 +146,15 @@ impl RenderLoop {
                             false
                         }
                     };
+                    if reloaded {
+                        self.metrics.reloaded(Reload::ListenersChanged);
+                    }
                     pushed = self.push(&mut pusher, &compiled, reloaded).await;
                 }
                 _ = health.tick() => {
                     match dataplane.restart_if_exited() {
                         Ok(true) => {
+                            self.metrics.reloaded(Reload::Restart);
                             if let Err(e) = pusher.client.wait_ready(Duration::from_secs(10)).await {
                                 tracing::error!("restarted nginx does not answer: {e:#}");
                                 continue;

@@ -102,11 +102,17 @@ pub struct StatusWriter {
     recorder: Recorder,
     /// What we patched last, so that a store that has not caught up yet does not make us patch twice.
     written: HashMap<Key, Desired>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl StatusWriter {
     pub fn new(client: Client, recorder: Recorder) -> StatusWriter {
-        StatusWriter { client, recorder, written: HashMap::new() }
+        StatusWriter { client, recorder, written: HashMap::new(), metrics: None }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> StatusWriter {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Brings every object's condition in line with `p`; returns whether something failed (retry later).
@@ -148,7 +154,17 @@ impl StatusWriter {
         let (ns, name) = (k.1.clone(), k.2.clone());
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"conditions": [desired.condition(current)]}});
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
+        if let Some(m) = &self.metrics {
+            // A 404 (deleted meanwhile) is not a failure.
+            let ok = match &written {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) => s.code == 404,
+                Err(_) => false,
+            };
+            m.status_written(kind, ok);
+        }
+        match written {
             Ok(_) => {}
             // Deleted meanwhile: nothing to report.
             Err(kube::Error::Api(s)) if s.code == 404 => return true,

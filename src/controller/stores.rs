@@ -32,6 +32,8 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
     pub secrets: Store<Secret>,
+    /// `Opaque` Secrets (basic auth users of `config.auth.basic`, compile/features.rs).
+    pub auth_secrets: Store<Secret>,
     pub namespaces: Store<Namespace>,
     pub ingresses: Store<Ingress>,
     pub ingress_classes: Store<IngressClass>,
@@ -96,6 +98,9 @@ impl Stores {
         let (secrets, t) =
             reflect(Api::all(client.clone()), all().fields("type=kubernetes.io/tls"), "Secret", changes.clone());
         go(t);
+        let (auth_secrets, t) =
+            reflect(Api::all(client.clone()), all().fields("type=Opaque"), "Secret (Opaque)", changes.clone());
+        go(t);
         let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", changes.clone());
         go(t);
         let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", changes.clone());
@@ -111,6 +116,7 @@ impl Stores {
             services,
             endpoint_slices,
             secrets,
+            auth_secrets,
             namespaces,
             ingresses,
             ingress_classes,
@@ -126,6 +132,7 @@ impl Stores {
         wait_logged("Service", &self.services).await;
         wait_logged("EndpointSlice", &self.endpoint_slices).await;
         wait_logged("Secret", &self.secrets).await;
+        wait_logged("Secret (Opaque)", &self.auth_secrets).await;
         tracing::info!(
             "caches synced: {} frontends, {} rules, {} services, {} endpoint slices, {} TLS secrets",
             self.frontends.len(),
@@ -160,8 +167,21 @@ impl Stores {
             rules: cloned(&self.rules),
             services: cloned(&self.services),
             endpoint_slices: cloned(&self.endpoint_slices),
-            secrets: cloned(&self.secrets),
+            secrets: cloned(&self.secrets).into_iter().chain(cloned(&self.auth_secrets)).collect(),
         }
+    }
+
+    /// Sets `alb_controller_watched_objects{kind}` from the stores.
+    pub fn count_into(&self, metrics: &crate::metrics::Metrics) {
+        metrics.watched("Frontend", self.frontends.len());
+        metrics.watched("Rule", self.rules.len());
+        metrics.watched("Service", self.services.len());
+        metrics.watched("EndpointSlice", self.endpoint_slices.len());
+        metrics.watched("Secret", self.secrets.len());
+        metrics.watched("Namespace", self.namespaces.len());
+        metrics.watched("Ingress", self.ingresses.len());
+        metrics.watched("IngressClass", self.ingress_classes.len());
+        metrics.watched("ALB2", self.albs.len());
     }
 
     /// This ALB's ALB2 object, if it exists.

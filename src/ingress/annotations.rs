@@ -78,12 +78,14 @@ impl<'a> Annotations<'a> {
         self.get(key).filter(|v| !v.is_empty()).map(str::to_string)
     }
 
-    /// `backend-protocol`, lower-cased; only `http` and `https` are accepted.
+    /// `backend-protocol`, lower-cased; `http`, `https`, `grpc` and `grpcs` are accepted. A grpc/grpcs path is
+    /// sent with `grpc_pass` (h2c or TLS to the backend): its clients reach it over HTTP/2, i.e. the https
+    /// Frontend (ALPN h2) or a grpc Frontend; HTTP/1 clients on the http Frontend get an error.
     pub fn backend_protocol(&self) -> Result<Option<String>, Invalid> {
         let Some(v) = self.get(BACKEND_PROTOCOL) else { return Ok(None) };
         match v.trim().to_ascii_lowercase().as_str() {
-            p @ ("http" | "https") => Ok(Some(p.to_string())),
-            _ => Err(Invalid::new(BACKEND_PROTOCOL, v, "only http and https are supported")),
+            p @ ("http" | "https" | "grpc" | "grpcs") => Ok(Some(p.to_string())),
+            _ => Err(Invalid::new(BACKEND_PROTOCOL, v, "only http, https, grpc and grpcs are supported")),
         }
     }
 
@@ -208,9 +210,13 @@ mod tests {
         let ing = with(&[(BACKEND_PROTOCOL, "HTTPS")]);
         assert_eq!(Annotations::new(&ing, "cpaas.io").backend_protocol(), Ok(Some("https".into())));
         let ing = with(&[(BACKEND_PROTOCOL, "GRPC")]);
+        assert_eq!(Annotations::new(&ing, "cpaas.io").backend_protocol(), Ok(Some("grpc".into())));
+        let ing = with(&[(BACKEND_PROTOCOL, "GRPCS")]);
+        assert_eq!(Annotations::new(&ing, "cpaas.io").backend_protocol(), Ok(Some("grpcs".into())));
+        let ing = with(&[(BACKEND_PROTOCOL, "FCGI")]);
         let err = Annotations::new(&ing, "cpaas.io").backend_protocol().unwrap_err();
         assert_eq!(err.key, BACKEND_PROTOCOL);
-        assert!(err.message("skipped").contains("\"GRPC\""), "{}", err.message("skipped"));
+        assert!(err.message("skipped").contains("\"FCGI\""), "{}", err.message("skipped"));
         let ing = with(&[]);
         assert_eq!(Annotations::new(&ing, "cpaas.io").backend_protocol(), Ok(None));
     }

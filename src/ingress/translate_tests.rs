@@ -380,14 +380,14 @@ fn invalid_backend_protocol_skips_paths_with_a_warning() {
     let ing = annotate(
         one_rule("a.com", vec![path("/a", "Prefix", "s"), path("/b", "Prefix", "s")]),
         BACKEND_PROTOCOL,
-        "GRPC",
+        "FCGI",
     );
     let exp = run(&cfg(), &World::default(), &ing);
     assert!(exp.rules.is_empty());
     assert_eq!(exp.warnings.len(), 1, "one warning, not one per path: {:?}", exp.warnings);
     let w = &exp.warnings[0];
     assert_eq!((w.namespace.as_str(), w.name.as_str(), w.reason.as_str()), ("ns1", "web", "InvalidAnnotation"));
-    assert!(w.message.contains(BACKEND_PROTOCOL) && w.message.contains("GRPC"), "{}", w.message);
+    assert!(w.message.contains(BACKEND_PROTOCOL) && w.message.contains("FCGI"), "{}", w.message);
     assert_eq!(w.to_string(), format!("ingress ns1/web: InvalidAnnotation: {}", w.message));
 }
 

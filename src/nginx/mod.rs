@@ -2,6 +2,7 @@
 pub mod process;
 pub mod push;
 pub mod render;
+pub mod stream;
 
 use crate::cli::NginxArgs;
 use anyhow::Result;
@@ -9,8 +10,10 @@ use render::HttpListener;
 
 /// `alb dataplane`: nginx + Lua with the given listeners, no controller. Runs until SIGINT/SIGTERM.
 pub async fn dataplane(args: NginxArgs, http_ports: Vec<u16>) -> Result<()> {
-    let listeners =
-        http_ports.iter().map(|p| HttpListener { name: format!("port-{p}"), port: *p, tls: false }).collect();
+    let listeners = http_ports
+        .iter()
+        .map(|p| HttpListener { name: format!("port-{p}"), port: *p, tls: false, grpc: false })
+        .collect();
     let (bin, input, token) = args.prepare(listeners)?;
     let client = push::PolicyClient::new(input.api_port, token);
     let mut nginx = process::Nginx::new(bin, input);
@@ -25,6 +28,17 @@ pub async fn dataplane(args: NginxArgs, http_ports: Vec<u16>) -> Result<()> {
         nginx.input().token_file().display()
     );
     wait_for_shutdown(&mut nginx).await
+}
+
+/// The nginx listeners of a compilation: http/https/grpc servers and tcp/udp stream servers.
+pub fn listeners_of(c: &crate::compile::Compiled) -> (Vec<HttpListener>, Vec<stream::StreamListener>) {
+    use crate::compile::Protocol;
+    let http = c
+        .listeners
+        .iter()
+        .map(|l| HttpListener { name: l.name.clone(), port: l.port, tls: l.tls, grpc: l.protocol == Protocol::Grpc })
+        .collect();
+    (http, c.stream.clone())
 }
 
 /// Waits for SIGINT/SIGTERM (then stops nginx) or for nginx to die (an error).

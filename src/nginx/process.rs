@@ -62,6 +62,11 @@ impl NginxBinary {
                 bail!("lua-cjson is missing: install lua-cjson (scripts/setup.sh)");
             }
         }
+        // L4 listeners need the stream module: Debian builds it as a module (libnginx-mod-stream), OpenResty in.
+        let stream = Path::new(DEBIAN_MODULES).join("ngx_stream_module.so");
+        if info.contains("--with-stream=dynamic") && stream.exists() {
+            modules.push(stream);
+        }
         let http2 = Http2Syntax::for_version(&version);
         Ok(NginxBinary { path, modules, version, http2 })
     }
@@ -236,10 +241,11 @@ impl Nginx {
         let new = self.write_conf(&input)?;
         self.test_conf(&new)?;
         std::fs::rename(&new, self.conf_path())?;
+        let what = super::render::reload_reason(&self.input, &input);
         self.input = input;
         let pid = self.master_pid().context("nginx is not running")?;
         kill(Pid::from_raw(pid), Signal::SIGHUP).context("sending HUP to nginx")?;
-        tracing::info!(pid, listeners = ?self.input.http_listeners.iter().map(|l| l.port).collect::<Vec<_>>(), "nginx reloaded: listeners changed");
+        tracing::info!(pid, listeners = ?self.input.http_listeners.iter().map(|l| l.port).collect::<Vec<_>>(), "nginx reloaded: {what}");
         Ok(true)
     }
 

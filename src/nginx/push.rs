@@ -190,11 +190,24 @@ pub struct Pusher {
     applied: Option<Applied>,
     /// What a running data plane already held when we started: (content digest, generation).
     adopted: Option<(String, u64)>,
+    /// Push latency, failures and worker acks go here when set.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Pusher {
     pub fn new(client: PolicyClient) -> Pusher {
-        Pusher { client, generation: 0, applied: None, adopted: None }
+        Pusher { client, generation: 0, applied: None, adopted: None, metrics: None }
+    }
+
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Pusher {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn failed(&self) {
+        if let Some(m) = &self.metrics {
+            m.push_failed();
+        }
     }
 
     /// Reads the policy a running data plane holds (a restarted controller): the generation counter goes on
@@ -241,11 +254,18 @@ impl Pusher {
             Err(PushError::Refused(msg)) => {
                 // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
                 tracing::error!("data plane refused policy generation {generation}: {msg}");
+                self.failed();
                 return Ok(false);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.failed();
+                return Err(e.into());
+            }
         };
-        let workers = self.client.wait_applied(&sent, Duration::from_secs(10)).await?;
+        let workers = self.client.wait_applied(&sent, Duration::from_secs(10)).await.inspect_err(|_| self.failed())?;
+        if let Some(m) = &self.metrics {
+            m.pushed(started.elapsed(), workers);
+        }
         tracing::info!(
             "policy v{generation} applied by {workers} workers in {} ms ({} rules, {} rejected, digest {})",
             started.elapsed().as_millis(),
@@ -262,6 +282,9 @@ impl Pusher {
     pub async fn repair(&mut self, c: &Compiled) -> Result<bool> {
         let Some(sent) = self.sent().map(str::to_string) else { return Ok(false) };
         let Ok(s) = self.client.status().await else { return Ok(false) };
+        if let Some(m) = &self.metrics {
+            m.acks(s.applied(&sent), s.worker_count);
+        }
         if s.stored.as_ref().map(|st| &st.digest) == Some(&sent) {
             return Ok(false);
         }

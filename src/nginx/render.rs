@@ -6,6 +6,8 @@ use handlebars::{handlebars_helper, Handlebars};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+pub use super::stream::StreamListener;
+
 const TEMPLATE: &str = include_str!("../../nginx-templates/nginx.conf.hbs");
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -15,6 +17,10 @@ pub struct HttpListener {
     pub port: u16,
     /// https: `listen ... ssl` + HTTP/2, certificates chosen per handshake by `lua/alb/ssl.lua`.
     pub tls: bool,
+    /// A grpc Frontend: every request goes to `grpc_pass`; without `tls` the listener speaks h2c (HTTP/2 with
+    /// prior knowledge, no HTTP/1).
+    #[serde(default)]
+    pub grpc: bool,
 }
 
 /// How this nginx turns HTTP/2 on for a TLS listener: `listen ... ssl http2` up to 1.25.0, the `http2 on;`
@@ -66,8 +72,10 @@ pub struct ConfInput {
     /// Metrics/health server port on `bind_address` (`/metrics`, `/healthz`, `/clear`); 0 = no metrics server
     /// and no per-request metrics hook.
     pub metrics_port: u16,
-    /// HTTP/2 syntax of this nginx (only used by TLS listeners).
+    /// HTTP/2 syntax of this nginx (TLS and grpc listeners).
     pub http2: Http2Syntax,
+    /// tcp/udp Frontends, rendered into `stream {}` (`src/nginx/stream.rs`).
+    pub stream_listeners: Vec<StreamListener>,
 }
 
 impl ConfInput {
@@ -83,6 +91,20 @@ impl ConfInput {
 
     pub fn placeholder_key(&self) -> PathBuf {
         self.runtime_dir.join(crate::tls::PLACEHOLDER_KEY)
+    }
+}
+
+/// Why nginx.conf changed from `old` to `new`, for the reload log line: `listeners changed` (ports, TLS, grpc) or
+/// `stream backends changed` (only the rendered L4 upstreams or timeouts, see `stream.rs`).
+pub fn reload_reason(old: &ConfInput, new: &ConfInput) -> &'static str {
+    let ports = |i: &ConfInput| i.stream_listeners.iter().map(|l| (l.port, l.proto)).collect::<Vec<_>>();
+    if old.http_listeners == new.http_listeners
+        && ports(old) == ports(new)
+        && old.stream_listeners != new.stream_listeners
+    {
+        "stream backends changed"
+    } else {
+        "listeners changed"
     }
 }
 
@@ -149,6 +171,13 @@ pub fn render(input: &ConfInput) -> Result<String> {
             bail!("listener port {} is the metrics port", l.port);
         }
     }
+    let mut taken: std::collections::BTreeSet<u16> = seen;
+    taken.insert(input.api_port);
+    if input.metrics_port != 0 {
+        taken.insert(input.metrics_port);
+    }
+    super::stream::validate(&input.stream_listeners, &taken)?;
+    let stream_conf = super::stream::render_block(&input.stream_listeners, &bind);
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
@@ -172,6 +201,7 @@ pub fn render(input: &ConfInput) -> Result<String> {
         "placeholder_key": safe_path(&input.placeholder_key())?,
         "http2_listen_parameter": input.http2 == Http2Syntax::ListenParameter,
         "http2_directive": input.http2 == Http2Syntax::Directive,
+        "stream_conf": stream_conf,
     });
     hb.render("nginx", &data).context("rendering nginx.conf")
 }
@@ -189,12 +219,13 @@ mod tests {
             worker_connections: 1024,
             api_port: 1937,
             bind_address: "0.0.0.0".into(),
-            http_listeners: vec![HttpListener { name: "alb-00080".into(), port: 80, tls: false }],
+            http_listeners: vec![HttpListener { name: "alb-00080".into(), port: 80, tls: false, grpc: false }],
             error_log_level: "notice".into(),
             access_log: "off".into(),
             policy_dict_size: "64m".into(),
             metrics_port: 1936,
             http2: Http2Syntax::ListenParameter,
+            stream_listeners: vec![],
         }
     }
 
@@ -234,7 +265,7 @@ mod tests {
         i.bind_address = "0.0.0.0; evil".into();
         assert!(render(&i).is_err());
         let mut i = input();
-        i.http_listeners.push(HttpListener { name: "b".into(), port: 80, tls: false });
+        i.http_listeners.push(HttpListener { name: "b".into(), port: 80, tls: false, grpc: false });
         assert!(render(&i).is_err());
     }
 
@@ -274,7 +305,7 @@ mod tests {
     #[test]
     fn tls_listeners_use_ssl_lua_and_the_http2_syntax_of_the_version() {
         let mut i = input();
-        i.http_listeners.push(HttpListener { name: "alb-00443".into(), port: 443, tls: true });
+        i.http_listeners.push(HttpListener { name: "alb-00443".into(), port: 443, tls: true, grpc: false });
         let conf = render(&i).unwrap();
         assert!(conf.contains("listen 0.0.0.0:443 ssl http2 default_server"), "{conf}");
         assert!(!conf.contains("http2 on;"));

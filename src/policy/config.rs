@@ -41,12 +41,6 @@ pub struct RuleConfig {
     pub extra: Map<String, Value>,
 }
 
-impl RuleConfig {
-    pub fn is_empty(&self) -> bool {
-        *self == RuleConfig::default()
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redirect {
     /// 301, 302, 303, 307 or 308; absent → 302.

@@ -1,0 +1,45 @@
+"""A gRPC test backend for e2e/grpc.rs (grpcio, no generated code: raw bytes messages).
+
+Service `alb.test.Echo`:
+  Unary(bytes) -> b"<name>:" + request
+  Count(b"N")  -> N messages b"<name>:0" .. b"<name>:N-1" (server streaming)
+Prints `port <N>` on stdout once serving on 127.0.0.1. Stops on SIGTERM.
+"""
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+
+
+def main():
+    name = sys.argv[1].encode()
+
+    def unary(request, context):
+        return name + b":" + request
+
+    def count(request, context):
+        for i in range(int(request.decode())):
+            yield name + b":" + str(i).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "alb.test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"port {port}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    server.stop(0)
+
+
+if __name__ == "__main__":
+    main()
