@@ -163,6 +163,17 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     metrics.set_leader(true);
     let ready = Arc::new(AtomicBool::new(false));
     spawn_admin(args.admin_port, crate::admin::Admin { ready: ready.clone(), metrics: metrics.clone() }).await?;
+    // Watch before the first read: an edit made while nginx starts is not lost.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Our own reads show up as Access events: only changes count.
+        if ev.map(|e| !matches!(e.kind, notify::EventKind::Access(_))).unwrap_or(true) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher
+        .watch(&args.manifests, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching manifest folder {}", args.manifests.display()))?;
     let mut compiled = build(&mut dir, &opts, &ingress, &mut seen, &metrics)
         .with_context(|| format!("reading {}", args.manifests.display()))?;
     let (http, stream) = listeners(&compiled);
@@ -182,14 +193,6 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     pusher.push(&compiled, true).await?;
     ready.store(true, Ordering::Relaxed);
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Our own reads show up as Access events: only changes count.
-        if ev.map(|e| !matches!(e.kind, notify::EventKind::Access(_))).unwrap_or(true) {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&args.manifests, RecursiveMode::NonRecursive)?;
     tracing::info!("watching {} for changes", args.manifests.display());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -202,7 +205,10 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 // Debounce: editors write a file in several steps.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                compiled = build(&mut dir, &opts, &ingress, &mut seen, &metrics)?;
+                compiled = match build(&mut dir, &opts, &ingress, &mut seen, &metrics) {
+                    Ok(c) => c,
+                    Err(e) => { tracing::error!("cannot read the manifests, keeping the running policy: {e:#}"); continue; }
+                };
                 let mut input = nginx.input().clone();
                 (input.http_listeners, input.stream_listeners) = listeners(&compiled);
                 let reloaded = match nginx.apply(input) {

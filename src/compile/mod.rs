@@ -499,16 +499,51 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         order::sort(&mut entries);
         http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| r).collect() });
     }
-    let policy = Policy {
+    let mut policy = Policy {
         version: POLICY_VERSION,
         generation: opts.generation,
         http,
         backend_groups: ctx.groups.into_values().collect(),
         certificates,
     };
+    dedupe_groups(&mut policy);
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
     Compiled { policy, listeners, rejects: ctx.rejects, stream }
+}
+
+/// Rules whose backends are the same (same endpoints, weights and affinity) share one group: with many rules
+/// over few Services this keeps the policy small and the per-worker balancer build cheap. The group keeps the
+/// smallest name among those that had this content; rules are pointed at it.
+fn dedupe_groups(policy: &mut Policy) {
+    let mut canonical: HashMap<String, String> = HashMap::new(); // content -> name
+    let mut rename: HashMap<String, String> = HashMap::new(); // dropped name -> kept name
+                                                              // backend_groups come sorted by name, so the first of a content is the smallest name.
+    policy.backend_groups.retain(|g| {
+        let content =
+            serde_json::to_string(&(&g.mode, &g.session_affinity_policy, &g.session_affinity_attribute, &g.backends))
+                .unwrap_or_default();
+        match canonical.get(&content) {
+            Some(kept) if !g.backends.is_empty() => {
+                rename.insert(g.name.clone(), kept.clone());
+                false
+            }
+            _ => {
+                canonical.entry(content).or_insert_with(|| g.name.clone());
+                true
+            }
+        }
+    });
+    if rename.is_empty() {
+        return;
+    }
+    for port in policy.http.values_mut() {
+        for rule in &mut port.rules {
+            if let Some(kept) = rule.upstream.as_ref().and_then(|u| rename.get(u)) {
+                rule.upstream = Some(kept.clone());
+            }
+        }
+    }
 }
 
 impl Ctx<'_> {

@@ -443,3 +443,26 @@ fn group_name_collision_is_rejected() {
     assert_eq!(c.rejects.len(), 1, "{:?}", c.rejects);
     assert_eq!((c.rejects[0].namespace.as_str(), c.rejects[0].reason.as_str()), ("ns-b", "DuplicateBackendGroup"));
 }
+
+#[test]
+fn rules_with_the_same_backends_share_one_group() {
+    let mut s = base();
+    s.rules.push(rule_to("a-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a")]), "api", 80));
+    s.rules.push(rule_to("b-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/b")]), "api", 80));
+    s.rules.push(rule_to("c-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/c")]), "web", 80));
+    let c = compile(&s, &opts());
+    assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+    let up = |name: &str| {
+        c.policy.http["80"].rules.iter().find(|r| r.name == name).and_then(|r| r.upstream.clone()).unwrap()
+    };
+    // a-rule and b-rule: same Service → one group, the smaller name; c-rule and the Frontend default share web's.
+    assert_eq!(up("a-rule"), "a-rule");
+    assert_eq!(up("b-rule"), "a-rule");
+    assert_eq!(up("c-rule"), up("alb-dev-00080"));
+    let names: Vec<&str> = c.policy.backend_groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for r in &c.policy.http["80"].rules {
+        let g = r.upstream.as_ref().unwrap();
+        assert!(names.contains(&g.as_str()), "rule {} points at a dropped group {g}", r.name);
+    }
+}
