@@ -20,10 +20,24 @@ pub struct Cluster {
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 static STARTED_HERE: OnceLock<bool> = OnceLock::new();
 static RUN_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// Run dirs of private clusters, stopped at exit too (a test that panics never reaches its `down`).
+static PRIVATE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static AT_EXIT: std::sync::Once = std::sync::Once::new();
+
+fn stop_everything_at_exit() {
+    AT_EXIT.call_once(|| unsafe {
+        atexit(stop_at_exit);
+    });
+}
 
 extern "C" fn stop_at_exit() {
+    let mut dirs: Vec<PathBuf> = PRIVATE.lock().map(|v| v.clone()).unwrap_or_default();
     if STARTED_HERE.get().copied().unwrap_or(false) && std::env::var_os("KEEP_CLUSTER").is_none() {
+        dirs.extend(RUN_DIR.get().cloned());
+    }
+    for run in dirs {
         let _ = Command::new(super::repo_dir().join("e2e/cluster/down"))
+            .env("ALB_E2E_RUN", run)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -55,9 +69,7 @@ impl Cluster {
             let up = Command::new(repo.join("e2e/cluster/up")).env("ALB_E2E_RUN", &run_dir).output().expect("run up");
             let kubeconfig = PathBuf::from(last_line(&up, "e2e/cluster/up"));
             let _ = STARTED_HERE.set(!already);
-            unsafe {
-                atexit(stop_at_exit);
-            }
+            stop_everything_at_exit();
             let c = Cluster { kubeconfig, bin_dir, run_dir: None };
             c.install_crds();
             c
@@ -73,6 +85,10 @@ impl Cluster {
         let bin_dir = PathBuf::from(last_line(&build, "e2e/cluster/build.sh"));
         let up = Command::new(repo.join("e2e/cluster/up")).env("ALB_E2E_RUN", &run_dir).output().expect("run up");
         let kubeconfig = PathBuf::from(last_line(&up, "e2e/cluster/up"));
+        if let Ok(mut v) = PRIVATE.lock() {
+            v.push(run_dir.clone());
+        }
+        stop_everything_at_exit();
         let c: &'static Cluster = Box::leak(Box::new(Cluster { kubeconfig, bin_dir, run_dir: Some(run_dir) }));
         c.install_crds();
         c
