@@ -459,6 +459,12 @@ fn ingresses_of_another_class_or_project_are_left_alone() {
     wait_for("rules removed when unclaimed", Duration::from_secs(5), || {
         env.rules_of(&env.ns, "other-class").is_empty().then_some(())
     });
+    // ... and our address leaves its status (entries of other controllers would stay).
+    wait_for("our address removed from the status", Duration::from_secs(5), || {
+        let st = env.c.get_json(&["ingress", "other-class", "-n", &env.ns]);
+        let entries = st["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default();
+        (!entries.iter().any(|e| e["ip"] == "127.0.0.1")).then_some(())
+    });
 }
 
 #[test]

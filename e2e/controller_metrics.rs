@@ -120,24 +120,11 @@ fn service(b: &Backend) -> String {
 
 /// `alb standalone` with known admin and data plane metrics ports.
 fn standalone(files: &[(&str, String)], admin_port: u16, metrics_port: u16) -> Standalone {
-    let manifests = tempdir("alb-e2e-cm-manifests-");
-    for (name, text) in files {
-        std::fs::write(manifests.path().join(name), text).expect("write manifest");
-    }
-    let runtime = tempdir("alb-e2e-cm-runtime-");
-    let api_port = free_port();
-    let mut cmd = Command::new(alb_bin());
-    cmd.arg("standalone")
-        .arg("--manifests")
-        .arg(manifests.path())
-        .arg("--runtime-dir")
-        .arg(runtime.path())
-        .args(["--api-port", &api_port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
-        .args(["--metrics-port", &metrics_port.to_string(), "--admin-port", &admin_port.to_string()])
-        .env("ALB_LOG", "info");
-    let proc = Proc::spawn("alb standalone", &mut cmd);
-    proc.wait_log("policy v1 applied", Duration::from_secs(20));
-    Standalone { manifests, runtime, api_port, proc }
+    Standalone::start_with(
+        files,
+        &["--metrics-port", &metrics_port.to_string(), "--admin-port", &admin_port.to_string()],
+        &[],
+    )
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! Ingresses in the manifest folder → `alb standalone` translates them in memory (as the leader would write
 //! Frontends/Rules) → nginx routes them, and edits apply without a reload.
 
-use crate::harness::{alb_bin, free_port, get, Backend, Proc, Standalone};
-use std::process::Command;
+use crate::harness::{free_port, get, Backend, Standalone};
 use std::time::{Duration, Instant};
 
 /// A Service `name` (port 80 named `http`) whose ready endpoint is `b`.
@@ -56,30 +55,7 @@ spec: {controller: alauda.io/alb2}
 
 /// `alb standalone` with `--ingress-http-port`; waits for the first policy.
 fn start(files: &[(&str, String)], http_port: u16) -> Standalone {
-    let dir = |prefix: &str| {
-        let d = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        d
-    };
-    let (manifests, runtime) = (dir("alb-e2e-ing-manifests-"), dir("alb-e2e-ing-runtime-"));
-    for (name, text) in files {
-        std::fs::write(manifests.path().join(name), text).expect("write manifest");
-    }
-    let api_port = free_port();
-    let mut cmd = Command::new(alb_bin());
-    cmd.arg("standalone")
-        .arg("--manifests")
-        .arg(manifests.path())
-        .arg("--runtime-dir")
-        .arg(runtime.path())
-        .args(["--api-port", &api_port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
-        .args(["--ingress-http-port", &http_port.to_string()])
-        .args(["--metrics-port", &free_port().to_string()])
-        .env("ALB_LOG", "info");
-    let proc = Proc::spawn("alb standalone (ingress)", &mut cmd);
-    proc.wait_log("policy v1 applied", Duration::from_secs(20));
-    Standalone { manifests, runtime, api_port, proc }
+    Standalone::start_with(files, &["--ingress-http-port", &http_port.to_string()], &[])
 }
 
 #[test]

@@ -83,33 +83,7 @@ fn service(ns: &str, name: &str, b: &Backend) -> String {
 
 /// `alb standalone` with extra arguments and environment; waits for the first policy.
 fn start(files: &[(&str, String)], args: &[&str], env: &[(&str, &str)]) -> Standalone {
-    let dir = |prefix: &str| {
-        let d = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        d
-    };
-    let (manifests, runtime) = (dir("alb-e2e-tls-manifests-"), dir("alb-e2e-tls-runtime-"));
-    for (name, text) in files {
-        std::fs::write(manifests.path().join(name), text).expect("write manifest");
-    }
-    let api_port = free_port();
-    let mut cmd = Command::new(alb_bin());
-    cmd.arg("standalone")
-        .arg("--manifests")
-        .arg(manifests.path())
-        .arg("--runtime-dir")
-        .arg(runtime.path())
-        .args(["--api-port", &api_port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
-        .args(["--metrics-port", &free_port().to_string()])
-        .args(args)
-        .env("ALB_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn("alb standalone (tls)", &mut cmd);
-    proc.wait_log("policy v1 applied", Duration::from_secs(20));
-    Standalone { manifests, runtime, api_port, proc }
+    Standalone::start_with(files, args, env)
 }
 
 // ---- a TLS client that accepts any certificate and reports the one it got ----

@@ -8,7 +8,7 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== control plane for the controller tests (kube-apiserver + etcd from Go modules; first build ~10 min, then cached)" >&2
+echo "== control plane for the controller tests (kube-apiserver + etcd from Go modules; first build ~5 min, then cached)" >&2
 e2e/cluster/build.sh >/dev/null
 echo "== helm for the chart tests (built from its Go module; first build ~2-3 min, then cached)" >&2
 e2e/helm/build.sh >/dev/null

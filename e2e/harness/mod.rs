@@ -199,6 +199,12 @@ pub struct Standalone {
 impl Standalone {
     /// Writes `files` (name → YAML) and starts; returns once the first policy is applied.
     pub fn start(files: &[(&str, String)]) -> Standalone {
+        Standalone::start_with(files, &[], &[])
+    }
+
+    /// Like [`Standalone::start`] with extra arguments (a `--metrics-port` among them replaces the free port
+    /// chosen here) and environment variables.
+    pub fn start_with(files: &[(&str, String)], args: &[&str], env: &[(&str, &str)]) -> Standalone {
         let manifests = tempdir("alb-e2e-manifests-");
         for (name, text) in files {
             std::fs::write(manifests.path().join(name), text).expect("write manifest");
@@ -212,8 +218,14 @@ impl Standalone {
             .arg("--runtime-dir")
             .arg(runtime.path())
             .args(["--api-port", &api_port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
-            .args(["--metrics-port", &free_port().to_string()])
             .env("ALB_LOG", "info");
+        if !args.contains(&"--metrics-port") {
+            cmd.args(["--metrics-port", &free_port().to_string()]);
+        }
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = Proc::spawn("alb standalone", &mut cmd);
         proc.wait_log("policy v1 applied", Duration::from_secs(20));
         Standalone { manifests, runtime, api_port, proc }

@@ -287,6 +287,17 @@ impl IngressSync {
                 orphans.insert(src);
             }
         }
+        // Our addresses leave the status of Ingresses we do not serve (class switched away, project changed);
+        // the entries of other controllers stay.
+        for ing in &ingresses {
+            let key = ns_name(&ing.metadata);
+            if !claimed.contains(&key) {
+                if let Err(e) = self.remove_status(ing, &addresses).await {
+                    tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         for (ns, name) in orphans.difference(&claimed) {
             let plan = ingress::cleanup(&cfg, ns, name, &rules, &frontends);
             if plan.is_empty() {
@@ -406,6 +417,29 @@ impl IngressSync {
         if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
             tracing::warn!("cannot record an Event for ingress {:?}: {e}", ing.metadata.name);
         }
+    }
+
+    /// Removes the `status.loadBalancer` entries of our addresses from an Ingress we do not serve.
+    async fn remove_status(&self, ing: &Ingress, addresses: &[String]) -> Result<(), SyncError> {
+        let Some(current) = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()) else { return Ok(()) };
+        let entries = current.ingress.clone().unwrap_or_default();
+        let ours = |e: &k8s_openapi::api::networking::v1::IngressLoadBalancerIngress| {
+            addresses.iter().any(|a| e.ip.as_deref() == Some(a.as_str()) || e.hostname.as_deref() == Some(a.as_str()))
+        };
+        if !entries.iter().any(ours) {
+            return Ok(());
+        }
+        let kept: Vec<_> = entries.into_iter().filter(|e| !ours(e)).collect();
+        let (ns, name) = ns_name(&ing.metadata);
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        let body = serde_json::json!({"status": {"loadBalancer": {"ingress": kept}}});
+        let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
+        if let Some(m) = &self.metrics {
+            m.status_written("Ingress", written.is_ok());
+        }
+        written.map_err(api_err("update status of", "Ingress", &ns, &name))?;
+        tracing::info!("ingress {ns}/{name}: not served by this ALB; our addresses removed from its status");
+        Ok(())
     }
 
     /// Add-only merge of our addresses and ports into `status.loadBalancer`.
