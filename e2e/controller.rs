@@ -614,3 +614,41 @@ fn api_server_outage_keeps_serving_and_resyncs_after() {
     assert_eq!(ctl.pids(), pids, "nginx untouched");
     c.down();
 }
+
+/// Basic auth through the API server: only the referenced Secret is watched; editing it takes effect live.
+#[test]
+fn basic_auth_secret_referenced_by_a_rule_is_watched() {
+    let env = Env::new("ctl-auth", "[ALL_ALL]");
+    let a = Backend::start("a");
+    env.service("svc-a", &a);
+    let runtime = tempdir("alb-e2e-ctl-");
+    let ctl = env.controller("p1", runtime.path(), "127.0.0.1");
+    let port = free_port();
+    let (ns, alb) = (env.ns.as_str(), env.alb.as_str());
+    let secret = |line: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: {ns}}}\ntype: Opaque\nstringData:\n  auth: \"{line}\"\n")
+    };
+    let mut rule = rule_yaml(ns, alb, "ft", "private", "[{type: URL, values: [[STARTS_WITH, /]]}]", "svc-a");
+    rule.push_str(&format!(
+        "  config: {{auth: {{basic: {{realm: Shop, secret: {ns}/users, secret_type: auth-file}}}}}}\n"
+    ));
+    env.c.apply(
+        &[secret("foo:$apr1$W60B7kxR$kC.He7pPyJM2io6VH2VNS."), frontend_yaml(ns, alb, "ft", port), rule].join("---\n"),
+    );
+    ctl.proc.wait_log(&format!("listening on 127.0.0.1:{port}"), Duration::from_secs(10));
+    let good = crate::l7::basic("foo", "bar");
+    wait_for("auth rule served", Duration::from_secs(5), || {
+        let r = Conn::open(port).ok()?.send("GET", "/", &[("Authorization", &good)], b"").ok()?;
+        (r.status == 200 && r.backend() == "a").then_some(())
+    });
+    let r = get(port, "/", &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").unwrap_or("").contains("Shop"), "{r:?}");
+    // The Secret changes (user renamed): the watch sees it, the old credentials stop working.
+    env.c.apply(&secret("bob:$apr1$W60B7kxR$kC.He7pPyJM2io6VH2VNS."));
+    let bob = crate::l7::basic("bob", "bar");
+    wait_for("the edited Secret applied", Duration::from_secs(5), || {
+        (get(port, "/", &[("Authorization", &bob)]).status == 200).then_some(())
+    });
+    assert_eq!(get(port, "/", &[("Authorization", &good)]).status, 401);
+}

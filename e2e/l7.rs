@@ -471,7 +471,7 @@ fn affinity_by_client_address() {
 // `openssl passwd -apr1` vectors of dataplane.md §4.12, and a libxcrypt bcrypt hash of "secret"
 const BCRYPT: &str = "$2y$05$abcdefghijklmnopqrstuuOQiyCxlgf/oeuTqixKmWdcYUh4Hjl0a";
 
-fn basic(user: &str, pw: &str) -> String {
+pub(crate) fn basic(user: &str, pw: &str) -> String {
     use std::fmt::Write as _;
     let raw = format!("{user}:{pw}");
     // tiny base64 encoder (the harness has no dependency for it)

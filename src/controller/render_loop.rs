@@ -97,6 +97,7 @@ impl RenderLoop {
             _ = stop.changed() => return Ok(()),
         }
         self.changes.borrow_and_update();
+        self.stores.sync_auth_secret_watches().await;
         let mut compiled = self.build();
         let (mut dataplane, token) = Dataplane::start(&self.args.nginx, self.args.spawn_nginx, listeners(&compiled))?;
         let mut pusher =
@@ -131,6 +132,7 @@ impl RenderLoop {
                     }
                     tokio::time::sleep(DEBOUNCE).await;
                     self.changes.borrow_and_update();
+                    self.stores.sync_auth_secret_watches().await;
                     compiled = self.build();
                     let before: BTreeSet<u16> = dataplane.input().http_listeners.iter().map(|l| l.port).collect();
                     let reloaded = match dataplane.set_listeners(listeners(&compiled)) {

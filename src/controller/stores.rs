@@ -18,10 +18,14 @@ use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The store of one watched Secret and the task that fills it.
+type SecretWatch = (Store<Secret>, tokio::task::JoinHandle<()>);
 
 pub struct Stores {
     /// Frontends of this ALB (its namespace, label `alb2.<d>/name=<alb>`).
@@ -32,8 +36,11 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
     pub secrets: Store<Secret>,
-    /// `Opaque` Secrets (basic auth users of `config.auth.basic`, compile/features.rs).
-    pub auth_secrets: Store<Secret>,
+    /// Basic-auth Secrets (`config.auth.basic.secret` of this ALB's Rules and Frontends): one small watch per
+    /// referenced Secret, so no other Secret of the cluster is cached.
+    auth_secrets: std::sync::Mutex<BTreeMap<(String, String), SecretWatch>>,
+    client: Client,
+    changes: watch::Sender<u64>,
     pub namespaces: Store<Namespace>,
     pub ingresses: Store<Ingress>,
     pub ingress_classes: Store<IngressClass>,
@@ -98,9 +105,6 @@ impl Stores {
         let (secrets, t) =
             reflect(Api::all(client.clone()), all().fields("type=kubernetes.io/tls"), "Secret", changes.clone());
         go(t);
-        let (auth_secrets, t) =
-            reflect(Api::all(client.clone()), all().fields("type=Opaque"), "Secret (Opaque)", changes.clone());
-        go(t);
         let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", changes.clone());
         go(t);
         let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", changes.clone());
@@ -108,7 +112,7 @@ impl Stores {
         let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", changes.clone());
         go(t);
         let by_name = format!("metadata.name={}", args.alb_name);
-        let (albs, t) = reflect(Api::namespaced(client, ns), all().fields(&by_name), "ALB2", changes);
+        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), all().fields(&by_name), "ALB2", changes.clone());
         go(t);
         Stores {
             frontends,
@@ -116,7 +120,9 @@ impl Stores {
             services,
             endpoint_slices,
             secrets,
-            auth_secrets,
+            auth_secrets: Default::default(),
+            client,
+            changes,
             namespaces,
             ingresses,
             ingress_classes,
@@ -132,7 +138,6 @@ impl Stores {
         wait_logged("Service", &self.services).await;
         wait_logged("EndpointSlice", &self.endpoint_slices).await;
         wait_logged("Secret", &self.secrets).await;
-        wait_logged("Secret (Opaque)", &self.auth_secrets).await;
         tracing::info!(
             "caches synced: {} frontends, {} rules, {} services, {} endpoint slices, {} TLS secrets",
             self.frontends.len(),
@@ -167,8 +172,47 @@ impl Stores {
             rules: cloned(&self.rules),
             services: cloned(&self.services),
             endpoint_slices: cloned(&self.endpoint_slices),
-            secrets: cloned(&self.secrets).into_iter().chain(cloned(&self.auth_secrets)).collect(),
+            secrets: cloned(&self.secrets).into_iter().chain(self.auth_secret_objects()).collect(),
         }
+    }
+
+    /// Starts a watch for every basic-auth Secret the current Rules and Frontends reference and stops the
+    /// watches of Secrets no longer referenced; waits (up to 2 s) for new ones to be listed so that the next
+    /// compile does not report a Secret as missing only because its watch has just started.
+    pub async fn sync_auth_secret_watches(&self) {
+        let wanted = auth_secret_refs(&cloned(&self.rules), &cloned(&self.frontends));
+        let mut fresh = Vec::new();
+        if let Ok(mut watches) = self.auth_secrets.lock() {
+            watches.retain(|key, (_, task)| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (ns, name) in wanted {
+                if watches.contains_key(&(ns.clone(), name.clone())) {
+                    continue;
+                }
+                let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let (store, task) = reflect(
+                    Api::<Secret>::namespaced(self.client.clone(), &ns),
+                    cfg,
+                    "Secret (basic auth)",
+                    self.changes.clone(),
+                );
+                fresh.push(store.clone());
+                watches.insert((ns, name), (store, task));
+            }
+        }
+        for store in fresh {
+            let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
+        }
+    }
+
+    fn auth_secret_objects(&self) -> Vec<Secret> {
+        let Ok(watches) = self.auth_secrets.lock() else { return Vec::new() };
+        watches.values().flat_map(|(store, _)| store.state().into_iter().map(|s| (*s).clone())).collect()
     }
 
     /// Sets `alb_controller_watched_objects{kind}` from the stores.
@@ -195,7 +239,31 @@ impl Drop for Stores {
         for t in &self.tasks {
             t.abort();
         }
+        if let Ok(watches) = self.auth_secrets.lock() {
+            for (_, task) in watches.values() {
+                task.abort();
+            }
+        }
     }
+}
+
+/// `ns/name` (or `name`, in the object's namespace) of `spec.config.auth.basic.secret` of Rules and Frontends.
+fn auth_secret_refs(rules: &[Rule], frontends: &[Frontend]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut add = |ns: Option<&String>, cfg: Option<&serde_json::Value>| {
+        let Some(r) = cfg.and_then(|c| c.pointer("/auth/basic/secret")).and_then(|v| v.as_str()) else { return };
+        let (sns, name) = r.split_once('/').unwrap_or((ns.map(String::as_str).unwrap_or("default"), r));
+        if !sns.is_empty() && !name.is_empty() {
+            out.insert((sns.to_string(), name.to_string()));
+        }
+    };
+    for r in rules {
+        add(r.metadata.namespace.as_ref(), r.spec.config.as_ref());
+    }
+    for f in frontends {
+        add(f.metadata.namespace.as_ref(), f.spec.config.as_ref());
+    }
+    out
 }
 
 /// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
@@ -268,5 +336,31 @@ mod backoff_tests {
         assert!(delays[9] >= Duration::from_millis(2400));
         kube::runtime::utils::Backoff::reset(&mut b);
         assert!(b.next().unwrap() < Duration::from_millis(300));
+    }
+}
+
+#[cfg(test)]
+mod auth_ref_tests {
+    use super::auth_secret_refs;
+
+    #[test]
+    fn basic_auth_secret_refs_of_rules_and_frontends() {
+        let rule: crate::crd::Rule = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule", "metadata": {"name": "r", "namespace": "a"},
+            "spec": {"config": {"auth": {"basic": {"secret": "users"}}}}
+        }))
+        .unwrap();
+        let other: crate::crd::Rule = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule", "metadata": {"name": "o", "namespace": "a"},
+            "spec": {"config": {"timeout": {"proxy_read_timeout_ms": 5}}}
+        }))
+        .unwrap();
+        let ft: crate::crd::Frontend = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Frontend", "metadata": {"name": "f", "namespace": "a"},
+            "spec": {"port": 80, "config": {"auth": {"basic": {"secret": "b/admins"}}}}
+        }))
+        .unwrap();
+        let refs: Vec<(String, String)> = auth_secret_refs(&[rule, other], &[ft]).into_iter().collect();
+        assert_eq!(refs, vec![("a".into(), "users".into()), ("b".into(), "admins".into())]);
     }
 }
