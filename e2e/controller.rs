@@ -258,7 +258,16 @@ fn ingress_becomes_rules_routes_edits_without_reload_and_deletes() {
 
     // A second Ingress stays on the port, so a deleted path answers "no rule match" (not "empty policy").
     env.c.apply(&env.ingress_yaml(&env.ns, "keep", Some(&env.alb), &[("/keep", "svc-keep")]));
-    wait_for("/keep routed", Duration::from_secs(10), || routes_to(port, "/keep", "keep").then_some(()));
+    let t = Instant::now();
+    while !routes_to(port, "/keep", "keep") {
+        // The first Ingress creates the Frontend (a reload) and then its Rules; say why if it never routes.
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "/keep not routed after 20 s; controller log:\n{}",
+            ctl.proc.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let started = Instant::now();
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/a", "svc-a")]));

@@ -22,9 +22,24 @@ pub fn repo_dir() -> PathBuf {
 }
 
 /// A port that was free a moment ago.
+///
+/// Ports come from 10000–19999, below the kernel's ephemeral range (32768+, where port-0 binds and client
+/// sockets land) and the test control plane's (20000–31999), each handed out once per test process (a
+/// per-process offset keeps concurrent test runs apart), and only if nothing listens on it now.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() * 389 % 10000;
+    for _ in 0..10000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10000 + ((base + n) % 10000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port left in 10000-19999");
 }
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop; its stderr lines are kept.
