@@ -4,55 +4,23 @@
 local cjson = require("cjson")
 local expr = require("alb.expr")
 local features = require("alb.features")
+local util = require("alb.features.util")
 
 local type = type
 local pairs = pairs
 local tostring = tostring
-local floor = math.floor
-local null = cjson.null
 local fmt = string.format
 
 local _M = {}
 
 _M.VERSION = 1
 
-local function is_int(v)
-    return type(v) == "number" and v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53
-end
-
--- cjson gives plain tables for both arrays and objects
-local function is_array(t)
-    if type(t) ~= "table" then
-        return false
-    end
-    local n = #t
-    for k in pairs(t) do
-        if type(k) ~= "number" or k < 1 or k > n or k ~= floor(k) then
-            return false
-        end
-    end
-    return true
-end
+-- the same checks the feature modules use
+local is_int = util.is_int
+local is_array = util.is_array
+local is_object = util.is_object
+local absent = util.absent
 _M.is_array = is_array
-
-local function is_object(t)
-    if type(t) ~= "table" then
-        return false
-    end
-    if next(t) == nil then
-        return true
-    end
-    for k in pairs(t) do
-        if type(k) ~= "string" then
-            return false
-        end
-    end
-    return true
-end
-
-local function absent(v)
-    return v == nil or v == null
-end
 
 local function string_list(v, what)
     if absent(v) then
