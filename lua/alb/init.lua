@@ -32,6 +32,12 @@ local function trim(s)
 end
 
 --- init{token_file=, api_port=}: init_by_lua (master). Fails nginx start when the token cannot be read.
+local PRELOAD = {
+    "alb.api", "alb.phase", "alb.router", "alb.balancer", "alb.expr", "alb.schema", "alb.metrics", "alb.ssl",
+    "alb.features", "alb.features.util", "alb.features.affinity", "alb.features.auth", "alb.features.cors",
+    "alb.features.headers", "alb.features.redirect", "alb.features.rewrite",
+}
+
 function _M.init(opts)
     opts = opts or {}
     local f, err = io.open(opts.token_file or "", "rb")
@@ -45,6 +51,11 @@ function _M.init(opts)
         error("alb: policy token file " .. tostring(opts.token_file) .. " is empty")
     end
     token = t
+    -- Load every module now, in the master: workers inherit them at fork and never read Lua files, which they
+    -- could not when the master is root and the Lua folder is readable by root only (workers run as nobody).
+    for _, m in ipairs(PRELOAD) do
+        require(m)
+    end
     _M.api_port = opts.api_port
 end
 
