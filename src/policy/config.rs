@@ -36,6 +36,19 @@ pub struct RuleConfig {
     /// Authentication (forward first, then basic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Source-address access control (allow/deny lists): denied requests get 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// Request-rate and connection limits per client address: excess requests get `status` (503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+    /// Largest accepted request body in bytes; larger bodies get 413. Absent: no per-rule limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<u64>,
+    /// Upstream error answers (and rules whose backends have no endpoints) served by another backend
+    /// (ingress-nginx `custom-http-errors` + `default-backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_pages: Option<ErrorPages>,
     /// Keys this version does not know, kept verbatim.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -202,4 +215,58 @@ pub struct PasswordHash {
     /// `apr1` (`$apr1$salt$hash`) or `bcrypt` (`$2a$`/`$2b$`/`$2y$`).
     pub algorithm: String,
     pub hash: String,
+}
+
+/// Addresses are IPv4/IPv6 addresses or CIDRs; the client address is the socket address (`$remote_addr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Non-empty: only these addresses are let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These addresses are refused (checked before `allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// Limits count per rule and per client address, in each worker's shared dict (all workers share it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    /// Requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<u32>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Burst allowed above the rate, as a multiple of it; absent → 5 (ingress-nginx `limit-burst-multiplier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_multiplier: Option<u32>,
+    /// Concurrent requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// Addresses/CIDRs never limited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whitelist: Vec<String>,
+    /// Status of a refused request; absent → 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPages {
+    /// Upstream statuses (400..=599) replaced by the error backend's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    /// The error backend as the user named it (Rule config); the compiler resolves it into `upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ErrorService>,
+    /// Backend group name in the policy (filled by the compiler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorService {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
 }
