@@ -95,7 +95,10 @@ go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3 ||
 # Sanity check before publishing the binaries.
 got=$("$tmp/kube-apiserver" --version) || die "the built kube-apiserver does not run"
 [[ $got == "Kubernetes $k8s_version" ]] || die "kube-apiserver --version says '$got', expected 'Kubernetes $k8s_version'"
-"$tmp/etcd" --version | grep -qx "etcd Version: ${etcd_version#v}" || die "the built etcd does not report version ${etcd_version#v}"
+# Read the whole output first: `grep -q` exits at the first match, and under pipefail the SIGPIPE etcd then gets
+# would fail the check at random.
+etcd_says=$("$tmp/etcd" --version) || die "the built etcd does not run"
+grep -qx "etcd Version: ${etcd_version#v}" <<<"$etcd_says" || die "the built etcd does not report version ${etcd_version#v}"
 
 rm -rf "$bin"
 mv "$tmp" "$bin"
