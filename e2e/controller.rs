@@ -656,8 +656,16 @@ fn basic_auth_secret_referenced_by_a_rule_is_watched() {
     // The Secret changes (user renamed): the watch sees it, the old credentials stop working.
     env.c.apply(&secret("bob:$apr1$W60B7kxR$kC.He7pPyJM2io6VH2VNS."));
     let bob = crate::l7::basic("bob", "bar");
-    wait_for("the edited Secret applied", Duration::from_secs(5), || {
-        (get(port, "/", &[("Authorization", &bob)]).status == 200).then_some(())
+    // Each nginx worker applies the policy on its own poll: wait until a request sees both sides of the change,
+    // then every worker must have it (a fresh connection may land on any worker).
+    // Each nginx worker applies the policy on its own poll and a fresh connection may land on any worker: the
+    // change is in when several requests in a row all see it.
+    wait_for("the edited Secret applied", Duration::from_secs(10), || {
+        (0..5)
+            .all(|_| {
+                get(port, "/", &[("Authorization", &bob)]).status == 200
+                    && get(port, "/", &[("Authorization", &good)]).status == 401
+            })
+            .then_some(())
     });
-    assert_eq!(get(port, "/", &[("Authorization", &good)]).status, 401);
 }
