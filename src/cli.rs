@@ -149,7 +149,8 @@ fn print_policy(
     let mut m = crate::manifests::ManifestDir::new(dir);
     let mut problems: Vec<String> = m.reload()?.iter().map(|p| p.to_string()).collect();
     let cfg = ingress.config(alb_name.as_deref(), &domain);
-    let (snap, more, warnings) = crate::standalone::snapshot_with_ingresses(&m, &cfg, alb_name.as_deref());
+    let (mut snap, more, warnings) = crate::standalone::snapshot_with_ingresses(&m, &cfg, alb_name.as_deref());
+    snap.tls_fallback = crate::compile::certs::TlsFallback::of(&cfg);
     problems.extend(more.iter().map(|p| p.to_string()));
     problems.extend(warnings.iter().map(|w| w.to_string()));
     let compiled = crate::compile::compile(&snap, &crate::compile::CompileOptions { alb_name, domain, generation: 0 });
