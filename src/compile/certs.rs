@@ -133,7 +133,8 @@ fn load(sec: &str, s: &Secret) -> Result<Loaded, Problem> {
 }
 
 /// Checks one Secret at time `now` (unix seconds): the policy entry or the problem.
-pub fn check(sec: &str, s: &Secret, now: i64) -> Result<Certificate, Problem> {
+#[cfg(test)]
+fn check(sec: &str, s: &Secret, now: i64) -> Result<Certificate, Problem> {
     checked(sec, s, now).0
 }
 
