@@ -47,6 +47,19 @@ fn cert_between(names: &[&str], validity: Option<Validity>) -> Cert {
     Cert { pem: c.pem(), key: key.serialize_pem(), der: c.der().to_vec() }
 }
 
+/// A certificate valid from `now + from_s` to `now + to_s` (seconds, may be negative).
+fn cert_window(names: &[&str], from_s: i64, to_s: i64) -> Cert {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let at = |d: i64| rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs((now + d) as u64);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    params.not_before = at(from_s);
+    params.not_after = at(to_s);
+    let c = params.self_signed(&key).expect("self-signed");
+    Cert { pem: c.pem(), key: key.serialize_pem(), der: c.der().to_vec() }
+}
+
 /// The subject of a DER certificate as `openssl x509 -subject` prints it, e.g. `CN = a.com`.
 fn subject(der: &[u8]) -> String {
     let mut child = Command::new("openssl")
@@ -452,6 +465,52 @@ fn tls_bad_certificates_are_rejected_and_named() {
     assert_refused(port, Some("good.com"), "now mismatched");
 }
 
+/// Certificates become valid and expire on time, with no other change: the compiler is run again when a
+/// certificate in use reaches its `notBefore` / `notAfter` (no reload either).
+#[test]
+fn tls_certificates_become_valid_and_expire_on_time() {
+    let web = Backend::start("web");
+    let port = free_port();
+    // whole seconds: valid from at least 7 s after this point (enough for nginx to start under load)
+    let t0 = Instant::now();
+    let (soon, ending) = (cert_window(&["soon.com"], 8, 3600), cert_window(&["ending.com"], -3600, 8));
+    let gw = start(
+        &[
+            ("ft.yaml", frontend("ft", port, "", "web")),
+            ("svc.yaml", service("default", "web", &web)),
+            ("secrets.yaml", [secret("default", "soon", &soon), secret("default", "ending", &ending)].join("---\n")),
+            (
+                "rules.yaml",
+                [
+                    host_rule("r-soon", "ft", "soon.com", "default/soon", "web"),
+                    host_rule("r-ending", "ft", "ending.com", "default/ending", "web"),
+                ]
+                .join("---\n"),
+            ),
+        ],
+        &[],
+        &[],
+    );
+    let l = gw.proc.wait_log("rejected Rule default/r-soon", Duration::from_secs(2));
+    assert!(l.contains("CertificateNotYetValid"), "{l}");
+    assert_refused(port, Some("soon.com"), "not valid yet");
+    assert_served(port, Some("ending.com"), &ending, "still valid");
+    let pids = gw.pids();
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what} not within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("soon.com served", &|| served(port, Some("soon.com")).ok().as_ref() == Some(&soon.der));
+    assert!(t0.elapsed() >= Duration::from_secs(7), "served before its notBefore");
+    until("ending.com refused", &|| served(port, Some("ending.com")).is_err());
+    let l = gw.proc.wait_log("rejected Rule default/r-ending", Duration::from_secs(1));
+    assert!(l.contains("CertificateExpired"), "{l}");
+    assert_served(port, Some("soon.com"), &soon, "stays");
+    assert_eq!(gw.pids(), pids, "no reload");
+}
+
 /// An Ingress with `spec.tls` under strategy `Request`: its https Frontend and Rules are generated and route
 /// over TLS with the Secret's certificate; hosts without TLS stay on http.
 #[test]
@@ -678,6 +737,13 @@ fn tls_controller_serves_secrets_and_reports_bad_ones() {
     let ev = event("r-future").unwrap();
     assert_eq!(ev["reason"], "CertificateNotYetValid", "{ev}");
     assert!(ev["note"].as_str().unwrap_or("").contains(&format!("Secret {ns}/future")), "{ev}");
+
+    // defaultSSLStrategy Always on the ALB2: an unknown SNI gets the default certificate (no Ingress https port)
+    assert_refused(port, Some("zzz.com"), "strategy Never: no fallback");
+    c.apply(&format!(
+        "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: 0, ingressHTTPSPort: 0, projects: [ALL_ALL], defaultSSLStrategy: Always, defaultSSLCert: {ns}/good}}\n"
+    ));
+    wait("fallback certificate for zzz.com", &|| served(port, Some("zzz.com")).ok() == Some(good.der.clone()));
 
     // Rotation through the API server: served within seconds, no reload.
     let pids = crate::harness::nginx_pids(runtime.path());
