@@ -7,6 +7,7 @@ use crate::harness::{repo_dir, Backend, Proc, Standalone};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn python() -> PathBuf {
     let p = repo_dir().join(".venv/bin/python");
@@ -22,8 +23,20 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start(name: &str) -> GrpcServer {
+        GrpcServer::spawn(name, None)
+    }
+
+    /// A TLS (grpcs) backend serving `cert`/`key` (PEM files).
+    fn start_tls(name: &str, cert: &std::path::Path, key: &std::path::Path) -> GrpcServer {
+        GrpcServer::spawn(name, Some((cert, key)))
+    }
+
+    fn spawn(name: &str, tls: Option<(&std::path::Path, &std::path::Path)>) -> GrpcServer {
         let mut cmd = Command::new(python());
         cmd.arg(repo_dir().join("e2e/grpc/server.py")).arg(name).stdout(Stdio::piped());
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
         let mut proc = Proc::spawn(&format!("grpc server {name}"), &mut cmd);
         let mut line = String::new();
         BufReader::new(proc.child.stdout.take().expect("stdout")).read_line(&mut line).expect("server prints its port");
@@ -76,6 +89,12 @@ fn rule(name: &str, ft: &str, dslx: &str, svc: &str, backend_protocol: &str, tls
 }
 
 fn tls_secret(name: &str, host: &str) -> (String, String) {
+    let (secret, cert, _) = tls_secret_and_key(name, host);
+    (secret, cert)
+}
+
+/// A `kubernetes.io/tls` Secret for `host`, its certificate and its key (PEM).
+fn tls_secret_and_key(name: &str, host: &str) -> (String, String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
     let c = rcgen::CertificateParams::new(vec![host.to_string()]).expect("params").self_signed(&key).expect("cert");
     let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
@@ -84,7 +103,7 @@ fn tls_secret(name: &str, host: &str) -> (String, String) {
         indent(&c.pem()),
         indent(&key.serialize_pem())
     );
-    (secret, c.pem())
+    (secret, c.pem(), key.serialize_pem())
 }
 
 fn assert_ok(r: &serde_json::Value, backend: &str) {
@@ -171,4 +190,80 @@ fn grpc_unary_and_streaming_through_h2c_tls_and_https_frontends() {
     for _ in 0..3 {
         assert_ok(&call(h2c, "grpc.test", None), "g1");
     }
+}
+
+/// grpcs backends (TLS from nginx to the gRPC server): a Rule with `backendProtocol: grpcs` on a grpc (h2c)
+/// Frontend and on an https Frontend, and an Ingress with `backend-protocol: GRPCS`; the same backend as `grpc`
+/// (h2c) fails, so the calls that work did speak TLS to it.
+#[test]
+fn grpcs_backend_through_rule_and_ingress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, backend_cert, backend_key) = tls_secret_and_key("unused", "backend.test");
+    let (cert_file, key_file) = (dir.path().join("backend.crt"), dir.path().join("backend.key"));
+    std::fs::write(&cert_file, backend_cert).expect("write cert");
+    std::fs::write(&key_file, backend_key).expect("write key");
+    let gs = GrpcServer::start_tls("gs", &cert_file, &key_file);
+    let (h2c, https, ingress_https) =
+        (crate::harness::free_port(), crate::harness::free_port(), crate::harness::free_port());
+    let (secret, ca_pem) = tls_secret("grpc-cert", "grpc.test");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &ca_pem).expect("write ca");
+    let ingress = r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: grpcs
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPCS}
+spec:
+  tls:
+    - hosts: [grpc.test]
+      secretName: grpc-cert
+  rules:
+    - host: grpc.test
+      http:
+        paths:
+          - {path: /alb.test.Echo/, pathType: Prefix, backend: {service: {name: gs, port: {number: 80}}}}
+"#;
+    let host = |h: &str| format!("[{{type: HOST, values: [[EQ, {h}]]}}]");
+    let gw = Standalone::start_with(
+        &[
+            ("svc.yaml", service("gs", gs.port)),
+            ("secret.yaml", secret),
+            (
+                "fts.yaml",
+                [
+                    frontend("ft-h2c", h2c, "grpc", "", None),
+                    frontend("ft-https", https, "https", "default/grpc-cert", None),
+                ]
+                .join("---\n"),
+            ),
+            (
+                "rules.yaml",
+                [
+                    rule("grpcs-on-grpc", "ft-h2c", &host("grpc.test"), "gs", "grpcs", None),
+                    // the same TLS backend spoken to in h2c: must fail
+                    rule("h2c-to-tls", "ft-h2c", &host("plain.test"), "gs", "grpc", None),
+                    rule("grpcs-on-https", "ft-https", &host("grpc.test"), "gs", "grpcs", Some("grpc.test")),
+                ]
+                .join("---\n"),
+            ),
+            ("ing.yaml", ingress.to_string()),
+        ],
+        &["--ingress-http-port", "0", "--ingress-https-port", &ingress_https.to_string()],
+        &[],
+    );
+    gw.proc.wait_log(&format!("listening on 127.0.0.1:{ingress_https}"), Duration::from_secs(2));
+    assert!(
+        !gw.proc.logs().iter().any(|l| l.contains("rejected Rule")
+            || l.contains("rejected Frontend")
+            || l.contains("ingress default/grpcs:")),
+        "nothing rejected: {}",
+        gw.proc.logs().join("\n")
+    );
+
+    assert_ok(&call(h2c, "grpc.test", None), "gs");
+    let wrong = call(h2c, "plain.test", None);
+    assert_ne!(wrong["code"], "OK", "h2c to a TLS backend cannot work: {wrong}");
+    assert_ok(&call(https, "grpc.test", Some(&ca)), "gs");
+    assert_ok(&call(ingress_https, "grpc.test", Some(&ca)), "gs");
 }

@@ -428,3 +428,76 @@ fn metrics_auth_false_opens_metrics_and_port_zero_has_no_server() {
     assert!(!conf.contains("log_by_lua"));
     proc.terminate();
 }
+
+/// `curl -sk [-v]` against `https://127.0.0.1:port{path}`: (exit ok, status, body, stderr).
+fn curl_https(port: u16, path: &str, auth: bool) -> (bool, u16, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-v", "--max-time", "5", "-w", "\n%{http_code}"]);
+    if auth {
+        cmd.args(["-H", "Authorization: Bearer x"]);
+    }
+    let out = cmd.arg(format!("https://127.0.0.1:{port}{path}")).output().expect("curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (
+        out.status.success(),
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The metrics port speaks HTTPS as the original ALB (self-signed `CN=localhost` certificate; scrape configs with
+/// `scheme: https` keep working) and still answers plain HTTP on the same port (alb-rs's earlier scrape configs
+/// and the pod's probes); `--metrics-plain-http` turns TLS off.
+#[test]
+fn metrics_port_speaks_https_and_still_answers_plain_http() {
+    let dp = Dataplane::start(1);
+    let mp = dp.metrics_port;
+
+    let (ok, status, body, log) = curl_https(mp, "/metrics", true);
+    assert!(ok && status == 200, "https /metrics: {status} {body} {log}");
+    assert!(body.contains("# TYPE nginx_http_status counter"), "{body}");
+    assert!(log.contains("subject: CN=localhost"), "self-signed localhost certificate: {log}");
+    let (_, status, _, _) = curl_https(mp, "/metrics", false);
+    assert_eq!(status, 401, "the same auth over TLS");
+    let (_, status, body, _) = curl_https(mp, "/healthz", false);
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (_, status, _, _) = curl_https(mp, "/clear", true);
+    assert_eq!(status, 200);
+    let (_, status, _, _) = curl_https(mp, "/nope", true);
+    assert_eq!(status, 404);
+
+    // plain HTTP on the same port: the same answers
+    let r = get(mp, "/metrics", &[("Authorization", "Bearer anything")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4"));
+    assert!(r.body.contains("# TYPE nginx_http_status counter"), "{}", r.body);
+    assert_eq!(get(mp, "/metrics", &[]).status, 401);
+    let r = get(mp, "/healthz", &[]);
+    assert_eq!((r.status, r.body.trim()), (200, "ok"));
+    assert_eq!(get(mp, "/clear", &[("Authorization", "Bearer x")]).status, 200);
+    assert_eq!(get(mp, "/nope", &[]).status, 404);
+    drop(dp);
+
+    // --metrics-plain-http: no TLS at all
+    let runtime = tempfile::Builder::new().prefix("alb-e2e-metrics-").tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (api, http, metrics) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(alb_bin());
+    cmd.arg("dataplane")
+        .arg("--runtime-dir")
+        .arg(runtime.path())
+        .args(["--api-port", &api.to_string(), "--bind", "127.0.0.1", "--workers", "1"])
+        .args(["--http-port", &http.to_string(), "--metrics-port", &metrics.to_string(), "--metrics-plain-http"]);
+    let mut proc = Proc::spawn("alb dataplane (--metrics-plain-http)", &mut cmd);
+    proc.wait_log("data plane ready", Duration::from_secs(20));
+    let r = get(metrics, "/metrics", &[("Authorization", "Bearer x")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (ok, _, _, log) = curl_https(metrics, "/healthz", false);
+    assert!(!ok, "no TLS handshake on a plain HTTP metrics port: {log}");
+    let conf = std::fs::read_to_string(runtime.path().join("conf/nginx.conf")).expect("nginx.conf");
+    assert!(!conf.contains("metrics.crt"));
+    proc.terminate();
+}

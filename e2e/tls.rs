@@ -29,15 +29,49 @@ fn cert(names: &[&str]) -> Cert {
 }
 
 fn cert_valid_until(names: &[&str], not_after: Option<(i32, u8, u8)>) -> Cert {
+    cert_between(names, not_after.map(|(y, m, d)| ((y - 1, m, d), (y, m, d))))
+}
+
+/// A certificate valid from the first to the second date (rcgen's defaults when `None`).
+type Validity = ((i32, u8, u8), (i32, u8, u8));
+fn cert_between(names: &[&str], validity: Option<Validity>) -> Cert {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-    if let Some((y, m, d)) = not_after {
-        params.not_before = rcgen::date_time_ymd(y - 1, m, d);
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+    if let Some(((y0, m0, d0), (y, m, d))) = validity {
+        params.not_before = rcgen::date_time_ymd(y0, m0, d0);
         params.not_after = rcgen::date_time_ymd(y, m, d);
     }
     let c = params.self_signed(&key).expect("self-signed");
     Cert { pem: c.pem(), key: key.serialize_pem(), der: c.der().to_vec() }
+}
+
+/// A certificate valid from `now + from_s` to `now + to_s` (seconds, may be negative).
+fn cert_window(names: &[&str], from_s: i64, to_s: i64) -> Cert {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let at = |d: i64| rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs((now + d) as u64);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    params.not_before = at(from_s);
+    params.not_after = at(to_s);
+    let c = params.self_signed(&key).expect("self-signed");
+    Cert { pem: c.pem(), key: key.serialize_pem(), der: c.der().to_vec() }
+}
+
+/// The subject of a DER certificate as `openssl x509 -subject` prints it, e.g. `CN = a.com`.
+fn subject(der: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-subject", "-nameopt", "oneline"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().expect("stdin").write_all(der).expect("write DER");
+    let out = child.wait_with_output().expect("openssl x509");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().strip_prefix("subject=").unwrap_or(text.trim()).trim().to_string()
 }
 
 fn indent(s: &str) -> String {
@@ -182,6 +216,13 @@ fn backend_of(body: &str) -> String {
 fn assert_served(port: u16, sni: Option<&str>, want: &Cert, what: &str) {
     let got = served(port, sni).unwrap_or_else(|e| panic!("{what}: SNI {sni:?} port {port}: {e}"));
     assert!(got == want.der, "{what}: SNI {sni:?} on port {port} got another certificate");
+}
+
+/// The served certificate is `want`, checked by its subject (`CN = <cn>`) and its bytes.
+fn assert_subject(port: u16, sni: Option<&str>, want: &Cert, cn: &str, what: &str) {
+    let got = served(port, sni).unwrap_or_else(|e| panic!("{what}: SNI {sni:?} port {port}: {e}"));
+    assert_eq!(subject(&got), format!("CN = {cn}"), "{what}: SNI {sni:?} on port {port}");
+    assert!(got == want.der, "{what}: SNI {sni:?} on port {port}: same subject, other certificate");
 }
 
 fn assert_refused(port: u16, sni: Option<&str>, what: &str) {
@@ -362,9 +403,11 @@ fn tls_bad_certificates_are_rejected_and_named() {
     let good = cert(&["good.com"]);
     let other = cert(&["x"]);
     let expired = cert_valid_until(&["old.com"], Some((2021, 3, 4)));
+    let future = cert_between(&["future.com"], Some(((2099, 5, 6), (2100, 1, 1))));
     let secrets = [
         secret("default", "good", &good),
         secret("default", "expired", &expired),
+        secret("default", "future", &future),
         secret_raw("default", "mismatch", &good.pem, &other.key),
         secret_raw(
             "default",
@@ -377,6 +420,7 @@ fn tls_bad_certificates_are_rejected_and_named() {
     let rules = [
         host_rule("r-good", "ft", "good.com", "default/good", "web"),
         host_rule("r-old", "ft", "old.com", "default/expired", "web"),
+        host_rule("r-future", "ft", "future.com", "default/future", "web"),
         host_rule("r-mismatch", "ft", "mismatch.com", "default/mismatch", "web"),
         host_rule("r-garbage", "ft", "garbage.com", "default/garbage", "web"),
     ]
@@ -397,6 +441,13 @@ fn tls_bad_certificates_are_rejected_and_named() {
         l.contains("CertificateExpired") && l.contains("Secret default/expired") && l.contains("2021-03-04"),
         "{l}"
     );
+    let l = line("r-future");
+    assert!(
+        l.contains("CertificateNotYetValid")
+            && l.contains("Secret default/future")
+            && l.contains("not valid before 2099-05-06T00:00:00Z"),
+        "{l}"
+    );
     let l = line("r-mismatch");
     assert!(l.contains("CertificateKeyMismatch") && l.contains("Secret default/mismatch"), "{l}");
     let l = line("r-garbage");
@@ -404,7 +455,7 @@ fn tls_bad_certificates_are_rejected_and_named() {
     assert!(!gw.proc.logs().iter().any(|l| l.contains("r-good")), "{:?}", gw.proc.logs());
     assert_served(port, Some("good.com"), &good, "the good host keeps its certificate");
     assert_eq!(backend_of(&https_get(port, "good.com", "/").unwrap().1), "web");
-    for h in ["old.com", "mismatch.com", "garbage.com"] {
+    for h in ["old.com", "future.com", "mismatch.com", "garbage.com"] {
         assert_refused(port, Some(h), h);
     }
     // A good Secret turning bad loses its certificate only; the policy still applies.
@@ -412,6 +463,52 @@ fn tls_bad_certificates_are_rejected_and_named() {
     let l = line("r-good");
     assert!(l.contains("CertificateKeyMismatch"), "{l}");
     assert_refused(port, Some("good.com"), "now mismatched");
+}
+
+/// Certificates become valid and expire on time, with no other change: the compiler is run again when a
+/// certificate in use reaches its `notBefore` / `notAfter` (no reload either).
+#[test]
+fn tls_certificates_become_valid_and_expire_on_time() {
+    let web = Backend::start("web");
+    let port = free_port();
+    // whole seconds: valid from at least 7 s after this point (enough for nginx to start under load)
+    let t0 = Instant::now();
+    let (soon, ending) = (cert_window(&["soon.com"], 8, 3600), cert_window(&["ending.com"], -3600, 8));
+    let gw = start(
+        &[
+            ("ft.yaml", frontend("ft", port, "", "web")),
+            ("svc.yaml", service("default", "web", &web)),
+            ("secrets.yaml", [secret("default", "soon", &soon), secret("default", "ending", &ending)].join("---\n")),
+            (
+                "rules.yaml",
+                [
+                    host_rule("r-soon", "ft", "soon.com", "default/soon", "web"),
+                    host_rule("r-ending", "ft", "ending.com", "default/ending", "web"),
+                ]
+                .join("---\n"),
+            ),
+        ],
+        &[],
+        &[],
+    );
+    let l = gw.proc.wait_log("rejected Rule default/r-soon", Duration::from_secs(2));
+    assert!(l.contains("CertificateNotYetValid"), "{l}");
+    assert_refused(port, Some("soon.com"), "not valid yet");
+    assert_served(port, Some("ending.com"), &ending, "still valid");
+    let pids = gw.pids();
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what} not within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("soon.com served", &|| served(port, Some("soon.com")).ok().as_ref() == Some(&soon.der));
+    assert!(t0.elapsed() >= Duration::from_secs(7), "served before its notBefore");
+    until("ending.com refused", &|| served(port, Some("ending.com")).is_err());
+    let l = gw.proc.wait_log("rejected Rule default/r-ending", Duration::from_secs(1));
+    assert!(l.contains("CertificateExpired"), "{l}");
+    assert_served(port, Some("soon.com"), &soon, "stays");
+    assert_eq!(gw.pids(), pids, "no reload");
 }
 
 /// An Ingress with `spec.tls` under strategy `Request`: its https Frontend and Rules are generated and route
@@ -460,6 +557,101 @@ spec:
     );
 }
 
+/// Step 5 of the lookup (dataplane.md §4.17, controlplane.md §3.5): under the SSL strategy `Always` or `Both`
+/// a handshake that finds no certificate gets the one of the Ingress https port, else the ALB's default
+/// certificate (`--default-ssl-cert`); under `Never`/`Request` it fails. Checked by the served subject.
+#[test]
+fn tls_default_ssl_strategy_fallbacks() {
+    let web = Backend::start("web");
+    let (p_in, p_other) = (free_port(), free_port());
+    let (port_cert, dflt, a) = (
+        cert_between(&["ingress-port.test"], None),
+        cert_between(&["alb-default.test"], None),
+        cert_between(&["a.test"], None),
+    );
+    let secrets =
+        [secret("default", "port-cert", &port_cert), secret("cpaas-system", "dflt", &dflt), secret("default", "a", &a)]
+            .join("---\n");
+    // the Frontend of the Ingress https port (with or without its certificate) and another https port
+    let fts = |in_cert: &str| {
+        [frontend("ft-in", p_in, in_cert, "web"), frontend("ft-other", p_other, "", "web")].join("---\n")
+    };
+    let files = [
+        ("ft.yaml", fts("default/port-cert")),
+        ("svc.yaml", service("default", "web", &web)),
+        ("secrets.yaml", secrets),
+        ("rules.yaml", host_rule("ra", "ft-other", "a.test", "default/a", "web")),
+    ];
+    let strategy = |s: &'static str, dflt: &'static str| {
+        let mut args = vec!["--ssl-strategy", s, "--ingress-http-port", "0"];
+        if !dflt.is_empty() {
+            args.extend(["--default-ssl-cert", dflt]);
+        }
+        args
+    };
+    let p_in_s = p_in.to_string();
+    let start_with = |s: &'static str, dflt: &'static str| {
+        let mut args = strategy(s, dflt);
+        args.extend(["--ingress-https-port", p_in_s.as_str()]);
+        start(&files, &args, &[])
+    };
+
+    // Never (the default) and Request: no fallback
+    for s in ["Never", "Request"] {
+        let gw = start_with(s, "cpaas-system/dflt");
+        assert_subject(p_other, Some("a.test"), &a, "a.test", s);
+        assert_refused(p_other, Some("zzz.test"), s);
+        assert_refused(p_other, None, s);
+        assert_subject(p_in, None, &port_cert, "ingress-port.test", s);
+        assert_refused(p_in, Some("zzz.test"), s);
+        drop(gw);
+    }
+
+    // Always: the certificate of the Ingress https port, on every port, with or without SNI
+    let gw = start_with("Always", "cpaas-system/dflt");
+    assert_subject(p_other, Some("zzz.test"), &port_cert, "ingress-port.test", "Always, unknown SNI");
+    assert_subject(p_other, None, &port_cert, "ingress-port.test", "Always, no SNI");
+    assert_subject(p_in, Some("zzz.test"), &port_cert, "ingress-port.test", "Always, unknown SNI on the https port");
+    assert_subject(p_other, Some("a.test"), &a, "a.test", "the fallback does not shadow a host certificate");
+    let (status, body) = https_get(p_other, "zzz.test", "/").expect("GET with the fallback certificate");
+    assert_eq!((status, backend_of(&body).as_str()), (200, "web"));
+    // the https port loses its certificate: the ALB's default certificate (no reload, same nginx)
+    let pids = gw.pids();
+    gw.change(|g| g.write("ft.yaml", &fts("")));
+    let t = Instant::now();
+    while served(p_other, Some("zzz.test")).ok().as_ref() != Some(&dflt.der) {
+        assert!(t.elapsed() < Duration::from_secs(2), "default certificate not served within 2 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_subject(p_other, Some("zzz.test"), &dflt, "alb-default.test", "Always, https port without a certificate");
+    assert_subject(p_in, None, &dflt, "alb-default.test", "Always, no SNI, no port certificate");
+    assert_eq!(gw.pids(), pids, "no reload");
+    drop(gw);
+
+    // Both, without a port certificate from the start: the default certificate
+    let mut files_b = files.clone();
+    files_b[0].1 = fts("");
+    let mut args = strategy("Both", "cpaas-system_dflt");
+    args.extend(["--ingress-https-port", p_in_s.as_str()]);
+    let gw = start(&files_b, &args, &[]);
+    assert_subject(p_other, Some("zzz.test"), &dflt, "alb-default.test", "Both, default certificate (ns_name)");
+    drop(gw);
+
+    // a default certificate that does not exist: named in the log, handshakes without a certificate fail
+    let mut args = strategy("Both", "cpaas-system/missing");
+    args.extend(["--ingress-https-port", p_in_s.as_str()]);
+    let gw = start(&files_b, &args, &[]);
+    let l = gw.proc.wait_log("rejected ALB2", Duration::from_secs(2));
+    assert!(
+        l.contains("spec.config.defaultSSLCert")
+            && l.contains("CertificateNotFound")
+            && l.contains("Secret cpaas-system/missing"),
+        "{l}"
+    );
+    assert_refused(p_other, Some("zzz.test"), "missing default certificate");
+    assert_subject(p_other, Some("a.test"), &a, "a.test", "other hosts keep their certificate");
+}
+
 /// `alb controller` against the real API server: the Secret store feeds the compiler, a bad certificate becomes
 /// `Accepted=False` on its Rule, and a rotated Secret is served without a reload.
 #[test]
@@ -472,6 +664,7 @@ fn tls_controller_serves_secrets_and_reports_bad_ones() {
         "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: 0, ingressHTTPSPort: 0, projects: [ALL_ALL]}}\n"
     ));
     let (good, v2, other) = (cert(&["good.com"]), cert(&["good.com"]), cert(&["x"]));
+    let future = cert_between(&["future.com"], Some(((2099, 5, 6), (2100, 1, 1))));
     let rule = |name: &str, domain: &str, cert: &str| {
         format!(
             "apiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{alb2.cpaas.io/name: {alb}, alb2.cpaas.io/frontend: ft}}\nspec:\n  priority: 5\n  domain: {domain}\n  certificate_name: {cert}\n  dslx: [{{type: HOST, values: [[EQ, {domain}]]}}]\n"
@@ -481,11 +674,13 @@ fn tls_controller_serves_secrets_and_reports_bad_ones() {
         &[
             secret(&ns, "good", &good),
             secret_raw(&ns, "bad", &good.pem, &other.key),
+            secret(&ns, "future", &future),
             format!(
                 "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata:\n  name: ft\n  namespace: {ns}\n  labels: {{alb2.cpaas.io/name: {alb}}}\nspec:\n  port: {port}\n  protocol: https\n  certificate_name: {ns}_good\n"
             ),
             rule("r-good", "good.com", &format!("{ns}/good")),
             rule("r-bad", "bad.com", &format!("{ns}/bad")),
+            rule("r-future", "future.com", &format!("{ns}/future")),
         ]
         .join("---\n"),
     );
@@ -525,6 +720,30 @@ fn tls_controller_serves_secrets_and_reports_bad_ones() {
     assert_eq!(cond["reason"], "CertificateKeyMismatch", "{cond}");
     assert!(cond["message"].as_str().unwrap_or("").contains(&format!("Secret {ns}/bad")), "{cond}");
     wait("Accepted=True on r-good", &|| condition("r-good").is_some_and(|c| c["status"] == "True"));
+    // notBefore in the future: the same treatment as an expired certificate
+    assert_refused(port, Some("future.com"), "not yet valid: no certificate for future.com");
+    wait("Accepted=False on r-future", &|| condition("r-future").is_some_and(|c| c["status"] == "False"));
+    let cond = condition("r-future").unwrap();
+    assert_eq!(cond["reason"], "CertificateNotYetValid", "{cond}");
+    let msg = cond["message"].as_str().unwrap_or("");
+    assert!(msg.contains(&format!("Secret {ns}/future")) && msg.contains("not valid before 2099-05-06"), "{cond}");
+    let event = |rule: &str| {
+        let v = c.get_json(&["events.v1.events.k8s.io", "-n", &ns]);
+        v["items"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["regarding"]["name"] == rule && e["type"] == "Warning").cloned())
+    };
+    wait("Warning Event for r-future", &|| event("r-future").is_some());
+    let ev = event("r-future").unwrap();
+    assert_eq!(ev["reason"], "CertificateNotYetValid", "{ev}");
+    assert!(ev["note"].as_str().unwrap_or("").contains(&format!("Secret {ns}/future")), "{ev}");
+
+    // defaultSSLStrategy Always on the ALB2: an unknown SNI gets the default certificate (no Ingress https port)
+    assert_refused(port, Some("zzz.com"), "strategy Never: no fallback");
+    c.apply(&format!(
+        "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: 0, ingressHTTPSPort: 0, projects: [ALL_ALL], defaultSSLStrategy: Always, defaultSSLCert: {ns}/good}}\n"
+    ));
+    wait("fallback certificate for zzz.com", &|| served(port, Some("zzz.com")).ok() == Some(good.der.clone()));
 
     // Rotation through the API server: served within seconds, no reload.
     let pids = crate::harness::nginx_pids(runtime.path());
@@ -543,7 +762,7 @@ fn tls_policy_certificates_schema() {
     let c = cert(&["a.com"]);
     let entry = serde_json::json!({"cert": c.pem, "key": c.key});
     let policy = |certs: serde_json::Value| serde_json::json!({"version": 1, "http": {}, "certificates": certs});
-    for key in ["443", "a.com", "*.a.com", "a.com/8443", "*.a.com/443"] {
+    for key in ["443", "a.com", "*.a.com", "a.com/8443", "*.a.com/443", "*"] {
         dp.push(&policy(serde_json::json!({ key: entry })));
     }
     let put = |p: serde_json::Value| dp.api("PUT", "/policy", Some(&token), &serde_json::to_vec(&p).unwrap());

@@ -88,10 +88,14 @@ pub struct NginxArgs {
     /// nginx access log: `off` or an absolute file path.
     #[arg(long, default_value = "off")]
     pub access_log: String,
-    /// Metrics server port (plain HTTP on `--bind`: `/metrics`, `/healthz`, `/clear`); 0 disables it and the
-    /// per-request metrics.
+    /// Metrics server port on `--bind` (`/metrics`, `/healthz`, `/clear`): HTTPS with a self-signed `localhost`
+    /// certificate as the original ALB, plain HTTP requests answered too; 0 disables it and the per-request
+    /// metrics.
     #[arg(long, env = "METRICS_PORT", default_value_t = 1936)]
     pub metrics_port: u16,
+    /// Serve the metrics port in plain HTTP only (no TLS).
+    #[arg(long, env = "ALB_METRICS_PLAIN_HTTP")]
+    pub metrics_plain_http: bool,
 }
 
 impl NginxArgs {
@@ -122,6 +126,7 @@ impl NginxArgs {
             access_log: self.access_log.clone(),
             policy_dict_size: "128m".into(),
             metrics_port: self.metrics_port,
+            metrics_tls: !self.metrics_plain_http,
             http2: Default::default(),
             stream_listeners: Vec::new(),
         })
@@ -149,7 +154,8 @@ fn print_policy(
     let mut m = crate::manifests::ManifestDir::new(dir);
     let mut problems: Vec<String> = m.reload()?.iter().map(|p| p.to_string()).collect();
     let cfg = ingress.config(alb_name.as_deref(), &domain);
-    let (snap, more, warnings) = crate::standalone::snapshot_with_ingresses(&m, &cfg, alb_name.as_deref());
+    let (mut snap, more, warnings) = crate::standalone::snapshot_with_ingresses(&m, &cfg, alb_name.as_deref());
+    snap.tls_fallback = crate::compile::certs::TlsFallback::of(&cfg);
     problems.extend(more.iter().map(|p| p.to_string()));
     problems.extend(warnings.iter().map(|w| w.to_string()));
     let compiled = crate::compile::compile(&snap, &crate::compile::CompileOptions { alb_name, domain, generation: 0 });

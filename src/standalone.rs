@@ -129,7 +129,8 @@ fn build(
     for p in dir.reload()? {
         tracing::error!("manifest rejected: {p}");
     }
-    let (snap, problems, warnings) = snapshot_with_ingresses(dir, ingress, opts.alb_name.as_deref());
+    let (mut snap, problems, warnings) = snapshot_with_ingresses(dir, ingress, opts.alb_name.as_deref());
+    snap.tls_fallback = crate::compile::certs::TlsFallback::of(ingress);
     let lines = problems.iter().map(|p| p.to_string()).chain(warnings.iter().map(|w| w.to_string()));
     for line in lines {
         if !seen.contains(&line) {
@@ -165,6 +166,8 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     spawn_admin(args.admin_port, crate::admin::Admin { ready: ready.clone(), metrics: metrics.clone() }).await?;
     // Watch before the first read: an edit made while nginx starts is not lost.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // A certificate becoming valid or expiring counts as a change of the folder.
+    let recheck = tx.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         // Our own reads show up as Access events: only changes count.
         if ev.map(|e| !matches!(e.kind, notify::EventKind::Access(_))).unwrap_or(true) {
@@ -223,6 +226,10 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 }
             }
             _ = health.tick() => {
+                if compiled.certificates_change_at.is_some_and(|t| crate::compile::certs::now_unix() >= t) {
+                    compiled.certificates_change_at = None;
+                    let _ = recheck.send(());
+                }
                 if let Some(status) = nginx.exited() {
                     tracing::error!("nginx exited ({status}); restarting it");
                     nginx.start()?;

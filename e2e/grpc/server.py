@@ -3,6 +3,8 @@
 Service `alb.test.Echo`:
   Unary(bytes) -> b"<name>:" + request
   Count(b"N")  -> N messages b"<name>:0" .. b"<name>:N-1" (server streaming)
+server.py NAME [CERT_PEM_FILE KEY_PEM_FILE]
+With a certificate and key the port speaks TLS (a grpcs backend), else h2c.
 Prints `port <N>` on stdout once serving on 127.0.0.1. Stops on SIGTERM.
 """
 import signal
@@ -32,7 +34,12 @@ def main():
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 3:
+        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"port {port}", flush=True)
     done = threading.Event()

@@ -138,8 +138,12 @@ local function check_group(g)
     return true
 end
 
--- certificate map keys: "<port>", "<domain>" or "<domain>/<port>" (domain optionally "*."-prefixed)
+-- certificate map keys: "<port>", "<domain>" or "<domain>/<port>" (domain optionally "*."-prefixed), or "*" (the
+-- fallback certificate of DEFAULT_SSL_STRATEGY Always/Both, see alb/ssl.lua)
 local function check_cert_key(k)
+    if k == "*" then
+        return true
+    end
     if k:match("^%d+$") then
         local n = tonumber(k)
         return n >= 1 and n <= 65535
@@ -166,7 +170,7 @@ local function check_certificates(certs)
     end
     for k, c in pairs(certs) do
         if not check_cert_key(k) then
-            return nil, fmt("certificates: invalid key %q (\"<port>\", \"<domain>\" or \"<domain>/<port>\")", k)
+            return nil, fmt("certificates: invalid key %q (\"<port>\", \"<domain>\", \"<domain>/<port>\" or \"*\")", k)
         end
         if not is_object(c) then
             return nil, fmt("certificates[%q] must be an object", k)

@@ -73,36 +73,53 @@ function _M.activate(certs, pems)
     by_pem = pems or {}
 end
 
---- lookup(name, port) -> entry, key (pure table lookups; `name` lower case or nil).
+-- map key of the fallback certificate (step 5), set by the compiler only under DEFAULT_SSL_STRATEGY Always/Both
+local FALLBACK = "*"
+
+--- lookup(name, port) -> entry, key (pure table lookups; `name` lower case or nil). Steps of §4.17:
+-- 1. no SNI: "<port>"; 2. "<sni>", "<sni>/<port>"; 3. "*.<parent>", "*.<parent>/<port>"; 4. "<port>" when
+-- FallbackDefaultPortCert=true; 5. the fallback certificate "*" (when the policy has one); 6. nothing.
 local function lookup(name, port)
     local p = tostring(port)
+    local e
     if not name then
-        return current[p], p
-    end
-    local e = current[name]
-    if e then
-        return e, name
-    end
-    local k = name .. "/" .. p
-    e = current[k]
-    if e then
-        return e, k
-    end
-    local dot = find(name, ".", 1, true)
-    if dot then
-        local w = "*" .. sub(name, dot)
-        e = current[w]
+        e = current[p]
         if e then
-            return e, w
+            return e, p
         end
-        k = w .. "/" .. p
+    else
+        e = current[name]
+        if e then
+            return e, name
+        end
+        local k = name .. "/" .. p
         e = current[k]
         if e then
             return e, k
         end
+        local dot = find(name, ".", 1, true)
+        if dot then
+            local w = "*" .. sub(name, dot)
+            e = current[w]
+            if e then
+                return e, w
+            end
+            k = w .. "/" .. p
+            e = current[k]
+            if e then
+                return e, k
+            end
+        end
+        if fallback() then
+            e = current[p]
+            if e then
+                return e, p
+            end
+        end
     end
-    if fallback() then
-        return current[p], p
+    e = current[FALLBACK]
+    if e then
+        return e, FALLBACK
     end
     return nil
 end

@@ -3,8 +3,10 @@
 //!
 //! Keys: `"<port>"` (Frontend default), `"<domain>"` (Rule `domain` + `certificate_name` on an https Frontend),
 //! `"<domain>/<port>"` instead when the same domain is on more than one https port; within one port/domain the
-//! smallest valid `ns/name` wins. Every certificate is checked before it reaches nginx: present Secret, `tls.crt`
-//! and `tls.key` present and PEM, the key matches the certificate, not expired. A bad one is reported as a
+//! smallest valid `ns/name` wins; `"*"` is the fallback of `DEFAULT_SSL_STRATEGY` Always/Both ([`TlsFallback`]).
+//! Every certificate is checked before it reaches nginx: present Secret, `tls.crt` and `tls.key` present and PEM,
+//! the key matches the certificate, within its validity period (not expired, not before its `notBefore`; the
+//! caller compiles again at [`CertMap::next_change`]). A bad one is reported as a
 //! [`Reject`] on the Frontend/Rule naming the Secret; the object itself keeps routing and the host simply falls
 //! back in the data plane's lookup order. Checking is pure Rust (rustls/ring), memoised on the Secret's bytes.
 
@@ -12,6 +14,7 @@ use super::{name_of, ns_of, Reject};
 use crate::crd::{Frontend, Rule};
 use crate::policy::Certificate;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -22,6 +25,7 @@ pub const REASON_NOT_FOUND: &str = "CertificateNotFound";
 pub const REASON_INVALID: &str = "InvalidCertificate";
 pub const REASON_MISMATCH: &str = "CertificateKeyMismatch";
 pub const REASON_EXPIRED: &str = "CertificateExpired";
+pub const REASON_NOT_YET_VALID: &str = "CertificateNotYetValid";
 pub const REASON_BAD_NAME: &str = "InvalidCertificateName";
 pub const REASON_BAD_DOMAIN: &str = "InvalidDomain";
 
@@ -40,12 +44,13 @@ pub struct Problem {
     pub problem: String,
 }
 
-/// A Secret that passed every check but expiry.
+/// A Secret that passed every check but its validity period.
 #[derive(Clone)]
 struct Loaded {
     cert: Arc<str>,
     key: Arc<str>,
     /// Unix seconds.
+    not_before: i64,
     not_after: i64,
 }
 
@@ -57,7 +62,8 @@ fn pem_block(tag: &str, der: &[u8]) -> String {
     pem::encode_config(&pem::Pem::new(tag, der.to_vec()), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
 }
 
-/// Parses and checks the Secret's certificate material (everything but expiry, which depends on the time).
+/// Parses and checks the Secret's certificate material (everything but the validity period, which depends on the
+/// time).
 fn load_uncached(sec: &str, s: &Secret) -> Result<Loaded, Problem> {
     let invalid = |what: String| Problem { reason: REASON_INVALID, problem: format!("Secret {sec}: {what}") };
     let crt = secret_bytes(s, "tls.crt").ok_or_else(|| invalid("has no tls.crt".into()))?;
@@ -75,7 +81,8 @@ fn load_uncached(sec: &str, s: &Secret) -> Result<Loaded, Problem> {
     }
     let key_der = PrivateKeyDer::from_pem_slice(key)
         .map_err(|e| invalid(format!("tls.key holds no usable PEM private key ({e})")))?;
-    let not_after = not_after(&chain[0]).ok_or_else(|| invalid("tls.crt is not a valid X.509 certificate".into()))?;
+    let (not_before, not_after) =
+        validity(&chain[0]).ok_or_else(|| invalid("tls.crt is not a valid X.509 certificate".into()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| invalid(format!("tls.key is not a supported private key: {e}")))?;
     let ck = rustls::sign::CertifiedKey::new(chain.clone(), signing);
@@ -96,7 +103,7 @@ fn load_uncached(sec: &str, s: &Secret) -> Result<Loaded, Problem> {
         _ => "PRIVATE KEY",
     };
     let key = pem_block(key_tag, key_der.secret_der());
-    Ok(Loaded { cert: cert.into(), key: key.into(), not_after })
+    Ok(Loaded { cert: cert.into(), key: key.into(), not_before, not_after })
 }
 
 /// Memoised [`load_uncached`], keyed on the sha256 of the Secret's name and bytes (RSA key checks cost
@@ -126,15 +133,31 @@ fn load(sec: &str, s: &Secret) -> Result<Loaded, Problem> {
 }
 
 /// Checks one Secret at time `now` (unix seconds): the policy entry or the problem.
-pub fn check(sec: &str, s: &Secret, now: i64) -> Result<Certificate, Problem> {
-    let l = load(sec, s)?;
-    if l.not_after < now {
-        return Err(Problem {
-            reason: REASON_EXPIRED,
-            problem: format!("Secret {sec}: the certificate in tls.crt expired at {}", format_time(l.not_after)),
-        });
+#[cfg(test)]
+fn check(sec: &str, s: &Secret, now: i64) -> Result<Certificate, Problem> {
+    checked(sec, s, now).0
+}
+
+/// [`check`], and the next time (unix seconds, after `now`) at which the answer changes: the certificate's
+/// `notBefore` while it lies ahead, else just after its `notAfter` while that lies ahead; `None` for a Secret that
+/// cannot serve whatever the time.
+fn checked(sec: &str, s: &Secret, now: i64) -> (Result<Certificate, Problem>, Option<i64>) {
+    let l = match load(sec, s) {
+        Ok(l) => l,
+        Err(p) => return (Err(p), None),
+    };
+    if now < l.not_before {
+        let problem = format!(
+            "Secret {sec}: the certificate in tls.crt is not valid before {} (notBefore is in the future)",
+            format_time(l.not_before)
+        );
+        return (Err(Problem { reason: REASON_NOT_YET_VALID, problem }), Some(l.not_before));
     }
-    Ok(Certificate { cert: l.cert.to_string(), key: l.key.to_string() })
+    if l.not_after < now {
+        let problem = format!("Secret {sec}: the certificate in tls.crt expired at {}", format_time(l.not_after));
+        return (Err(Problem { reason: REASON_EXPIRED, problem }), None);
+    }
+    (Ok(Certificate { cert: l.cert.to_string(), key: l.key.to_string() }), Some(l.not_after.saturating_add(1)))
 }
 
 // ---- minimal DER reading: just enough to find the validity of a certificate ----
@@ -157,8 +180,8 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
 }
 
-/// `notAfter` of an X.509 certificate, unix seconds.
-fn not_after(cert: &[u8]) -> Option<i64> {
+/// (`notBefore`, `notAfter`) of an X.509 certificate, unix seconds.
+fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let (0x30, cert, _) = tlv(cert)? else { return None };
     let (0x30, tbs, _) = tlv(cert)? else { return None };
     let (mut tag, _, mut rest) = tlv(tbs)?;
@@ -172,9 +195,10 @@ fn not_after(cert: &[u8]) -> Option<i64> {
     let (_, _, rest) = tlv(rest)?; // signature algorithm
     let (_, _, rest) = tlv(rest)?; // issuer
     let (0x30, validity, _) = tlv(rest)? else { return None };
-    let (_, _, validity) = tlv(validity)?; // notBefore
+    let (tag, t, validity) = tlv(validity)?;
+    let not_before = parse_time(tag, std::str::from_utf8(t).ok()?)?;
     let (tag, t, _) = tlv(validity)?;
-    parse_time(tag, std::str::from_utf8(t).ok()?)
+    Some((not_before, parse_time(tag, std::str::from_utf8(t).ok()?)?))
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18) → unix seconds.
@@ -239,9 +263,43 @@ fn valid_domain(d: &str) -> bool {
         && body.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
+/// Key of the fallback certificate in the map: step 5 of the handshake lookup (dataplane.md §4.17). Not a host
+/// name ([`valid_domain`] refuses it) nor a port.
+pub const FALLBACK_KEY: &str = "*";
+
+/// `DEFAULT_SSL_STRATEGY` `Always`/`Both` (controlplane.md §1.3, §3.5): a TLS handshake that found no certificate
+/// (no SNI match and no usable port certificate) gets the certificate of the Ingress https port — the
+/// `certificate_name` of the https Frontend on `config.ingressHTTPSPort` — or, when that port has none, the ALB's
+/// `config.defaultSSLCert`. In the policy as the certificate [`FALLBACK_KEY`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFallback {
+    /// `config.ingressHTTPSPort`; 0 = none.
+    pub https_port: u16,
+    /// `config.defaultSSLCert`, `ns/name` or `ns_name`.
+    pub default_cert: Option<String>,
+    /// Namespace and name of the ALB, named when `default_cert` cannot serve.
+    pub alb_namespace: String,
+    pub alb_name: String,
+}
+
+impl TlsFallback {
+    /// The fallback of an ALB's Ingress settings: only under the strategies `Always` and `Both`.
+    pub fn of(cfg: &crate::ingress::AlbIngressConfig) -> Option<TlsFallback> {
+        use crate::ingress::SslStrategy;
+        matches!(cfg.ssl_strategy, SslStrategy::Always | SslStrategy::Both).then(|| TlsFallback {
+            https_port: cfg.https_port,
+            default_cert: cfg.default_ssl_cert.clone().filter(|c| !c.trim().is_empty()),
+            alb_namespace: cfg.alb_namespace.clone(),
+            alb_name: cfg.alb_name.clone(),
+        })
+    }
+}
+
 struct Resolver<'a> {
     secrets: HashMap<(&'a str, &'a str), &'a Secret>,
     now: i64,
+    /// Earliest time a resolved certificate becomes valid or expires.
+    next_change: std::cell::Cell<Option<i64>>,
 }
 
 impl Resolver<'_> {
@@ -257,24 +315,44 @@ impl Resolver<'_> {
                 reason: REASON_NOT_FOUND,
                 problem: format!("names Secret {sec}, which does not exist or is not of type kubernetes.io/tls"),
             }),
-            Some(s) => check(&sec, s, self.now),
+            Some(s) => {
+                let (res, change) = checked(&sec, s, self.now);
+                if let Some(t) = change {
+                    self.next_change.set(Some(self.next_change.get().map_or(t, |n| n.min(t))));
+                }
+                res
+            }
         };
         (sec, res)
     }
 }
 
+/// What [`build`] makes.
+#[derive(Debug, Default)]
+pub struct CertMap {
+    pub certificates: BTreeMap<String, Certificate>,
+    /// One per certificate that cannot serve, on the Frontend/Rule (or ALB2) that names it.
+    pub rejects: Vec<Reject>,
+    /// Unix seconds: the earliest future `notBefore`/`notAfter` of the certificates looked at. The map must be
+    /// built again then (a certificate becomes valid or expires).
+    pub next_change: Option<i64>,
+}
+
 /// The certificate map of the accepted https Frontends (`(Frontend, port)`) and of the accepted Rules on them
-/// (`(Rule, port)`), with a [`Reject`] for every certificate that cannot serve.
+/// (`(Rule, port)`), plus the fallback certificate when `fallback` is set, with a [`Reject`] for every
+/// certificate that cannot serve.
 pub fn build(
     secrets: &[Secret],
     frontends: &[(&Frontend, u16)],
     rules: &[(&Rule, u16)],
+    fallback: Option<&TlsFallback>,
     now: i64,
-) -> (BTreeMap<String, Certificate>, Vec<Reject>) {
+) -> CertMap {
     let tls_type = |s: &&Secret| s.type_.as_deref().is_none_or(|t| t == "kubernetes.io/tls");
     let resolver = Resolver {
         secrets: secrets.iter().filter(tls_type).map(|s| ((ns_of(&s.metadata), name_of(&s.metadata)), s)).collect(),
         now,
+        next_change: Default::default(),
     };
     let mut out = BTreeMap::new();
     let mut rejects = Vec::new();
@@ -347,7 +425,34 @@ pub fn build(
             }
         }
     }
-    (out, rejects)
+
+    if let Some(fb) = fallback {
+        let port_cert = (fb.https_port != 0).then(|| out.get(&fb.https_port.to_string()).cloned()).flatten();
+        let fallback_cert = match (port_cert, &fb.default_cert) {
+            (Some(c), _) => Some(c),
+            (None, Some(name)) => match resolver.resolve(name) {
+                (_, Ok(c)) => Some(c),
+                (_, Err(p)) => {
+                    let meta = ObjectMeta {
+                        namespace: Some(fb.alb_namespace.clone()),
+                        name: Some(fb.alb_name.clone()),
+                        ..Default::default()
+                    };
+                    let problem = format!(
+                        "{}: TLS handshakes that find no certificate fail instead of falling back to it",
+                        p.problem
+                    );
+                    rejects.push(Reject::new("ALB2", &meta, "spec.config.defaultSSLCert".into(), p.reason, &problem));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(c) = fallback_cert {
+            out.insert(FALLBACK_KEY.to_string(), c);
+        }
+    }
+    CertMap { certificates: out, rejects, next_change: resolver.next_change.get() }
 }
 
 #[cfg(test)]

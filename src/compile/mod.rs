@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets (certificates of https Frontends and Rules).
     pub secrets: Vec<Secret>,
+    /// The ALB's `DEFAULT_SSL_STRATEGY` certificate fallback (`certs.rs`), when its strategy is Always or Both.
+    pub tls_fallback: Option<certs::TlsFallback>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +148,8 @@ pub struct Compiled {
     /// tcp/udp Frontends (`stream.rs`), sorted by port and protocol; not part of the policy (rendered into
     /// nginx.conf).
     pub stream: Vec<crate::nginx::stream::StreamListener>,
+    /// Unix seconds: a certificate of the policy becomes valid or expires then; compile again at that time.
+    pub certificates_change_at: Option<i64>,
 }
 
 fn ns_of(meta: &ObjectMeta) -> &str {
@@ -425,12 +429,7 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     /// The certificate map of the accepted https Frontends and of the accepted Rules on them (`certs.rs`).
-    fn certificates(
-        &self,
-        snapshot: &Snapshot,
-        listeners: &[Listener],
-        now: i64,
-    ) -> (BTreeMap<String, crate::policy::Certificate>, Vec<Reject>) {
+    fn certificates(&self, snapshot: &Snapshot, listeners: &[Listener], now: i64) -> certs::CertMap {
         let https: HashMap<(&str, &str), u16> =
             listeners.iter().filter(|l| l.tls).map(|l| ((l.namespace.as_str(), l.name.as_str()), l.port)).collect();
         let mut fts: Vec<(&Frontend, u16)> = snapshot
@@ -463,7 +462,7 @@ impl Ctx<'_> {
         rules.sort_by(|a, b| {
             (ns_of(&a.0.metadata), name_of(&a.0.metadata)).cmp(&(ns_of(&b.0.metadata), name_of(&b.0.metadata)))
         });
-        certs::build(&snapshot.secrets, &fts, &rules, now)
+        certs::build(&snapshot.secrets, &fts, &rules, snapshot.tls_fallback.as_ref(), now)
     }
 }
 
@@ -491,8 +490,9 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut listeners = Vec::new();
     let accepted = ctx.frontends(snapshot, &mut listeners);
     ctx.rules(snapshot, &accepted, &known);
-    let (certificates, cert_rejects) = ctx.certificates(snapshot, &listeners, certs::now_unix());
-    ctx.rejects.extend(cert_rejects);
+    let cert_map = ctx.certificates(snapshot, &listeners, certs::now_unix());
+    ctx.rejects.extend(cert_map.rejects);
+    let certificates = cert_map.certificates;
 
     let mut http = BTreeMap::new();
     for (port, mut entries) in std::mem::take(&mut ctx.ports) {
@@ -509,7 +509,7 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     dedupe_groups(&mut policy);
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
-    Compiled { policy, listeners, rejects: ctx.rejects, stream }
+    Compiled { policy, listeners, rejects: ctx.rejects, stream, certificates_change_at: cert_map.next_change }
 }
 
 /// Rules whose backends are the same (same endpoints, weights and affinity) share one group: with many rules

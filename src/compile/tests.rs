@@ -26,6 +26,7 @@ fn base() -> Snapshot {
             slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None)]),
         ],
         secrets: vec![],
+        tls_fallback: None,
     }
 }
 

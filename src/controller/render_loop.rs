@@ -58,7 +58,11 @@ impl RenderLoop {
     }
 
     fn build(&mut self) -> Compiled {
-        let snapshot = self.stores.snapshot();
+        let mut snapshot = self.stores.snapshot();
+        snapshot.tls_fallback = self
+            .stores
+            .alb()
+            .and_then(|alb| crate::compile::certs::TlsFallback::of(&super::ingress_sync::alb_config(&self.args, &alb)));
         self.stores.count_into(&self.metrics);
         let compiled = self.metrics.compile(&snapshot, &self.opts);
         let mut now = BTreeSet::new();
@@ -154,6 +158,12 @@ impl RenderLoop {
                     pushed = self.push(&mut pusher, &compiled, reloaded).await;
                 }
                 _ = health.tick() => {
+                    // A certificate became valid or expired: compile again (listener changes come as changes).
+                    if compiled.certificates_change_at.is_some_and(|t| crate::compile::certs::now_unix() >= t) {
+                        compiled = self.build();
+                        pushed = self.push(&mut pusher, &compiled, false).await;
+                        continue;
+                    }
                     match dataplane.restart_if_exited() {
                         Ok(true) => {
                             self.metrics.reloaded(Reload::Restart);

@@ -173,6 +173,7 @@ impl Stores {
             services: cloned(&self.services),
             endpoint_slices: cloned(&self.endpoint_slices),
             secrets: cloned(&self.secrets).into_iter().chain(self.auth_secret_objects()).collect(),
+            tls_fallback: None,
         }
     }
 

@@ -110,7 +110,7 @@ pub fn prepare_runtime_dir(dir: &Path) -> Result<PathBuf> {
     for d in [dir.clone(), dir.join("tmp"), dir.join("logs")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
     }
-    crate::tls::ensure_placeholder(&dir)?;
+    crate::tls::ensure_runtime_certs(&dir)?;
     Ok(dir)
 }
 

@@ -72,6 +72,9 @@ pub struct ConfInput {
     /// Metrics/health server port on `bind_address` (`/metrics`, `/healthz`, `/clear`); 0 = no metrics server
     /// and no per-request metrics hook.
     pub metrics_port: u16,
+    /// The metrics port speaks HTTPS (self-signed `localhost` certificate, `src/tls.rs`) and still answers plain
+    /// HTTP requests; false = plain HTTP only (`--metrics-plain-http`).
+    pub metrics_tls: bool,
     /// HTTP/2 syntax of this nginx (TLS and grpc listeners).
     pub http2: Http2Syntax,
     /// tcp/udp Frontends, rendered into `stream {}` (`src/nginx/stream.rs`).
@@ -197,6 +200,9 @@ pub fn render(input: &ConfInput) -> Result<String> {
         "access_log": access_log,
         "policy_dict_size": dict,
         "metrics_port": input.metrics_port,
+        "metrics_tls": input.metrics_tls,
+        "metrics_cert": safe_path(&input.runtime_dir.join(crate::tls::METRICS_CERT))?,
+        "metrics_key": safe_path(&input.runtime_dir.join(crate::tls::METRICS_KEY))?,
         "placeholder_cert": safe_path(&input.placeholder_cert())?,
         "placeholder_key": safe_path(&input.placeholder_key())?,
         "http2_listen_parameter": input.http2 == Http2Syntax::ListenParameter,
@@ -224,6 +230,7 @@ mod tests {
             access_log: "off".into(),
             policy_dict_size: "64m".into(),
             metrics_port: 1936,
+            metrics_tls: false,
             http2: Http2Syntax::ListenParameter,
             stream_listeners: vec![],
         }
@@ -290,6 +297,20 @@ mod tests {
         assert!(!conf.contains("alb_metrics"));
         assert!(!conf.contains("log_by_lua"));
         assert!(!conf.contains("$alb_rule"));
+    }
+
+    #[test]
+    fn metrics_port_speaks_https_and_answers_plain_http() {
+        let mut i = input();
+        i.metrics_tls = true;
+        let conf = render(&i).unwrap();
+        let server = &conf[conf.find("# Metrics and health").unwrap()..conf.find("# frontend alb-00080").unwrap()];
+        assert!(server.contains("listen 0.0.0.0:1936 ssl;"), "{server}");
+        assert!(server.contains("ssl_certificate /tmp/alb/conf/metrics.crt;"), "{server}");
+        assert!(server.contains("ssl_certificate_key /tmp/alb/conf/metrics.key;"), "{server}");
+        assert!(server.contains("error_page 497 = $uri;"), "{server}");
+        assert!(!server.contains("ssl_certificate_by_lua"), "a static certificate: {server}");
+        assert!(!render(&input()).unwrap().contains("metrics.crt"), "plain HTTP: no certificate");
     }
 
     #[test]

@@ -18,12 +18,16 @@ fn gen(names: &[&str]) -> Pair {
     Pair { cert: params.self_signed(&key).unwrap().pem(), key: key.serialize_pem() }
 }
 
-fn gen_expired(names: &[&str]) -> Pair {
+fn gen_between(names: &[&str], from: (i32, u8, u8), to: (i32, u8, u8)) -> Pair {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 2, 3);
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
     Pair { cert: params.self_signed(&key).unwrap().pem(), key: key.serialize_pem() }
+}
+
+fn gen_expired(names: &[&str]) -> Pair {
+    gen_between(names, (2020, 1, 1), (2021, 2, 3))
 }
 
 fn secret_with(ns: &str, name: &str, data: &[(&str, &str)]) -> Secret {
@@ -56,6 +60,17 @@ fn leaf(c: &Certificate) -> Vec<u8> {
 
 fn leaf_of(p: &Pair) -> Vec<u8> {
     CertificateDer::pem_slice_iter(p.cert.as_bytes()).next().unwrap().unwrap().to_vec()
+}
+
+/// [`build`] without a fallback: (map, rejects).
+fn build2(
+    secrets: &[Secret],
+    fts: &[(&Frontend, u16)],
+    rules: &[(&Rule, u16)],
+    now: i64,
+) -> (BTreeMap<String, Certificate>, Vec<Reject>) {
+    let m = build(secrets, fts, rules, None, now);
+    (m.certificates, m.rejects)
 }
 
 fn reasons(r: &[Reject]) -> Vec<(&str, &str, &str)> {
@@ -95,7 +110,7 @@ fn keys_per_port_domain_and_domain_port() {
         (&rules[4], 443),
         (&rules[5], 443),
     ];
-    let (map, rejects) = build(&secrets, &[(&f443, 443), (&f8443, 8443)], &rl, NOW);
+    let (map, rejects) = build2(&secrets, &[(&f443, 443), (&f8443, 8443)], &rl, NOW);
     assert!(rejects.is_empty(), "{rejects:?}");
     assert_eq!(map.keys().collect::<Vec<_>>(), vec!["*.e.com", "443", "a.com", "b.com/443", "b.com/8443"]);
     assert_eq!(leaf(&map["a.com"]), leaf_of(&a));
@@ -112,7 +127,7 @@ fn smallest_valid_ns_name_wins_within_a_domain() {
     let rules =
         [https_rule("r1", "s.com", "zz/x"), https_rule("r2", "s.com", "aa_y"), https_rule("r3", "s.com", "a/gone")];
     let rl: Vec<(&Rule, u16)> = rules.iter().map(|r| (r, 443)).collect();
-    let (map, rejects) = build(&secrets, &[], &rl, NOW);
+    let (map, rejects) = build2(&secrets, &[], &rl, NOW);
     assert_eq!(leaf(&map["s.com"]), leaf_of(&y), "aa/y < zz/x");
     // a/gone sorts first but does not exist: reported, and the smallest valid one serves
     assert_eq!(reasons(&rejects), vec![("r3", REASON_NOT_FOUND, "spec.certificate_name")]);
@@ -164,7 +179,7 @@ fn bad_certificates_are_rejected_and_others_kept() {
     ];
     let rl: Vec<(&Rule, u16)> = rules.iter().map(|r| (r, 443)).collect();
     let f = ft("ns/expired");
-    let (map, rejects) = build(&secrets, &[(&f, 443)], &rl, NOW);
+    let (map, rejects) = build2(&secrets, &[(&f, 443)], &rl, NOW);
     assert_eq!(map.keys().collect::<Vec<_>>(), vec!["good.com"]);
     assert_eq!(
         reasons(&rejects),
@@ -192,7 +207,7 @@ fn bad_certificates_are_rejected_and_others_kept() {
     assert!(msg("r-nokey").contains("has no tls.key"), "{}", msg("r-nokey"));
     assert!(msg("r-notpem").contains("tls.crt holds no PEM certificate"), "{}", msg("r-notpem"));
     // a certificate that expires later is fine now, refused once past
-    let (map, rejects) = build(&secrets[1..2], &[], &rl[1..2], 1_600_000_000);
+    let (map, rejects) = build2(&secrets[1..2], &[], &rl[1..2], 1_600_000_000);
     assert!(rejects.is_empty() && map.contains_key("old.com"), "{rejects:?}");
 }
 
@@ -246,4 +261,102 @@ fn time_parsing() {
     assert_eq!(parse_time(0x18, "2026010100000Z"), None);
     assert_eq!(format_time(NOW), "2026-01-01T00:00:00Z");
     assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+}
+
+#[test]
+fn not_yet_valid_certificates_are_rejected_until_their_not_before() {
+    let (soon, good) = (gen_between(&["soon.com"], (2026, 3, 1), (2027, 1, 1)), gen(&["good.com"]));
+    let secrets = vec![secret("ns", "soon", &soon), secret("ns", "good", &good)];
+    let rules = [https_rule("r-soon", "soon.com", "ns/soon"), https_rule("r-good", "good.com", "ns/good")];
+    let rl: Vec<(&Rule, u16)> = rules.iter().map(|r| (r, 443)).collect();
+    let f = ft("ns_soon");
+    let m = build(&secrets, &[(&f, 443)], &rl, None, NOW);
+    assert_eq!(m.certificates.keys().collect::<Vec<_>>(), vec!["good.com"], "the other host is unaffected");
+    assert_eq!(
+        reasons(&m.rejects),
+        vec![
+            ("ft", REASON_NOT_YET_VALID, "spec.certificate_name"),
+            ("r-soon", REASON_NOT_YET_VALID, "spec.certificate_name")
+        ]
+    );
+    let msg = &m.rejects[1].message;
+    assert!(msg.contains("Secret ns/soon") && msg.contains("not valid before 2026-03-01T00:00:00Z"), "{msg}");
+    // compile again when it becomes valid (rcgen's default certificate of `good` lasts far longer)
+    let valid_from = days_from_civil(2026, 3, 1) * 86400;
+    assert_eq!(m.next_change, Some(valid_from));
+    let later = build(&secrets, &[(&f, 443)], &rl, None, valid_from);
+    assert!(later.rejects.is_empty(), "{:?}", later.rejects);
+    assert_eq!(later.certificates.keys().collect::<Vec<_>>(), vec!["443", "good.com", "soon.com"]);
+    // then at its expiry; once expired nothing is left to wait for
+    let expiry = days_from_civil(2027, 1, 1) * 86400;
+    let good_only = build(&secrets[1..], &[], &rl[1..], None, NOW).next_change.unwrap();
+    assert_eq!(later.next_change, Some((expiry + 1).min(good_only)));
+    let expired = build(&secrets[..1], &[], &rl[..1], None, expiry + 1);
+    assert_eq!(reasons(&expired.rejects), vec![("r-soon", REASON_EXPIRED, "spec.certificate_name")]);
+    assert_eq!(expired.next_change, None);
+}
+
+fn fallback(default_cert: Option<&str>) -> TlsFallback {
+    TlsFallback {
+        https_port: 443,
+        default_cert: default_cert.map(String::from),
+        alb_namespace: "cpaas-system".into(),
+        alb_name: "alb-dev".into(),
+    }
+}
+
+#[test]
+fn fallback_is_the_ingress_https_port_certificate_else_the_default_certificate() {
+    let (port, dflt, host) = (gen(&["port"]), gen(&["dflt"]), gen(&["h.com"]));
+    let secrets = vec![secret("ns", "port", &port), secret("cpaas-system", "dflt", &dflt), secret("ns", "h", &host)];
+    let (f443, mut f8443) = (ft("ns/port"), ft(""));
+    f8443.metadata.name = Some("ft2".into());
+    let rules = [https_rule("rh", "h.com", "ns/h")];
+    let rl: Vec<(&Rule, u16)> = vec![(&rules[0], 8443)];
+    let fts = [(&f443, 443), (&f8443, 8443)];
+
+    // no fallback: no "*" key
+    assert!(!build(&secrets, &fts, &rl, None, NOW).certificates.contains_key(FALLBACK_KEY));
+    // the certificate of the Ingress https port wins over the ALB's default certificate
+    let m = build(&secrets, &fts, &rl, Some(&fallback(Some("cpaas-system/dflt"))), NOW);
+    assert!(m.rejects.is_empty(), "{:?}", m.rejects);
+    assert_eq!(m.certificates.keys().collect::<Vec<_>>(), vec!["*", "443", "h.com"]);
+    assert_eq!(leaf(&m.certificates[FALLBACK_KEY]), leaf_of(&port));
+    // the https port has no certificate: the default certificate (ns_name form too)
+    let no_port_cert = [(&f8443, 8443)];
+    let m = build(&secrets, &no_port_cert, &rl, Some(&fallback(Some("cpaas-system_dflt"))), NOW);
+    assert_eq!(leaf(&m.certificates[FALLBACK_KEY]), leaf_of(&dflt));
+    // another https port
+    let m = build(&secrets, &fts, &rl, Some(&TlsFallback { https_port: 8443, ..fallback(None) }), NOW);
+    assert!(!m.certificates.contains_key(FALLBACK_KEY), "port 8443 has no certificate, no default one");
+    // neither: nothing
+    let m = build(&secrets, &no_port_cert, &rl, Some(&fallback(None)), NOW);
+    assert!(!m.certificates.contains_key(FALLBACK_KEY) && m.rejects.is_empty());
+    // a default certificate that cannot serve is reported on the ALB2
+    let m = build(&secrets, &no_port_cert, &rl, Some(&fallback(Some("cpaas-system/gone"))), NOW);
+    assert!(!m.certificates.contains_key(FALLBACK_KEY));
+    assert_eq!(reasons(&m.rejects), vec![("alb-dev", REASON_NOT_FOUND, "spec.config.defaultSSLCert")]);
+    assert_eq!(m.rejects[0].kind, "ALB2");
+    assert!(m.rejects[0].message.contains("Secret cpaas-system/gone"), "{}", m.rejects[0].message);
+    // "*" is never a Rule domain
+    assert!(!valid_domain("*"));
+}
+
+#[test]
+fn fallback_only_under_always_and_both() {
+    use crate::ingress::{AlbIngressConfig, SslStrategy};
+    let mut cfg = AlbIngressConfig { https_port: 8443, default_ssl_cert: Some("a/b".into()), ..Default::default() };
+    for (s, on) in [
+        (SslStrategy::Never, false),
+        (SslStrategy::Request, false),
+        (SslStrategy::Always, true),
+        (SslStrategy::Both, true),
+    ] {
+        cfg.ssl_strategy = s;
+        let f = TlsFallback::of(&cfg);
+        assert_eq!(f.is_some(), on, "{s:?}");
+        if let Some(f) = f {
+            assert_eq!((f.https_port, f.default_cert.as_deref()), (8443, Some("a/b")));
+        }
+    }
 }
