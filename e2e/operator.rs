@@ -829,7 +829,10 @@ spec:
 /// names and scope, schema left open.
 const GATEWAYCLASS_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: gatewayclasses.gateway.networking.k8s.io}
+metadata:
+  name: gatewayclasses.gateway.networking.k8s.io
+  # *.k8s.io groups need it; the standard CRDs carry the same annotation.
+  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
 spec:
   group: gateway.networking.k8s.io
   scope: Cluster
