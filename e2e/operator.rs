@@ -73,11 +73,17 @@ fn get_opt(c: &Cluster, args: &[&str]) -> Option<Value> {
 
 struct Operator {
     proc: Proc,
+    /// Local port of its `/metrics` (the chart's 8080, remapped so tests run in parallel); 0 = off.
+    metrics_port: u16,
 }
 
 impl Operator {
     /// The operator as the chart's Deployment runs it (same command and env), watching `ns` only.
     fn start(c: &Cluster, ns: &str, rendered: &[Value]) -> Operator {
+        Operator::start_with_metrics(c, ns, rendered, 0)
+    }
+
+    fn start_with_metrics(c: &Cluster, ns: &str, rendered: &[Value], metrics_port: u16) -> Operator {
         let dep = find(rendered, "Deployment", "alb-operator-ctl");
         let container = &dep["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["command"], serde_json::json!(["/alb/bin/alb", "operator"]));
@@ -92,12 +98,49 @@ impl Operator {
             .env("LEADER_NS", ns)
             .env("WATCH_NAMESPACE", ns)
             .env("ALB_OPERATOR_PROBE_PORT", "0")
+            .env("ALB_OPERATOR_METRICS_PORT", metrics_port.to_string())
             .env("KUBECONFIG", &c.kubeconfig)
             .env("ALB_LOG", "info");
         let proc = Proc::spawn(&format!("alb operator {ns}"), &mut cmd);
         proc.wait_log("starting as", Duration::from_secs(10));
-        Operator { proc }
+        Operator { proc, metrics_port }
     }
+
+    /// One scrape of its `/metrics`.
+    fn scrape(&self) -> String {
+        assert_ne!(self.metrics_port, 0, "started without metrics");
+        let (status, text) =
+            wait_for("operator /metrics", Duration::from_secs(5), || http_get(self.metrics_port, "/metrics", ""));
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+}
+
+/// The value of the sample `series` (exact name and labels) in a scrape, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Follows the chart's Prometheus settings for the operator down to the port its container listens on:
+/// ServiceMonitor alb-operator → Service alb-operator port → container port → ALB_OPERATOR_METRICS_PORT.
+fn operator_metrics_port_from_chart(rendered: &[Value]) -> (u16, String) {
+    let sm = find(rendered, "ServiceMonitor", "alb-operator");
+    let ep = &sm["spec"]["endpoints"][0];
+    let svc = find(rendered, "Service", "alb-operator");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "the ServiceMonitor selects the Service");
+    }
+    let sport = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == ep["port"]).expect("named port");
+    let dep = find(rendered, "Deployment", "alb-operator-ctl");
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&dep["spec"]["template"]["metadata"]["labels"][k], v, "the Service selects the operator pod");
+    }
+    let ctr = &dep["spec"]["template"]["spec"]["containers"][0];
+    let cport = ctr["ports"].as_array().unwrap().iter().find(|p| p["name"] == sport["targetPort"]).expect("target");
+    let port = cport["containerPort"].as_u64().unwrap() as u16;
+    let env = ctr["env"].as_array().unwrap().iter().find(|e| e["name"] == "ALB_OPERATOR_METRICS_PORT").unwrap();
+    assert_eq!(env["value"].as_str().unwrap(), port.to_string(), "the operator listens where the chart points");
+    (port, ep["path"].as_str().unwrap().to_string())
 }
 
 impl Drop for Operator {
@@ -172,6 +215,18 @@ fn chart_lints_and_templates() {
     let backup: Value =
         serde_json::from_str(alb["metadata"]["annotations"]["alb.cpaas.io/migrate-backup"].as_str().unwrap()).unwrap();
     assert_eq!(backup, alb["spec"]["config"]);
+    // Prometheus settings of the operator: ServiceMonitor → Service → container port 8080, and pod annotations.
+    let d =
+        docs(&template(&["loadbalancerName=alb-dev", "prometheus.serviceMonitor=true", "prometheus.annotations=true"]));
+    assert_eq!(operator_metrics_port_from_chart(&d), (8080, "/metrics".to_string()));
+    let ann = &find(&d, "Deployment", "alb-operator-ctl")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        (ann["prometheus.io/scrape"].as_str(), ann["prometheus.io/port"].as_str()),
+        (Some("true"), Some("8080"))
+    );
+    assert!(find(&d, "ALB2", "alb-dev")["spec"]["config"].get("prometheus").is_none());
+    let d = docs(&template(&["defaultAlb=false", "prometheus.serviceMonitor=true"]));
+    find(&d, "ServiceMonitor", "alb-operator");
     // No default ALB, no ServiceMonitor by default, and no loadbalancerName needed then.
     let d = docs(&template(&["defaultAlb=false"]));
     assert!(!d.iter().any(|x| x["kind"] == "ALB2" || x["kind"] == "ServiceMonitor"));
@@ -188,8 +243,10 @@ fn operator_creates_updates_warns_and_cleans_up() {
     let c = Cluster::shared();
     let ns = c.namespace("op-life");
     let alb = format!("{ns}-alb");
-    let rendered = install_chart(c, &ns, &alb, &["replicas=2", "networkMode=host"]);
-    let _op = Operator::start(c, &ns, &rendered);
+    let rendered = install_chart(c, &ns, &alb, &["replicas=2", "networkMode=host", "prometheus.serviceMonitor=true"]);
+    let (chart_port, path) = operator_metrics_port_from_chart(&rendered);
+    assert_eq!((chart_port, path.as_str()), (8080, "/metrics"));
+    let op = Operator::start_with_metrics(c, &ns, &rendered, free_port());
 
     let dep = deployment(c, &ns, &alb);
     assert_eq!(dep["spec"]["replicas"], 2);
@@ -234,6 +291,24 @@ fn operator_creates_updates_warns_and_cleans_up() {
     set_ready(c, &ns, &alb, 2);
     wait_for("Running", Duration::from_secs(10), || (alb_state(c, &ns, &alb).0 == "Running").then_some(()));
 
+    // The operator's metrics after those reconciles (the chart's ServiceMonitor points at this endpoint).
+    let text = wait_for("alb_operator_albs Running", Duration::from_secs(10), || {
+        let t = op.scrape();
+        (sample(&t, r#"alb_operator_albs{phase="Running"}"#) == Some(1.0)).then_some(t)
+    });
+    assert_eq!(sample(&text, r#"alb_operator_build_info{version="0.1.0"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "alb_operator_leader"), Some(1.0));
+    let ok = sample(&text, r#"alb_operator_reconciles_total{result="ok"}"#).unwrap_or(0.0);
+    assert!(ok >= 3.0, "finalizer, apply, status passes: {ok}\n{text}");
+    assert_eq!(sample(&text, r#"alb_operator_reconcile_duration_seconds_count{result="ok"}"#), Some(ok));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(r#"alb_operator_reconcile_duration_seconds_bucket{le="0.001",result="ok"}"#)
+                || l.starts_with(r#"alb_operator_reconcile_duration_seconds_bucket{result="ok",le="0.001"}"#)),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"));
+
     // Edits: replicas, resources, network mode.
     let patch = r#"{"spec":{"config":{"replicas":1,"networkMode":"container","resources":{"limits":{"cpu":"1"}},"vip":{"enableLbSvc":true}}}}"#;
     let out = c.kubectl(&["patch", "alb2", &alb, "-n", &ns, "--type=merge", "-p", patch]);
@@ -275,6 +350,12 @@ fn operator_creates_updates_warns_and_cleans_up() {
     assert!(reason.contains("spec.config.resources.limits.cpu"), "{reason}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(deployment(c, &ns, &alb)["spec"]["replicas"], 1, "nothing half-applied");
+    let text = wait_for("alb_operator_albs Warning", Duration::from_secs(10), || {
+        let t = op.scrape();
+        (sample(&t, r#"alb_operator_albs{phase="Warning"}"#) == Some(1.0)).then_some(t)
+    });
+    assert!(sample(&text, r#"alb_operator_reconciles_total{result="invalid"}"#).unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(sample(&text, r#"alb_operator_albs{phase="Running"}"#).is_none(), "{text}");
 
     // Delete: everything the operator made goes (no garbage collector here).
     let out = c.kubectl(&["delete", "alb2", &alb, "-n", &ns, "--wait=false"]);
@@ -576,4 +657,254 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
     drop(ctl);
     drop(nginx_proc);
     backend.terminate();
+}
+
+fn patch_alb(c: &Cluster, ns: &str, alb: &str, patch: &str) {
+    let out = c.kubectl(&["patch", "alb2", alb, "-n", ns, "--type=merge", "-p", patch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn env_map(container: &Value) -> std::collections::BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .map(|a| {
+            a.iter().map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap_or("").into())).collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn operator_applies_overwrites_annotations_and_port_projects() {
+    let c = Cluster::shared();
+    let ns = c.namespace("op-over");
+    let alb = format!("{ns}-alb");
+    let rendered = docs(&template(&[&format!("global.namespace={ns}"), "defaultAlb=false"]));
+    let items: Vec<&Value> = rendered.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
+    c.apply(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string());
+    // The snippet source of overwrite.configmap, and an ALB2 using every switch at once.
+    c.apply(&format!(
+        r##"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: tweaks, namespace: {ns}}}
+data: {{http: "# my http snippet", upstream: "keepalive 64;", bind_nic: "must not be copied"}}
+---
+apiVersion: crd.alauda.io/v2beta1
+kind: ALB2
+metadata:
+  name: {alb}
+  namespace: {ns}
+  annotations:
+    alb.cpaas.io/nginx-env: '{{"METRICS_AUTH":"false","TZ":"UTC"}}'
+    tolerate-all: "true"
+spec:
+  type: nginx
+  config:
+    replicas: 1
+    bindNIC: '{{"nic":["eth0"]}}'
+    overwrite:
+      image: [{{target: "0.1.0", alb: "my.registry/alb:hotfix", nginx: "my.registry/nginx:hotfix"}}, {{target: "9.9.9", alb: "never"}}]
+      configmap: [{{name: {ns}/tweaks}}]
+    enablePortProject: true
+    portProjects: '[{{"port":"80","projects":["p1","p2"]}},{{"port":"400-500","projects":["p2","p3"]}}]'
+"##
+    ));
+    let _op = Operator::start(c, &ns, &rendered);
+
+    // overwrite.image (target = this operator's VERSION, the chart version) on both containers and the init one.
+    let dep = wait_for("the patched images", Duration::from_secs(20), || {
+        let d = get_opt(c, &["deployment", &alb, "-n", &ns])?;
+        (container(&d, "alb2")["image"] == "my.registry/alb:hotfix").then_some(d)
+    });
+    assert_eq!(container(&dep, "nginx")["image"], "my.registry/nginx:hotfix");
+    assert_eq!(dep["spec"]["template"]["spec"]["initContainers"][0]["image"], "my.registry/nginx:hotfix");
+    // alb.cpaas.io/nginx-env → the nginx container only; tolerate-all → one toleration of everything.
+    let nginx_env = env_map(container(&dep, "nginx"));
+    assert_eq!((nginx_env["METRICS_AUTH"].as_str(), nginx_env["TZ"].as_str()), ("false", "UTC"));
+    assert_eq!(nginx_env["NAME"], alb);
+    assert!(!env_map(container(&dep, "alb2")).contains_key("METRICS_AUTH"));
+    assert_eq!(dep["spec"]["template"]["spec"]["tolerations"], serde_json::json!([{"operator": "Exists"}]));
+    // overwrite.configmap → the snippet keys in ConfigMap <alb>, bind_nic from the config; the source labelled.
+    let cm = c.get_json(&["configmap", &alb, "-n", &ns]);
+    assert_eq!(cm["data"]["http"], "# my http snippet");
+    assert_eq!(cm["data"]["upstream"], "keepalive 64;");
+    assert_eq!(cm["data"]["bind_nic"], r#"{"nic":["eth0"]}"#);
+    let src = c.get_json(&["configmap", "tweaks", "-n", &ns]);
+    assert_eq!(src["metadata"]["labels"]["alb2.operator.cpaas.io/overwrite-configmap"], "true");
+    // ALB2 labels, IngressClass projects of the ingress ports 80 and 443 (p1,p2 ∩ p2,p3), image patch status.
+    let v = c.get_json(&["alb2", &alb, "-n", &ns]);
+    assert_eq!(v["metadata"]["labels"]["cpaas.io/role"], "port");
+    assert_eq!(v["metadata"]["labels"]["alb2.operator.cpaas.io/overwrite-configmap"], "true");
+    let ic = c.get_json(&["ingressclass", &alb]);
+    assert_eq!(ic["metadata"]["annotations"]["alb.cpaas.io/project"], "p2");
+    assert_eq!(
+        c.get_json(&["configmap", &format!("{alb}-port-info"), "-n", &ns])["data"]["range"],
+        v["spec"]["config"]["portProjects"]
+    );
+    set_ready(c, &ns, &alb, 1);
+    let v = wait_for("Running with the image patch", Duration::from_secs(10), || {
+        let v = c.get_json(&["alb2", &alb, "-n", &ns]);
+        (v["status"]["state"] == "Running").then_some(v)
+    });
+    assert_eq!(
+        v["status"]["detail"]["version"]["imagePatch"],
+        "patched,alb: my.registry/alb:hotfix,nginx: my.registry/nginx:hotfix"
+    );
+
+    // A change of the source ConfigMap reaches ConfigMap <alb> (watched through its label).
+    let out =
+        c.kubectl(&["patch", "configmap", "tweaks", "-n", &ns, "--type=merge", "-p", r##"{"data":{"http":"# v2"}}"##]);
+    assert!(out.status.success());
+    wait_for("the new snippet", Duration::from_secs(10), || {
+        (c.get_json(&["configmap", &alb, "-n", &ns])["data"]["http"] == "# v2").then_some(())
+    });
+
+    // Invalid new fields: Warning naming the field, nothing applied (the replicas of the same edit included).
+    let cases = [
+        (
+            r#"{"metadata":{"annotations":{"alb.cpaas.io/nginx-env":"{\"NAME\":\"x\"}"}},"spec":{"config":{"replicas":3}}}"#,
+            "metadata.annotations[alb.cpaas.io/nginx-env]",
+        ),
+        (
+            r#"{"metadata":{"annotations":{"alb.cpaas.io/nginx-env":null}},"spec":{"config":{"replicas":3,"overwrite":{"image":[{"alb":"bad image"}]}}}}"#,
+            "spec.config.overwrite.image[0].alb",
+        ),
+        (
+            r#"{"spec":{"config":{"replicas":3,"overwrite":{"image":null,"configmap":[{"name":"nope/missing"}]}}}}"#,
+            "spec.config.overwrite.configmap[0].name",
+        ),
+        (
+            r#"{"spec":{"config":{"replicas":3,"overwrite":null,"gateway":{"enable":true,"mode":"exclusive"}}}}"#,
+            "spec.config.gateway.mode",
+        ),
+        (
+            r#"{"spec":{"config":{"replicas":3,"gateway":null,"portProjects":"[{\"port\":\"500-400\"}]"}}}"#,
+            "spec.config.portProjects[0].port",
+        ),
+    ];
+    for (patch, field) in cases {
+        patch_alb(c, &ns, &alb, patch);
+        let (_, reason) = wait_for(&format!("Warning naming {field}"), Duration::from_secs(10), || {
+            let s = alb_state(c, &ns, &alb);
+            (s.0 == "Warning" && s.1.contains(field)).then_some(s)
+        });
+        assert!(reason.contains("nothing applied"), "{reason}");
+        let d = deployment(c, &ns, &alb);
+        assert_eq!(d["spec"]["replicas"], 1, "{field}: nothing half-applied");
+        assert_eq!(container(&d, "alb2")["image"], "my.registry/alb:hotfix", "{field}: nothing half-applied");
+    }
+
+    // Everything off again: the defaults come back, the labels go.
+    patch_alb(
+        c,
+        &ns,
+        &alb,
+        r#"{"metadata":{"annotations":{"tolerate-all":null}},"spec":{"config":{"replicas":1,"overwrite":null,"enablePortProject":false,"portProjects":"[]","projects":["p9"]}}}"#,
+    );
+    let dep = wait_for("the defaults back", Duration::from_secs(15), || {
+        let d = deployment(c, &ns, &alb);
+        (container(&d, "alb2")["image"] != "my.registry/alb:hotfix").then_some(d)
+    });
+    let op_env = find(&rendered, "Deployment", "alb-operator-ctl")["spec"]["template"]["spec"]["containers"][0].clone();
+    assert_eq!(container(&dep, "alb2")["image"], env_map(&op_env)["ALB_IMAGE"].as_str());
+    assert_eq!(container(&dep, "nginx")["image"], env_map(&op_env)["NGINX_IMAGE"].as_str());
+    assert_eq!(dep["spec"]["template"]["spec"]["tolerations"].as_array().unwrap().len(), 4);
+    let cm = c.get_json(&["configmap", &alb, "-n", &ns]);
+    assert!(cm["data"].get("http").is_none(), "snippets removed with overwrite.configmap: {cm}");
+    let v = wait_for("labels gone", Duration::from_secs(10), || {
+        let v = c.get_json(&["alb2", &alb, "-n", &ns]);
+        v["metadata"]["labels"].get("cpaas.io/role").is_none().then_some(v)
+    });
+    assert!(v["metadata"]["labels"].get("alb2.operator.cpaas.io/overwrite-configmap").is_none());
+    wait_for("IngressClass projects from config.projects", Duration::from_secs(10), || {
+        (c.get_json(&["ingressclass", &alb])["metadata"]["annotations"]["alb.cpaas.io/project"] == "p9").then_some(())
+    });
+    let v = wait_for("Running, not patched", Duration::from_secs(10), || {
+        let v = c.get_json(&["alb2", &alb, "-n", &ns]);
+        (v["status"]["state"] == "Running").then_some(v)
+    });
+    assert_eq!(v["status"]["detail"]["version"]["imagePatch"], "not patch");
+}
+
+/// A stand-in for the standard GatewayClass CRD (the real bundle is not vendored here): same group, version,
+/// names and scope, schema left open.
+const GATEWAYCLASS_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gatewayclasses.gateway.networking.k8s.io
+  # *.k8s.io groups need it; the standard CRDs carry the same annotation.
+  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
+spec:
+  group: gateway.networking.k8s.io
+  scope: Cluster
+  names: {kind: GatewayClass, listKind: GatewayClassList, plural: gatewayclasses, singular: gatewayclass, shortNames: [gc]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+#[test]
+fn operator_gateway_class_with_and_without_the_gateway_api() {
+    // A private API server: installing the Gateway API CRDs must not change the shared one.
+    let c = Cluster::private("op-gw");
+    let ns = c.namespace("op-gw");
+    let alb = format!("{ns}-alb");
+    let rendered = install_chart(c, &ns, &alb, &["replicas=1", "networkMode=container", "gateway.enable=true"]);
+    let op = Operator::start(c, &ns, &rendered);
+
+    // Without the CRDs: logged, no GatewayClass, the ALB still becomes Running.
+    deployment(c, &ns, &alb);
+    op.proc.wait_log(
+        "Gateway API CRDs (gateway.networking.k8s.io/v1 GatewayClass) are not installed",
+        Duration::from_secs(10),
+    );
+    set_ready(c, &ns, &alb, 1);
+    wait_for("Running without the Gateway API", Duration::from_secs(10), || {
+        (alb_state(c, &ns, &alb) == ("Running".to_string(), String::new())).then_some(())
+    });
+    let ctl_env = env_map(container(&deployment(c, &ns, &alb), "alb2"));
+    assert_eq!((ctl_env["GATEWAY_ENABLE"].as_str(), ctl_env["GATEWAY_MODE"].as_str()), ("true", "shared"));
+    assert_eq!(ctl_env["GATEWAY_CLASSNAME"], alb);
+
+    // CRDs installed later: the next reconcile creates GatewayClass <alb>.
+    c.apply(GATEWAYCLASS_CRD);
+    wait_for("the GatewayClass CRD established", Duration::from_secs(20), || {
+        let out = c.kubectl(&["get", "gatewayclasses"]);
+        out.status.success().then_some(())
+    });
+    patch_alb(c, &ns, &alb, r#"{"metadata":{"annotations":{"touch":"1"}}}"#);
+    let gc = wait_for("GatewayClass <alb>", Duration::from_secs(15), || get_opt(c, &["gatewayclass", &alb]));
+    assert_eq!(gc["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(gc["spec"]["controllerName"], format!("alb2.gateway.cpaas.io/{alb}"));
+    assert_eq!(
+        gc["spec"]["parametersRef"],
+        serde_json::json!({"group": "crd.alauda.io", "kind": "ALB2", "name": alb, "namespace": ns})
+    );
+    let l = &gc["metadata"]["labels"];
+    assert_eq!(
+        (l["gatewayclass.cpaas.io/type"].as_str(), l["gatewayclass.cpaas.io/deploy"].as_str()),
+        (Some("shared"), Some("cpaas.io"))
+    );
+    assert_eq!(l["alb2.cpaas.io/gatewayclass"], alb.as_str());
+    assert_eq!(l["alb.cpaas.io/alb2-operator-albname"], alb.as_str());
+    op.proc.wait_log("Gateway API found", Duration::from_secs(5));
+    assert_eq!(alb_state(c, &ns, &alb).0, "Running");
+
+    // Gateway off → the class goes; on again → back; ALB2 deleted → gone with the rest.
+    patch_alb(c, &ns, &alb, r#"{"spec":{"config":{"gateway":{"enable":false}}}}"#);
+    wait_for("GatewayClass deleted", Duration::from_secs(10), || {
+        get_opt(c, &["gatewayclass", &alb]).is_none().then_some(())
+    });
+    assert_eq!(env_map(container(&deployment(c, &ns, &alb), "alb2"))["GATEWAY_ENABLE"], "false");
+    patch_alb(c, &ns, &alb, r#"{"spec":{"config":{"gateway":{"enable":true}}}}"#);
+    wait_for("GatewayClass again", Duration::from_secs(10), || get_opt(c, &["gatewayclass", &alb]));
+    let out = c.kubectl(&["delete", "alb2", &alb, "-n", &ns, "--wait=false"]);
+    assert!(out.status.success());
+    wait_for("GatewayClass deleted with the ALB2", Duration::from_secs(15), || {
+        get_opt(c, &["gatewayclass", &alb]).is_none().then_some(())
+    });
+    drop(op);
+    c.down();
 }

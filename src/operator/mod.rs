@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod image;
+pub mod metrics;
 pub mod objects;
 pub mod reconcile;
 
@@ -48,6 +49,9 @@ pub struct OperatorArgs {
     /// `/healthz` and `/readyz` (0 disables).
     #[arg(long, env = "ALB_OPERATOR_PROBE_PORT", default_value_t = 8081)]
     pub probe_port: u16,
+    /// Prometheus `/metrics` (`alb_operator_*`, OpenMetrics text; 0 disables).
+    #[arg(long, env = "ALB_OPERATOR_METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
     #[arg(long, default_value_t = 60)]
     pub lease_duration: u64,
     #[arg(long, default_value_t = 40)]
@@ -127,6 +131,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     if args.probe_port != 0 {
         probes(args.probe_port).await?;
     }
+    let op_metrics = std::sync::Arc::new(metrics::OperatorMetrics::new(&args.operator_version));
+    if args.metrics_port != 0 {
+        metrics::serve(args.metrics_port, op_metrics.clone()).await?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leader_tx, leader_rx) = watch::channel(false);
     let lease = crate::controller::leader::LeaseConfig {
@@ -138,7 +146,22 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         retry_period: Duration::from_secs(args.retry_period),
     };
     let elector = tokio::spawn(crate::controller::leader::run(client.clone(), lease, leader_tx, stop_rx));
-    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client, args.env(), args.namespace.clone()));
+    // alb_operator_leader, and no ALB2 phases from a stale cache once leadership is lost.
+    let mut leading = leader_rx.clone();
+    let m = op_metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            let is_leader = *leading.borrow_and_update();
+            m.leader.set(i64::from(is_leader));
+            if !is_leader {
+                m.set_store(None);
+            }
+            if leading.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client, args.env(), args.namespace.clone(), op_metrics));
     let work = tokio::spawn(crate::controller::leader::supervise(leader_rx, move || reconcile::run(ctx.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -1,7 +1,7 @@
 //! The objects one ALB2 turns into (controlplane.md §5.3), as the JSON the operator server-side applies.
 //! Names and ownership labels are the original operator's (§1.8), so an upgrade finds and adopts them.
 
-use super::config::{AlbConfig, NetworkMode, Resources};
+use super::config::{AlbConfig, Gateway, NetworkMode, Resources};
 use super::image;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -108,10 +108,13 @@ pub enum Kind {
     Deployment,
     Service,
     IngressClass,
+    GatewayClass,
 }
 
-/// Every object of `alb`, in apply order (RBAC first, §5.2). The LB Service is separate ([`lb_service`]).
-pub fn desired(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Vec<Object> {
+/// Every object of `alb`, in apply order (RBAC first, §5.2). The LB Service ([`lb_service`]) and the
+/// GatewayClass ([`gateway_class`], only when the Gateway API is installed) are separate. `snippets` are the
+/// nginx snippet keys copied from the `overwrite.configmap` ConfigMap (empty without one).
+pub fn desired(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv, snippets: &BTreeMap<String, String>) -> Vec<Object> {
     let v = env.version.as_str();
     let n = alb.name.as_str();
     let mut out = vec![
@@ -145,7 +148,7 @@ pub fn desired(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Vec<Object> 
             body: json!({
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": meta(alb, n, true, &[], v),
-                "data": {"bind_nic": cfg.bind_nic}
+                "data": configmap_data(cfg, snippets)
             }),
         },
         Object {
@@ -163,6 +166,69 @@ pub fn desired(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Vec<Object> 
         out.push(Object { kind: Kind::IngressClass, name: n.to_string(), body: ingress_class(alb, cfg, env) });
     }
     out
+}
+
+/// Data of ConfigMap `<alb>`: `bind_nic`, plus the snippet keys of `overwrite.configmap` (§5.3.3). This data
+/// plane does not include nginx snippets in nginx.conf; they are kept for tools that read them.
+fn configmap_data(cfg: &AlbConfig, snippets: &BTreeMap<String, String>) -> Value {
+    let mut data: Map<String, Value> = snippets
+        .iter()
+        .filter(|(k, _)| super::config::SNIPPET_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    data.insert("bind_nic".into(), json!(cfg.bind_nic));
+    Value::Object(data)
+}
+
+/// Name of the shared-mode GatewayClass: the ALB's (§5.3.4).
+pub fn gateway_class_name(alb: &str) -> String {
+    alb.to_string()
+}
+
+/// GatewayClass `<alb>` for an ALB in shared gateway mode (§5.3.4), `None` otherwise.
+pub fn gateway_class(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Option<Object> {
+    if !matches!(cfg.gateway, Gateway::Shared { .. }) {
+        return None;
+    }
+    let d = env.domain.as_str();
+    let n = alb.name.as_str();
+    let labels = [
+        (format!("alb2.{d}/gatewayclass"), n.to_string()),
+        (format!("gatewayclass.{d}/deploy"), d.to_string()),
+        (format!("gatewayclass.{d}/type"), "shared".to_string()),
+    ];
+    let extra: Vec<(&str, String)> = labels.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let name = gateway_class_name(n);
+    Some(Object {
+        kind: Kind::GatewayClass,
+        name: name.clone(),
+        body: json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": meta(alb, &name, false, &extra, &env.version),
+            "spec": {
+                "controllerName": format!("alb2.gateway.{d}/{n}"),
+                "parametersRef": {"group": "crd.alauda.io", "kind": "ALB2", "name": n, "namespace": alb.namespace}
+            }
+        }),
+    })
+}
+
+/// The controller's gateway env (§4.1): `GATEWAY_ENABLE`, `GATEWAY_MODE`, then the class or the Gateway.
+fn gateway_env(alb: &AlbRef, cfg: &AlbConfig) -> Vec<Value> {
+    match &cfg.gateway {
+        Gateway::Disabled => vec![env_value("GATEWAY_ENABLE", false)],
+        Gateway::Shared { class } => vec![
+            env_value("GATEWAY_ENABLE", true),
+            env_value("GATEWAY_MODE", "shared"),
+            env_value("GATEWAY_CLASSNAME", class.clone().unwrap_or_else(|| alb.name.clone())),
+        ],
+        Gateway::Standalone { name, namespace } => vec![
+            env_value("GATEWAY_ENABLE", true),
+            env_value("GATEWAY_MODE", "standalone"),
+            env_value("GATEWAY_NAME", name),
+            env_value("GATEWAY_NS", namespace.clone().unwrap_or_else(|| alb.namespace.clone())),
+        ],
+    }
 }
 
 fn service_account(alb: &AlbRef, env: &OperatorEnv) -> Value {
@@ -254,15 +320,20 @@ fn deployment(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Value {
             {"weight": 100, "podAffinityTerm": anti_term}
         ]}})
     };
-    let tolerations: Vec<Value> = [
-        "node-role.kubernetes.io/master",
-        "node-role.kubernetes.io/control-plane",
-        "node-role.kubernetes.io/cpaas-system",
-        "node.kubernetes.io/not-ready",
-    ]
-    .iter()
-    .map(|k| json!({"key": k, "operator": "Exists", "effect": "NoSchedule"}))
-    .collect();
+    let images = cfg.images(&env.alb_image, &env.nginx_image, &env.version);
+    let tolerations: Vec<Value> = if cfg.tolerate_all {
+        vec![json!({"operator": "Exists"})]
+    } else {
+        [
+            "node-role.kubernetes.io/master",
+            "node-role.kubernetes.io/control-plane",
+            "node-role.kubernetes.io/cpaas-system",
+            "node.kubernetes.io/not-ready",
+        ]
+        .iter()
+        .map(|k| json!({"key": k, "operator": "Exists", "effect": "NoSchedule"}))
+        .collect()
+    };
     let mport = cfg.metrics_port;
     let probe = |path: &str, port: u16, delay: i32, period: i32| {
         json!({
@@ -274,12 +345,20 @@ fn deployment(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Value {
     let run_mount = json!({"name": "alb-run", "mountPath": image::RUNTIME_DIR});
     let caps_nginx = json!({"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]});
     let ro = cfg.readonly_fs;
+    let mut nginx_env = vec![
+        pod_name_env(),
+        env_value("NAME", n),
+        env_value("ALB_NS", &alb.namespace),
+        env_value("ALB_VER", &env.version),
+    ];
+    // `alb.cpaas.io/nginx-env`: names checked, never one of the four above (config::NGINX_OWN_ENV).
+    nginx_env.extend(cfg.nginx_env.iter().map(|(k, v)| env_value(k, v)));
     let nginx = json!({
         "name": "nginx",
-        "image": env.nginx_image,
+        "image": images.nginx,
         "imagePullPolicy": env.pull_policy,
         "command": image::nginx_command(),
-        "env": [pod_name_env(), env_value("NAME", n), env_value("ALB_NS", &alb.namespace), env_value("ALB_VER", &env.version)],
+        "env": nginx_env,
         "ports": [{"name": "metrics", "containerPort": mport, "protocol": "TCP"}],
         "readinessProbe": probe("/healthz", mport, 3, 5),
         "livenessProbe": probe("/healthz", mport, 60, 60),
@@ -289,29 +368,32 @@ fn deployment(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Value {
         "securityContext": {"readOnlyRootFilesystem": ro, "allowPrivilegeEscalation": true, "capabilities": caps_nginx},
         "volumeMounts": [run_mount.clone()],
     });
+    let mut alb2_env = vec![
+        pod_name_env(),
+        env_value("NAME", n),
+        env_value("ALB_NS", &alb.namespace),
+        env_value("NAMESPACE", &alb.namespace),
+        env_value("DOMAIN", d),
+        env_value("NETWORK_MODE", cfg.network_mode.as_str()),
+        env_value("METRICS_PORT", mport),
+        env_value("ALB_ADMIN_PORT", image::ADMIN_PORT),
+        env_value("ALB_API_PORT", image::API_PORT),
+        env_value("ALB_RUNTIME_DIR", image::RUNTIME_DIR),
+        env_value("ALB_LUA_DIR", image::LUA_DIR),
+        env_value("ALB_WORKERS", cfg.workers()),
+        env_value("INGRESS_HTTP_PORT", cfg.ingress_http_port),
+        env_value("INGRESS_HTTPS_PORT", cfg.ingress_https_port),
+        env_value("SERVE_INGRESS", cfg.enable_ingress),
+        env_value("ALB_ENABLE", cfg.enable_alb),
+        env_value("ALB_VER", &env.version),
+    ];
+    alb2_env.extend(gateway_env(alb, cfg));
     let alb2 = json!({
         "name": "alb2",
-        "image": env.alb_image,
+        "image": images.alb,
         "imagePullPolicy": env.pull_policy,
         "command": image::controller_command(),
-        "env": [
-            pod_name_env(),
-            env_value("NAME", n),
-            env_value("ALB_NS", &alb.namespace),
-            env_value("NAMESPACE", &alb.namespace),
-            env_value("DOMAIN", d),
-            env_value("NETWORK_MODE", cfg.network_mode.as_str()),
-            env_value("METRICS_PORT", mport),
-            env_value("ALB_ADMIN_PORT", image::ADMIN_PORT),
-            env_value("ALB_API_PORT", image::API_PORT),
-            env_value("ALB_RUNTIME_DIR", image::RUNTIME_DIR),
-            env_value("ALB_LUA_DIR", image::LUA_DIR),
-            env_value("ALB_WORKERS", cfg.workers()),
-            env_value("INGRESS_HTTP_PORT", cfg.ingress_http_port),
-            env_value("INGRESS_HTTPS_PORT", cfg.ingress_https_port),
-            env_value("SERVE_INGRESS", cfg.enable_ingress),
-            env_value("ALB_VER", &env.version),
-        ],
+        "env": alb2_env,
         "ports": [{"name": "alb-admin", "containerPort": image::ADMIN_PORT, "protocol": "TCP"}],
         "readinessProbe": probe("/readyz", image::ADMIN_PORT, 3, 5),
         "livenessProbe": probe("/healthz", image::ADMIN_PORT, 60, 60),
@@ -321,7 +403,7 @@ fn deployment(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Value {
     });
     let init = json!({
         "name": "init",
-        "image": env.nginx_image,
+        "image": images.nginx,
         "imagePullPolicy": env.pull_policy,
         "command": image::init_command(),
         "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}, "requests": {"cpu": "10m", "memory": "16Mi"}},
@@ -411,7 +493,7 @@ fn ingress_class(alb: &AlbRef, cfg: &AlbConfig, env: &OperatorEnv) -> Value {
     let mut m = meta(alb, &alb.name, false, &[], &env.version);
     m["annotations"] = json!({
         "ingressclass.kubernetes.io/is-default-class": cfg.default_ingress_class.to_string(),
-        format!("alb.{d}/project"): cfg.projects.join(","),
+        format!("alb.{d}/project"): cfg.ingress_class_projects().join(","),
     });
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
@@ -442,7 +524,7 @@ mod tests {
     #[test]
     fn deployment_shape() {
         let cfg = AlbConfig::from_spec(Some(&json!({"replicas": 2, "nodeSelector": {"ingress": "true"}}))).unwrap();
-        let objs = desired(&alb(), &cfg, &env());
+        let objs = desired(&alb(), &cfg, &env(), &BTreeMap::new());
         let body = &objs.iter().find(|o| o.kind == Kind::Deployment).unwrap().body;
         let d: Deployment = serde_json::from_value(body.clone()).expect("a valid Deployment");
         let spec = d.spec.unwrap();
@@ -474,7 +556,7 @@ mod tests {
     #[test]
     fn container_mode_and_ingress_switch() {
         let cfg = AlbConfig::from_spec(Some(&json!({"networkMode": "container", "enableIngress": "false"}))).unwrap();
-        let objs = desired(&alb(), &cfg, &env());
+        let objs = desired(&alb(), &cfg, &env(), &BTreeMap::new());
         assert!(!objs.iter().any(|o| o.kind == Kind::IngressClass));
         let body = &objs.iter().find(|o| o.kind == Kind::Deployment).unwrap().body;
         assert_eq!(body["spec"]["template"]["spec"]["hostNetwork"], false);
@@ -482,6 +564,116 @@ mod tests {
         assert!(body["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
             ["preferredDuringSchedulingIgnoredDuringExecution"]
             .is_array());
+    }
+
+    fn deployment_of(cfg: &AlbConfig) -> Deployment {
+        let objs = desired(&alb(), cfg, &env(), &BTreeMap::new());
+        let body = &objs.iter().find(|o| o.kind == Kind::Deployment).unwrap().body;
+        serde_json::from_value(body.clone()).expect("a valid Deployment")
+    }
+
+    fn env_of(c: &k8s_openapi::api::core::v1::Container) -> BTreeMap<String, String> {
+        c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn overwrite_image_sets_both_containers_and_init() {
+        let cfg = AlbConfig::from_spec(Some(&json!({"overwrite": {"image": [
+            {"target": "v1", "alb": "x/alb:fix", "nginx": "x/nginx:fix"}, {"target": "v0", "alb": "old"}
+        ]}})))
+        .unwrap();
+        let pod = deployment_of(&cfg).spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("x/nginx:fix"));
+        assert_eq!(pod.containers[1].image.as_deref(), Some("x/alb:fix"));
+        assert_eq!(pod.init_containers.unwrap()[0].image.as_deref(), Some("x/nginx:fix"), "init uses the nginx image");
+        let plain = deployment_of(&AlbConfig::from_spec(None).unwrap()).spec.unwrap().template.spec.unwrap();
+        assert_eq!(plain.containers[1].image.as_deref(), Some("r/alb:v1"));
+    }
+
+    #[test]
+    fn nginx_env_and_tolerate_all() {
+        let ann: BTreeMap<String, String> = [
+            ("alb.cpaas.io/nginx-env".to_string(), r#"{"METRICS_AUTH":"false"}"#.to_string()),
+            ("tolerate-all".to_string(), "true".to_string()),
+        ]
+        .into();
+        let cfg = AlbConfig::from_spec(None).unwrap().with_annotations(&ann).unwrap();
+        let pod = deployment_of(&cfg).spec.unwrap().template.spec.unwrap();
+        let nginx_env = env_of(&pod.containers[0]);
+        assert_eq!(nginx_env["METRICS_AUTH"], "false");
+        assert_eq!(nginx_env["NAME"], "alb-a");
+        assert!(!env_of(&pod.containers[1]).contains_key("METRICS_AUTH"), "only the nginx container");
+        let tol = pod.tolerations.unwrap();
+        assert_eq!(tol.len(), 1);
+        assert_eq!(
+            (tol[0].operator.as_deref(), tol[0].key.as_deref(), tol[0].effect.as_deref()),
+            (Some("Exists"), None, None)
+        );
+        let plain = deployment_of(&AlbConfig::from_spec(None).unwrap()).spec.unwrap().template.spec.unwrap();
+        assert_eq!(plain.tolerations.unwrap().len(), 4);
+    }
+
+    #[test]
+    fn overwrite_configmap_snippets_in_the_configmap() {
+        let cfg = AlbConfig::from_spec(Some(&json!({"bindNIC": "{\"nic\":[\"eth0\"]}"}))).unwrap();
+        let snippets: BTreeMap<String, String> =
+            [("http", "# h"), ("upstream", "# u"), ("bind_nic", "no"), ("junk", "x")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let objs = desired(&alb(), &cfg, &env(), &snippets);
+        let cm = &objs.iter().find(|o| o.kind == Kind::ConfigMap && o.name == "alb-a").unwrap().body;
+        assert_eq!(cm["data"], json!({"http": "# h", "upstream": "# u", "bind_nic": "{\"nic\":[\"eth0\"]}"}));
+    }
+
+    #[test]
+    fn port_project_ingress_class_annotation() {
+        let cfg = AlbConfig::from_spec(Some(&json!({"enablePortProject": true,
+            "portProjects": r#"[{"port":"80","projects":["p1","p2"]},{"port":"443","projects":["p2"]}]"#})))
+        .unwrap();
+        let objs = desired(&alb(), &cfg, &env(), &BTreeMap::new());
+        let ic = &objs.iter().find(|o| o.kind == Kind::IngressClass).unwrap().body;
+        assert_eq!(ic["metadata"]["annotations"]["alb.cpaas.io/project"], "p2");
+        assert_eq!(ic["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"], "false");
+        let pi = &objs.iter().find(|o| o.name == "alb-a-port-info").unwrap().body;
+        assert_eq!(pi["data"]["range"], cfg.port_projects);
+        assert_eq!(pi["metadata"]["labels"]["port-info"], "true");
+    }
+
+    #[test]
+    fn gateway_class_and_env() {
+        let shared = AlbConfig::from_spec(Some(&json!({"gateway": {"enable": true}}))).unwrap();
+        let gc = gateway_class(&alb(), &shared, &env()).expect("shared mode has a GatewayClass");
+        assert_eq!(gc.name, "alb-a");
+        assert_eq!(gc.body["spec"]["controllerName"], "alb2.gateway.cpaas.io/alb-a");
+        assert_eq!(
+            gc.body["spec"]["parametersRef"],
+            json!({"group": "crd.alauda.io", "kind": "ALB2", "name": "alb-a", "namespace": "ns"})
+        );
+        assert_eq!(gc.body["metadata"]["labels"]["gatewayclass.cpaas.io/type"], "shared");
+        assert_eq!(gc.body["metadata"]["labels"]["alb2.cpaas.io/gatewayclass"], "alb-a");
+        assert_eq!(gc.body["metadata"]["labels"]["alb.cpaas.io/alb2-operator-albname"], "alb-a");
+        assert!(gc.body["metadata"].get("ownerReferences").is_none(), "cluster-scoped");
+        let e = env_of(&deployment_of(&shared).spec.unwrap().template.spec.unwrap().containers[1]);
+        assert_eq!((e["GATEWAY_ENABLE"].as_str(), e["GATEWAY_MODE"].as_str()), ("true", "shared"));
+        assert_eq!(e["GATEWAY_CLASSNAME"], "alb-a");
+
+        let standalone = AlbConfig::from_spec(Some(&json!({"gateway": {"mode": "standalone", "name": "gw"}}))).unwrap();
+        assert!(gateway_class(&alb(), &standalone, &env()).is_none());
+        let d = deployment_of(&standalone);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.host_network, Some(false));
+        let e = env_of(&pod.containers[1]);
+        assert_eq!((e["GATEWAY_NAME"].as_str(), e["GATEWAY_NS"].as_str()), ("gw", "ns"));
+        assert_eq!((e["ALB_ENABLE"].as_str(), e["SERVE_INGRESS"].as_str()), ("false", "false"));
+        assert!(!desired(&alb(), &standalone, &env(), &BTreeMap::new()).iter().any(|o| o.kind == Kind::IngressClass));
+
+        let off = AlbConfig::from_spec(None).unwrap();
+        assert!(gateway_class(&alb(), &off, &env()).is_none());
+        assert_eq!(
+            env_of(&deployment_of(&off).spec.unwrap().template.spec.unwrap().containers[1])["GATEWAY_ENABLE"],
+            "false"
+        );
     }
 
     #[test]

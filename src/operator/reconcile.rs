@@ -11,7 +11,8 @@
 //! fields the API server needs), its managedFields reset, then applied. After that plain server-side apply keeps
 //! it in shape and removes what we stop setting.
 
-use super::config::{AlbConfig, ConfigError, NetworkMode};
+use super::config::{AlbConfig, ConfigError, Gateway, NetworkMode};
+use super::metrics::{OperatorMetrics, Outcome};
 use super::objects::{self, AlbRef, Kind, Object, OperatorEnv};
 use crate::crd::alb2::ALB2;
 use futures::StreamExt;
@@ -57,11 +58,38 @@ pub struct Ctx {
     pub env: OperatorEnv,
     /// Only the ALB2s (and objects) of this namespace; `None` = all.
     pub namespace: Option<String>,
+    pub metrics: Arc<OperatorMetrics>,
+    /// Whether the Gateway API (GatewayClass v1) was served at the last look, to log changes once.
+    gateway_api: std::sync::Mutex<Option<bool>>,
 }
 
 impl Ctx {
-    pub fn new(client: Client, env: OperatorEnv, namespace: Option<String>) -> Ctx {
-        Ctx { client, env, namespace }
+    pub fn new(client: Client, env: OperatorEnv, namespace: Option<String>, metrics: Arc<OperatorMetrics>) -> Ctx {
+        Ctx { client, env, namespace, metrics, gateway_api: std::sync::Mutex::new(None) }
+    }
+
+    /// Is `gateway.networking.k8s.io/v1` GatewayClass served? Asked at each reconcile that needs it, so CRDs
+    /// installed later are picked up; changes are logged once.
+    async fn gateway_api_installed(&self) -> Result<bool, ReconcileError> {
+        let now = match self.client.list_api_group_resources("gateway.networking.k8s.io/v1").await {
+            Ok(list) => list.resources.iter().any(|r| r.name == "gatewayclasses"),
+            Err(kube::Error::Api(e)) if e.code == 404 => false,
+            Err(e) => return Err(kube_err("discover", "APIGroup", "gateway.networking.k8s.io/v1")(e)),
+        };
+        if let Ok(mut last) = self.gateway_api.lock() {
+            if *last != Some(now) {
+                if now {
+                    tracing::info!("Gateway API found: GatewayClasses of shared-mode ALB2s are managed");
+                } else {
+                    tracing::warn!(
+                        "Gateway API CRDs (gateway.networking.k8s.io/v1 GatewayClass) are not installed: \
+                         no GatewayClass is created for ALB2s with gateway mode; install the standard CRDs"
+                    );
+                }
+                *last = Some(now);
+            }
+        }
+        Ok(now)
     }
 
     fn api<K>(&self) -> Api<K>
@@ -90,6 +118,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::Role => ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
         Kind::RoleBinding => ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
         Kind::IngressClass => ("networking.k8s.io", "v1", "IngressClass", "ingressclasses"),
+        Kind::GatewayClass => ("gateway.networking.k8s.io", "v1", "GatewayClass", "gatewayclasses"),
     };
     let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     ApiResource {
@@ -102,7 +131,7 @@ fn api_resource(kind: Kind) -> ApiResource {
 }
 
 fn cluster_scoped(kind: Kind) -> bool {
-    matches!(kind, Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::IngressClass)
+    matches!(kind, Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::IngressClass | Kind::GatewayClass)
 }
 
 fn dyn_api(client: &Client, kind: Kind, ns: &str) -> Api<DynamicObject> {
@@ -218,6 +247,9 @@ async fn cleanup(ctx: &Ctx, alb: &AlbRef) -> Result<(), ReconcileError> {
         delete(c, Kind::Service, ns, &svc.name_any()).await?;
     }
     delete_if_ours(c, Kind::IngressClass, alb, n).await?;
+    if ctx.gateway_api_installed().await? {
+        delete_if_ours(c, Kind::GatewayClass, alb, &objects::gateway_class_name(n)).await?;
+    }
     delete_if_ours(c, Kind::ClusterRoleBinding, alb, &objects::cluster_role_binding_name(n)).await?;
     delete_if_ours(c, Kind::ClusterRole, alb, &objects::cluster_role_name(n)).await?;
     delete(c, Kind::RoleBinding, ns, &objects::role_name(n)).await?;
@@ -303,11 +335,38 @@ fn strip_probe_times(v: &mut Value) {
     }
 }
 
-/// Labels of the ALB2 itself: `project.<d>/<p>: "true"` for config.projects (others of that form removed).
-fn label_patch(alb: &ALB2, cfg: &AlbConfig, domain: &str) -> Option<Value> {
+/// Label of the ALB2 and of the source ConfigMap while `overwrite.configmap` is in use (§1.8).
+pub fn overwrite_label(domain: &str) -> String {
+    format!("alb2.operator.{domain}/overwrite-configmap")
+}
+
+/// Labels of the ALB2 itself (§5.3.4): `project.<d>/<p>: "true"` for config.projects (others of that form
+/// removed), `<d>/role: port` iff port-project mode, `alb2.operator.<d>/overwrite-configmap: "true"` iff an
+/// `overwrite.configmap` applies.
+fn label_patch(alb: &ALB2, cfg: &AlbConfig, domain: &str, overwrite_cm: bool) -> Option<Value> {
     let prefix = format!("project.{domain}/");
     let labels = alb.labels();
     let mut patch = serde_json::Map::new();
+    let role = format!("{domain}/role");
+    match (cfg.enable_port_project, labels.get(&role).map(String::as_str)) {
+        (true, Some("port")) | (false, None) => {}
+        (true, _) => {
+            patch.insert(role, json!("port"));
+        }
+        (false, Some(_)) => {
+            patch.insert(role, Value::Null);
+        }
+    }
+    let ow = overwrite_label(domain);
+    match (overwrite_cm, labels.get(&ow).map(String::as_str)) {
+        (true, Some("true")) | (false, None) => {}
+        (true, _) => {
+            patch.insert(ow, json!("true"));
+        }
+        (false, Some(_)) => {
+            patch.insert(ow, Value::Null);
+        }
+    }
     for (k, v) in labels {
         if let Some(p) = k.strip_prefix(&prefix) {
             if p != "name" && !cfg.projects.iter().any(|q| q == p) {
@@ -326,14 +385,29 @@ fn label_patch(alb: &ALB2, cfg: &AlbConfig, domain: &str) -> Option<Value> {
     (!patch.is_empty()).then(|| json!({"metadata": {"labels": patch}}))
 }
 
+/// One reconcile, counted and timed in the operator metrics.
 pub async fn reconcile(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let start = std::time::Instant::now();
+    let r = reconcile_inner(alb, ctx.clone()).await;
+    let outcome = match &r {
+        Ok((_, o)) => *o,
+        Err(_) => Outcome::Error,
+    };
+    ctx.metrics.observe(outcome, start.elapsed());
+    r.map(|(a, _)| a)
+}
+
+/// A ConfigMap `overwrite.configmap` names is missing: status Warning, nothing applied, looked for again.
+const MISSING_CM_RETRY: Duration = Duration::from_secs(10);
+
+async fn reconcile_inner(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<(Action, Outcome), ReconcileError> {
     let ns = alb.namespace().unwrap_or_default();
     let name = alb.name_any();
     let api: Api<ALB2> = Api::namespaced(ctx.client.clone(), &ns);
     let domain = ctx.env.domain.as_str();
     let annotations = alb.annotations();
     if annotations.get("alb.cpaas.io/ignoreme").map(|v| v == "true").unwrap_or(false) {
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), Outcome::Ok));
     }
     let backup_key = format!("alb.{domain}/migrate-backup");
     let finalizers = alb.finalizers().to_vec();
@@ -346,11 +420,11 @@ pub async fn reconcile(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             set_finalizers(&api, &alb, rest).await?;
             tracing::info!("ALB2 {ns}/{name} deleted: its objects are removed");
         }
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), Outcome::Ok));
     }
     if alb.spec.config.is_none() {
         let Some(backup) = annotations.get(&backup_key) else {
-            return Ok(Action::await_change()); // not a v2 ALB (§5.2 step 1)
+            return Ok((Action::await_change(), Outcome::Ok)); // not a v2 ALB (§5.2 step 1)
         };
         let cfg: Value = serde_json::from_str(backup)
             .map_err(|e| ReconcileError::Backup { domain: domain.into(), reason: e.to_string() })?;
@@ -360,38 +434,73 @@ pub async fn reconcile(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"config": cfg}})))
             .await
             .map_err(kube_err("restore spec.config of", "ALB2", &name))?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok((Action::requeue(Duration::from_millis(100)), Outcome::Ok));
     }
     if !finalizers.iter().any(|f| f == FINALIZER) {
         let mut f = finalizers.clone();
         f.push(FINALIZER.into());
         set_finalizers(&api, &alb, f).await?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok((Action::requeue(Duration::from_millis(100)), Outcome::Ok));
     }
 
-    let cfg = match AlbConfig::from_spec(alb.spec.config.as_ref()) {
+    let checked = AlbConfig::from_spec(alb.spec.config.as_ref()).and_then(|c| c.with_annotations(annotations));
+    let cfg = match checked {
         Ok(c) => c,
         Err(ConfigError { field, reason }) => {
-            let why = format!("invalid spec.config.{field}: {reason}; nothing applied");
+            let why = format!("invalid {field}: {reason}; nothing applied");
             tracing::warn!("ALB2 {ns}/{name}: {why}");
             write_status(&api, &alb, "Warning", &why, json!({})).await?;
-            return Ok(Action::await_change());
+            return Ok((Action::await_change(), Outcome::Invalid));
         }
     };
-    if let Some(patch) = label_patch(&alb, &cfg, domain) {
+    // overwrite.configmap: its ConfigMap must exist before anything is applied.
+    let mut snippets = std::collections::BTreeMap::new();
+    let cm_patch = cfg.configmap_patch(&ctx.env.version).cloned();
+    if let Some(p) = &cm_patch {
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &p.namespace);
+        let Some(src) = cms.get_opt(&p.name).await.map_err(kube_err("get", "ConfigMap", &p.name))? else {
+            let why = format!(
+                "invalid spec.config.overwrite.configmap[{}].name: ConfigMap {}/{} not found; nothing applied",
+                p.index, p.namespace, p.name
+            );
+            tracing::warn!("ALB2 {ns}/{name}: {why}");
+            write_status(&api, &alb, "Warning", &why, json!({})).await?;
+            return Ok((Action::requeue(MISSING_CM_RETRY), Outcome::Invalid));
+        };
+        let label = overwrite_label(domain);
+        if src.labels().get(&label).map(String::as_str) != Some("true") {
+            let patch = json!({"metadata": {"labels": {label: "true"}}});
+            cms.patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_err(
+                "label",
+                "ConfigMap",
+                &p.name,
+            ))?;
+        }
+        snippets = src.data.unwrap_or_default();
+    }
+    if let Some(patch) = label_patch(&alb, &cfg, domain, cm_patch.is_some()) {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_err(
             "update labels of",
             "ALB2",
             &name,
         ))?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok((Action::requeue(Duration::from_millis(100)), Outcome::Ok));
     }
 
-    for o in objects::desired(&aref, &cfg, &ctx.env) {
+    for o in objects::desired(&aref, &cfg, &ctx.env, &snippets) {
         apply(&ctx.client, &ns, &o).await?;
     }
     if !cfg.enable_ingress {
         delete_if_ours(&ctx.client, Kind::IngressClass, &aref, &name).await?;
+    }
+    // GatewayClass <alb> in shared gateway mode, when the Gateway API is installed (else logged and skipped).
+    if ctx.gateway_api_installed().await? {
+        match objects::gateway_class(&aref, &cfg, &ctx.env) {
+            Some(gc) => apply(&ctx.client, &ns, &gc).await?,
+            None => delete_if_ours(&ctx.client, Kind::GatewayClass, &aref, &objects::gateway_class_name(&name)).await?,
+        }
+    } else if matches!(cfg.gateway, Gateway::Shared { .. }) {
+        tracing::warn!("ALB2 {ns}/{name}: gateway mode shared, but no Gateway API CRDs: GatewayClass not created");
     }
     let lbs = lb_services(&ctx, &aref).await?;
     let want_lb = cfg.vip.enable_lb_svc && cfg.network_mode == NetworkMode::Container;
@@ -426,7 +535,10 @@ pub async fn reconcile(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let detail = json!({
         "deploy": {"state": dstate, "reason": dreason, "probeTimeStr": probe},
         "address": {"ok": address_ok, "msg": lb_addresses.clone().unwrap_or_default().join(",")},
-        "version": {"version": ctx.env.version, "imagePatch": "not patch"},
+        "version": {
+            "version": ctx.env.version,
+            "imagePatch": cfg.images(&ctx.env.alb_image, &ctx.env.nginx_image, &ctx.env.version).patch_text()
+        },
     });
     let (state, reason) = if dstate != "Running" {
         (dstate, dreason)
@@ -444,11 +556,12 @@ pub async fn reconcile(alb: Arc<ALB2>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         reason
     };
     write_status(&api, &alb, state, &reason, detail).await?;
-    Ok(if state == "Running" {
+    let action = if state == "Running" {
         Action::requeue(Duration::from_secs(300))
     } else {
         Action::requeue(Duration::from_secs(3))
-    })
+    };
+    Ok((action, Outcome::Ok))
 }
 
 fn error_policy(alb: Arc<ALB2>, err: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
@@ -468,7 +581,27 @@ fn owner_from_labels<K: ResourceExt>(obj: K) -> Option<ObjectRef<ALB2>> {
 pub async fn run(ctx: Arc<Ctx>) {
     let c = ctx.client.clone();
     let ours = watcher::Config::default().labels("alb.cpaas.io/managed-by=alb-operator");
-    Controller::new(ctx.api::<ALB2>(), watcher::Config::default())
+    let controller = Controller::new(ctx.api::<ALB2>(), watcher::Config::default());
+    let store = controller.store();
+    ctx.metrics.set_store(Some(store.clone()));
+    // A change of an overwrite.configmap source → the ALB2s that use it.
+    let version = ctx.env.version.clone();
+    let by_configmap = move |cm: ConfigMap| {
+        let (cm_ns, cm_name) = (cm.namespace().unwrap_or_default(), cm.name_any());
+        store
+            .state()
+            .into_iter()
+            .filter(|a| {
+                AlbConfig::from_spec(a.spec.config.as_ref()).ok().is_some_and(|c| {
+                    c.configmap_patch(&version).is_some_and(|p| p.namespace == cm_ns && p.name == cm_name)
+                })
+            })
+            .map(|a| ObjectRef::from_obj(&*a))
+            .collect::<Vec<_>>()
+    };
+    let overwrite_cms = watcher::Config::default().labels(&format!("{}=true", overwrite_label(&ctx.env.domain)));
+    controller
+        .watches(Api::<ConfigMap>::all(c.clone()), overwrite_cms, by_configmap)
         .owns(ctx.api::<Deployment>(), ours.clone())
         .owns(ctx.api::<Service>(), ours.clone())
         .owns(ctx.api::<ConfigMap>(), ours.clone())
@@ -509,9 +642,32 @@ mod tests {
         }))
         .unwrap();
         let cfg = AlbConfig::from_spec(Some(&json!({"projects": ["p1"]}))).unwrap();
-        let p = label_patch(&alb, &cfg, "cpaas.io").unwrap();
+        let p = label_patch(&alb, &cfg, "cpaas.io", false).unwrap();
         assert_eq!(p["metadata"]["labels"]["project.cpaas.io/old"], Value::Null);
         assert_eq!(p["metadata"]["labels"]["project.cpaas.io/p1"], "true");
         assert!(p["metadata"]["labels"].get("x").is_none());
+        assert!(p["metadata"]["labels"].get("cpaas.io/role").is_none());
+        assert!(p["metadata"]["labels"].get("alb2.operator.cpaas.io/overwrite-configmap").is_none());
+    }
+
+    #[test]
+    fn role_and_overwrite_labels() {
+        let alb = |labels: Value| -> ALB2 {
+            serde_json::from_value(json!({
+                "apiVersion": "crd.alauda.io/v2beta1", "kind": "ALB2",
+                "metadata": {"name": "a", "namespace": "n", "labels": labels}, "spec": {}
+            }))
+            .unwrap()
+        };
+        let port = AlbConfig::from_spec(Some(&json!({"enablePortProject": true}))).unwrap();
+        let p = label_patch(&alb(json!({})), &port, "cpaas.io", true).unwrap();
+        assert_eq!(p["metadata"]["labels"]["cpaas.io/role"], "port");
+        assert_eq!(p["metadata"]["labels"]["alb2.operator.cpaas.io/overwrite-configmap"], "true");
+        let both = json!({"cpaas.io/role": "port", "alb2.operator.cpaas.io/overwrite-configmap": "true"});
+        assert!(label_patch(&alb(both.clone()), &port, "cpaas.io", true).is_none(), "already in shape");
+        let plain = AlbConfig::from_spec(None).unwrap();
+        let p = label_patch(&alb(both), &plain, "cpaas.io", false).unwrap();
+        assert_eq!(p["metadata"]["labels"]["cpaas.io/role"], Value::Null);
+        assert_eq!(p["metadata"]["labels"]["alb2.operator.cpaas.io/overwrite-configmap"], Value::Null);
     }
 }
