@@ -99,6 +99,7 @@ fn canary_by_weight_header_and_cookie() {
     let t = tally(port, 1000, "/app/x", &[HOST]);
     let k = t.get("canary").copied().unwrap_or(0);
     assert_eq!(k + t.get("main").copied().unwrap_or(0), 1000, "{t:?}");
+    eprintln!("canary-weight 20: {t:?}");
     assert_share(k, 1000, 0.2, "canary-weight 20");
     // Header: always → canary, never → main (over the cookie), other values fall through to the cookie.
     only(port, 50, "/app/x", &[HOST, ("X-Canary", "always")], "canary");
@@ -114,6 +115,7 @@ fn canary_by_weight_header_and_cookie() {
     // Weight 100 of a custom total of 400 (25%), no header/cookie.
     gw.change(|g| g.write("canary.yaml", &canary(&[("canary-weight", "100"), ("canary-weight-total", "400")])));
     let t = tally(port, 1000, "/app", &[HOST]);
+    eprintln!("canary-weight 100 of 400: {t:?}");
     assert_share(t.get("canary").copied().unwrap_or(0), 1000, 0.25, "100 of 400");
     let t = tally(port, 400, "/app", &[HOST, ("X-Canary", "always")]);
     assert_share(t.get("canary").copied().unwrap_or(0), 400, 0.25, "no header Rule any more");
@@ -255,4 +257,149 @@ fn affinity_cookie_and_upstream_hash_by() {
     assert!(line.contains("upstream-hash-by") && line.contains("$request_uri"), "{line}");
     assert!(logs.iter().any(|l| l.contains("ingress shop/sticky: AnnotationApproximated")), "persistent noted");
     assert_eq!(tally(port, 30, "/", &[("Host", "x.test")]).len(), 3);
+}
+
+#[test]
+fn service_upstream_uses_the_cluster_ip() {
+    let (vip, ep) = (Backend::start("cluster-ip"), Backend::start("endpoint"));
+    let port = free_port();
+    // ClusterIP 127.0.0.1 with the Service port = the port of `vip`; the endpoints are `ep`.
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: shop}}\nspec:\n  clusterIP: 127.0.0.1\n  ports: [{{name: http, port: {vport}, protocol: TCP}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: svc}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {eport}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\n",
+        vport = vip.port,
+        eport = ep.port
+    );
+    let ing = |name: &str, host: &str, annos: &[(&str, &str)]| {
+        ingress(name, host, "/", "svc", annos).replace("number: 80", &format!("number: {}", vip.port))
+    };
+    let gw = start(
+        &[
+            ("svc.yaml", svc),
+            ("vip.yaml", ing("vip", "vip.test", &[("service-upstream", "true")])),
+            ("eps.yaml", ing("eps", "eps.test", &[])),
+            ("bad.yaml", ing("bad", "bad.test", &[("service-upstream", "yes")])),
+        ],
+        port,
+    );
+    only(port, 20, "/", &[("Host", "vip.test")], "cluster-ip");
+    only(port, 20, "/", &[("Host", "eps.test")], "endpoint");
+    only(port, 20, "/", &[("Host", "bad.test")], "endpoint");
+    let line = gw.proc.wait_log("ingress shop/bad: InvalidAnnotation", Duration::from_secs(5));
+    assert!(line.contains("service-upstream") && line.contains("\"yes\""), "{line}");
+}
+
+/// The test host's address (e2e/testhost/up; see e2e/controller.rs: the API server refuses loopback endpoints).
+fn host_ip() -> String {
+    let out = std::process::Command::new(crate::harness::repo_dir().join("e2e/testhost/up"))
+        .output()
+        .expect("run e2e/testhost/up");
+    assert!(out.status.success(), "e2e/testhost/up: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+}
+
+/// `alb echo-server` `name` in the test host's network namespace: (process, port).
+fn netns_backend(ip: &str, name: &str) -> (crate::harness::Proc, u16) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", "alb-e2e"])
+        .arg(crate::harness::alb_bin())
+        .args(["echo-server", "--listen", &format!("{ip}:0"), "--name", name])
+        .stdout(std::process::Stdio::piped());
+    let mut proc = crate::harness::Proc::spawn(&format!("backend {name}"), &mut cmd);
+    let mut line = String::new();
+    std::io::BufReader::new(proc.child.stdout.take().expect("stdout")).read_line(&mut line).expect("address");
+    let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("echo-server port");
+    (proc, port)
+}
+
+#[test]
+fn canary_through_the_api_server_splits_and_reports_bad_values() {
+    use crate::harness::cluster::Cluster;
+    let c = Cluster::shared();
+    let ns = c.namespace("canary");
+    let alb = "alb-canary";
+    let port = free_port();
+    c.apply(&format!(
+        "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: {port}, ingressHTTPSPort: 0, projects: [ALL_ALL]}}\n"
+    ));
+    let ip = host_ip();
+    let (_main, main_port) = netns_backend(&ip, "main");
+    let (_can, can_port) = netns_backend(&ip, "canary");
+    for (name, bport) in [("svc-main", main_port), ("svc-can", can_port)] {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  clusterIP: None\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {bport}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n"
+        ));
+    }
+    let ing = |name: &str, svc: &str, annos: &[(&str, &str)]| {
+        let y = ingress(name, "c.test", "/app", svc, annos).replace("namespace: shop", &format!("namespace: {ns}"));
+        y.replace("spec:\n  rules:", &format!("spec:\n  ingressClassName: {alb}\n  rules:"))
+    };
+    let runtime = tempfile::Builder::new().prefix("alb-e2e-canary-").tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut cmd = std::process::Command::new(crate::harness::alb_bin());
+    cmd.arg("controller")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["--alb-name", alb, "--alb-namespace", &ns, "--pod-name", "p1"])
+        .arg("--runtime-dir")
+        .arg(runtime.path())
+        .args(["--api-port", &free_port().to_string(), "--bind", "127.0.0.1", "--workers", "2"])
+        .args(["--admin-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+        .args(["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "1", "--spawn-nginx"])
+        .env("ALB_LOG", "info")
+        .env_remove("KUBECONFIG");
+    let ctl = crate::harness::Proc::spawn("alb controller canary", &mut cmd);
+    ctl.wait_log("applied by", Duration::from_secs(30));
+
+    c.apply(&ing("web", "svc-main", &[]));
+    c.apply(&ing("web-canary", "svc-can", &[("canary", "true"), ("canary-weight", "30"), ("canary-by-header", "X-C")]));
+    let t = Instant::now();
+    let canary_by_header = || {
+        let mut conn = Conn::open(port).ok()?;
+        conn.send("GET", "/app", &[HOST, ("X-C", "always")], b"").ok().map(|r| r.backend().to_string())
+    };
+    while canary_by_header().as_deref() != Some("canary") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "canary header Rule not routed; log:\n{}",
+            ctl.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = tally(port, 600, "/app", &[HOST]);
+    eprintln!("controller, canary-weight 30: {t:?}");
+    assert_share(t.get("canary").copied().unwrap_or(0), 600, 0.3, "canary-weight 30 via the API server");
+    only(port, 30, "/app", &[HOST, ("X-C", "never")], "main");
+    // The Rules in the API server: all belong to the main Ingress.
+    let rules = |name: &str| {
+        let sel = format!("alb2.cpaas.io/source-name={name},alb2.cpaas.io/source-ns={ns}");
+        c.get_json(&["rules", "-n", &ns, "-l", &sel])["items"].as_array().cloned().unwrap_or_default()
+    };
+    assert_eq!(rules("web").len(), 3, "main + header always/never");
+    assert!(rules("web-canary").is_empty());
+
+    // A bad value: Warning Event on the canary Ingress naming key and value; the canary stops, main still routes.
+    c.apply(&ing("web-canary", "svc-can", &[("canary", "true"), ("canary-weight", "lots")]));
+    let t = Instant::now();
+    loop {
+        let ev = c.get_json(&["events.v1.events.k8s.io", "-n", &ns]);
+        let hit = ev["items"].as_array().into_iter().flatten().find(|e| {
+            e["type"] == "Warning" && e["reason"] == "InvalidAnnotation" && e["regarding"]["name"] == "web-canary"
+        });
+        if let Some(e) = hit {
+            let note = e["note"].as_str().unwrap_or_default();
+            assert!(note.contains("canary-weight") && note.contains("lots"), "{e}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no Warning Event: {ev}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eventually("canary gone", || rules("web").len() == 1);
+    eventually("main only", || tally(port, 50, "/app", &[HOST]) == BTreeMap::from([("main".to_string(), 50)]));
+    only(port, 20, "/app", &[HOST, ("X-C", "always")], "main");
 }

@@ -1,5 +1,6 @@
 //! ingress-nginx load-balancing annotations: cookie affinity (`affinity`, `affinity-mode`,
-//! `session-cookie-*`), `upstream-hash-by`, `load-balance` and `service-upstream`.
+//! `session-cookie-*`), `upstream-hash-by`, `load-balance` and `service-upstream` (a Rule annotation that makes
+//! the compiler use each Service's ClusterIP:port instead of its endpoints).
 //!
 //! They set the `session_affinity_policy` / `session_affinity_attribute` of every Rule of the Ingress
 //! (docs/policy.md "BackendGroup"): consistent hashing on a ring, keyed by a cookie (`cookie`), a request header
@@ -106,6 +107,9 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Invalid> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Balance {
     pub affinity: Affinity,
+    /// `service-upstream: "true"`: the Rules get the annotation of
+    /// [`crate::compile::backends::service_upstream_annotation`] (ClusterIP:port instead of endpoints).
+    pub service_upstream: bool,
     /// `(reason, message)` of things accepted but done differently from ingress-nginx.
     pub notes: Vec<(&'static str, String)>,
     pub bad: Vec<Invalid>,
@@ -184,6 +188,7 @@ pub fn parse(a: &Annotations) -> Balance {
     let mut bad = Vec::new();
     let mut notes = Vec::new();
     let mut affinity = Affinity::None;
+    let mut service_upstream = false;
     if let Some(v) = a.get(UPSTREAM_HASH_BY).filter(|v| !v.trim().is_empty()) {
         match hash_by(v) {
             Ok(h) => affinity = h,
@@ -222,14 +227,11 @@ pub fn parse(a: &Annotations) -> Balance {
     if let Some(v) = a.get(SERVICE_UPSTREAM) {
         match parse_bool(SERVICE_UPSTREAM, v) {
             Ok(false) => {}
-            Ok(true) => notes.push((
-                "AnnotationUnsupported",
-                format!("annotation {SERVICE_UPSTREAM}: \"true\" is not supported: the Service's endpoints are used"),
-            )),
+            Ok(true) => service_upstream = true,
             Err(e) => bad.push(e),
         }
     }
-    Balance { affinity, notes, bad }
+    Balance { affinity, service_upstream, notes, bad }
 }
 
 /// The `session_affinity_attribute` of a cookie on a Rule whose path is `rule_path` (`None`: a regex path or
@@ -264,12 +266,16 @@ fn literal_path(rule: &Rule) -> Option<&str> {
 }
 
 /// Sets the affinity of every Rule of the Ingress; returns the `(reason, message)` warnings to report.
-pub fn apply(a: &Annotations, rules: &mut [Rule]) -> Vec<(&'static str, String)> {
+pub fn apply(a: &Annotations, domain: &str, rules: &mut [Rule]) -> Vec<(&'static str, String)> {
     let b = parse(a);
     let mut out: Vec<(&'static str, String)> =
         b.bad.iter().map(|e| ("InvalidAnnotation", e.message("the annotation is ignored"))).collect();
     out.extend(b.notes);
     for rule in rules.iter_mut() {
+        if b.service_upstream {
+            let key = crate::compile::backends::service_upstream_annotation(domain);
+            rule.metadata.annotations.get_or_insert_default().insert(key, "true".into());
+        }
         let (policy, attribute) = match &b.affinity {
             Affinity::None => continue,
             Affinity::Cookie(c) => ("cookie", cookie_attribute(c, literal_path(rule))),

@@ -44,7 +44,7 @@ fn translated(annos: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<String>) {
 
 #[test]
 fn nothing_by_default() {
-    assert_eq!(parsed(&[]), Balance { affinity: Affinity::None, notes: vec![], bad: vec![] });
+    assert_eq!(parsed(&[]), Balance { affinity: Affinity::None, service_upstream: false, notes: vec![], bad: vec![] });
     let (sgs, warnings) = translated(&[]);
     assert_eq!(sgs, vec![(String::new(), String::new()); 2]);
     assert!(warnings.is_empty());
@@ -151,9 +151,17 @@ fn load_balance_and_service_upstream() {
     assert!(b.bad.is_empty());
     assert!(b.notes[0].1.contains("ewma"), "{b:?}");
     assert_eq!(parsed(&[(LOAD_BALANCE, "least_conn")]).bad[0].key, LOAD_BALANCE);
-    assert!(parsed(&[(SERVICE_UPSTREAM, "false")]).notes.is_empty());
-    assert_eq!(parsed(&[(SERVICE_UPSTREAM, "true")]).notes[0].0, "AnnotationUnsupported");
+    assert!(!parsed(&[(SERVICE_UPSTREAM, "false")]).service_upstream);
+    let b = parsed(&[(SERVICE_UPSTREAM, "True")]);
+    assert!(b.service_upstream && b.notes.is_empty() && b.bad.is_empty());
     assert_eq!(parsed(&[(SERVICE_UPSTREAM, "1")]).bad[0].key, SERVICE_UPSTREAM);
+    let cfg = AlbIngressConfig::default();
+    let w = World::default();
+    let key = "alb2.cpaas.io/service-upstream";
+    let exp = expected(&cfg, &w.world(), &ing(&[(SERVICE_UPSTREAM, "true")]));
+    assert!(exp.rules.iter().all(|r| r.metadata.annotations.as_ref().unwrap()[key] == "true"));
+    let exp = expected(&cfg, &w.world(), &ing(&[]));
+    assert!(exp.rules.iter().all(|r| !r.metadata.annotations.as_ref().unwrap().contains_key(key)));
     let (sgs, w) = translated(&[(LOAD_BALANCE, "ewma")]);
     assert_eq!(sgs.len(), 2);
     assert!(w[0].starts_with("AnnotationApproximated"), "{w:?}");

@@ -264,3 +264,12 @@ fn canary_of_another_class_is_ignored() {
     let exp = expected(&cfg(), &world(vec![main.clone(), can]).world(), &main);
     assert_eq!(services(&exp.rules[0]).len(), 1);
 }
+
+#[test]
+fn every_key_is_documented() {
+    let doc = include_str!("../../docs/annotations-canary.md");
+    for key in KEYS.iter().chain(super::super::balance::KEYS) {
+        let short = key.strip_prefix("nginx.ingress.kubernetes.io/").expect("an ingress-nginx key");
+        assert!(doc.contains(&format!("| `{short}` |")), "{key} has no row in docs/annotations-canary.md");
+    }
+}

@@ -461,7 +461,7 @@ impl<'a> Translator<'a> {
             }
         }
         // Load balancing / affinity (balance.rs), then canary weights and header/cookie Rules (canary.rs).
-        for (reason, message) in super::balance::apply(&self.annos, &mut rules) {
+        for (reason, message) in super::balance::apply(&self.annos, &self.cfg.domain, &mut rules) {
             self.warn(reason, message);
         }
         super::canary::apply(self.cfg, self.world, self.ing, &mut rules, taken);
