@@ -320,9 +320,7 @@ fn variant(
     main: &Rule,
     ing: &Ingress,
     (r, p): (usize, usize),
-    tag: &str,
-    terms: Vec<DslxTerm>,
-    sg: ServiceGroup,
+    (tag, terms, sg): (&str, Vec<DslxTerm>, ServiceGroup),
     domain: &str,
     taken: &mut BTreeSet<String>,
 ) -> Rule {
@@ -330,9 +328,8 @@ fn variant(
     let (ns, name) = key_of(ing);
     let ft = main.metadata.labels.as_ref().and_then(|l| l.get(&crd::label_frontend(domain))).cloned();
     let ft = ft.unwrap_or_default();
-    let tagged = format!("{name}+{tag}");
     let rname = (0..)
-        .map(|attempt| rule_name(&ft, &ns, &tagged, r, p, attempt))
+        .map(|attempt| tagged_rule_name(&ft, &ns, &name, r, p, tag, attempt))
         .find(|n| !taken.contains(n))
         .expect("some attempt is free");
     taken.insert(rname.clone());
@@ -350,6 +347,26 @@ fn variant(
     out.spec.service_group = Some(sg);
     out.spec.description = format!("{} ({tag})", main.spec.description);
     out
+}
+
+/// The name of a header/cookie Rule: [`rule_name`] of the main path with the Ingress name tagged.
+fn tagged_rule_name(ft: &str, ns: &str, name: &str, r: usize, p: usize, tag: &str, attempt: u32) -> String {
+    rule_name(ft, ns, &format!("{name}+{tag}"), r, p, attempt)
+}
+
+/// The Rule name for `attempt` of an ingress Rule whose path index annotation is `path_index`: `"<p>"` for an
+/// ordinary Rule, `"<p>-<tag>"` for a canary header/cookie Rule. `None` when the annotation is neither.
+pub fn rule_name_for(ft: &str, ns: &str, name: &str, r: usize, path_index: &str, attempt: u32) -> Option<String> {
+    let (p, tag) = match path_index.split_once('-') {
+        Some((p, tag)) if tag.starts_with("canary-") => (p, Some(tag)),
+        Some(_) => return None,
+        None => (path_index, None),
+    };
+    let p: usize = p.parse().ok()?;
+    Some(match tag {
+        Some(tag) => tagged_rule_name(ft, ns, name, r, p, tag, attempt),
+        None => rule_name(ft, ns, name, r, p, attempt),
+    })
 }
 
 fn term(kind: &str, key: &str, op: &str, value: &str) -> DslxTerm {
@@ -417,8 +434,8 @@ pub fn apply(
             variants.push(("canary-cookie-always", vec![term("COOKIE", ck, "EQ", "always")], to_canary.clone()));
             variants.push(("canary-cookie-never", vec![term("COOKIE", ck, "EQ", "never")], main_sg.clone()));
         }
-        for (tag, t, sg) in variants {
-            added.push(variant(rule, ing, (r, p), tag, t, sg, d, taken));
+        for v in variants {
+            added.push(variant(rule, ing, (r, p), v, d, taken));
         }
         if c.weight > 0 {
             let (main_w, canary_w) = percent(c.weight, c.total);

@@ -178,6 +178,13 @@ fn header_and_cookie_rules_rank_above_main() {
     assert_eq!(names.len(), 5);
     assert!(exp.rules.iter().all(|r| r.spec.source.as_ref().unwrap().name == "main"));
     assert!(always.spec.dsl.contains("HEADER X-Canary"), "{}", always.spec.dsl);
+    // The controller's retry names (on a name conflict) follow the same scheme.
+    let ft = "alb-dev-00080";
+    assert_eq!(rule_name_for(ft, "ns1", "main", 0, "0-canary-header-always", 0), always.metadata.name);
+    assert_eq!(rule_name_for(ft, "ns1", "main", 0, "0", 0), base.metadata.name);
+    assert_ne!(rule_name_for(ft, "ns1", "main", 0, "0-canary-header-always", 1), always.metadata.name);
+    assert_eq!(rule_name_for(ft, "ns1", "main", 0, "0-other", 0), None);
+    assert_eq!(rule_name_for(ft, "ns1", "main", 0, "x", 0), None);
     // The plan converges: identities are distinct.
     let p = super::super::plan(&cfg(), &exp, &[], &w.frontends);
     assert_eq!(p.create_rules.len(), 5);
