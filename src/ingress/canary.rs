@@ -213,6 +213,7 @@ fn canaries<'w>(cfg: &AlbIngressConfig, world: &IngressWorld<'w>) -> Vec<(&'w In
     let mut out: Vec<(&Ingress, Canary)> = world
         .ingresses
         .iter()
+        .filter(|i| i.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CANARY)))
         .filter(|i| claims(cfg, world, i))
         .filter_map(|i| match parse(&Annotations::new(i, &cfg.domain)) {
             Ok(Some(c)) => Some((i, c)),
