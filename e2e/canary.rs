@@ -155,6 +155,18 @@ fn canary_header_value_pattern_and_bad_values() {
     only(port, 30, "/app", &[HOST, ("X-Version", "blue2")], "canary");
     only(port, 30, "/app", &[HOST, ("X-Version", "red")], "main");
 
+    // A value with quotes, braces, a semicolon and `$` is compared literally and never reaches nginx.conf.
+    let odd = "a\"b;{c} $host";
+    let pids = gw.pids();
+    gw.change(|g| {
+        g.write("canary.yaml", &canary(&[("canary-by-header", "X-Version"), ("canary-by-header-value", odd)]))
+    });
+    only(port, 20, "/app", &[HOST, ("X-Version", odd)], "canary");
+    only(port, 20, "/app", &[HOST, ("X-Version", "a\"b;{c} c.test")], "main");
+    assert_eq!(gw.pids(), pids, "no reload");
+    let conf = std::fs::read_to_string(gw.runtime.path().join("conf/nginx.conf")).expect("nginx.conf");
+    assert!(!conf.contains("a\"b") && !conf.contains("X-Version"), "annotation text in nginx.conf");
+
     // A bad value: a Warning naming key and value, nothing routed from the canary, other routes unaffected.
     let skip = gw.proc.log_len();
     gw.write("canary.yaml", &canary(&[("canary-weight", "abc"), ("canary-by-header", "X-Version")]));
