@@ -280,3 +280,23 @@ fn every_key_is_documented() {
         assert!(doc.contains(&format!("| `{short}` |")), "{key} has no row in docs/annotations-canary.md");
     }
 }
+
+#[test]
+fn every_frontend_of_the_main_path_gets_the_canary() {
+    let cfg = AlbIngressConfig { ssl_strategy: crate::ingress::SslStrategy::Both, ..cfg() };
+    let main = ing_path("ns1", "main", "a.com", "/app", "svc-main");
+    let can = with(
+        ing_path("ns1", "can", "a.com", "/app", "svc-can"),
+        &[(CANARY, "true"), (WEIGHT, "50"), (BY_COOKIE, "ck")],
+    );
+    let exp = expected(&cfg, &world(vec![main.clone(), can]).world(), &main);
+    assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
+    assert_eq!(exp.rules.len(), 6, "http and https: main + cookie always/never each");
+    let fts: BTreeSet<String> =
+        exp.rules.iter().map(|r| r.metadata.labels.as_ref().unwrap()["alb2.cpaas.io/frontend"].clone()).collect();
+    assert_eq!(fts.len(), 2);
+    let names: BTreeSet<_> = exp.rules.iter().map(|r| r.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names.len(), 6);
+    let split = exp.rules.iter().filter(|r| services(r).len() == 2).count();
+    assert_eq!(split, 2, "both main Rules carry the weights");
+}
