@@ -401,21 +401,17 @@ pub fn apply(
     let my_paths = paths(ing);
     let mut added = Vec::new();
     for rule in rules.iter_mut() {
-        let (Some(r), Some(p)) =
-            (annotation_usize(rule, &annotation_rule_index(d)), { annotation_usize(rule, &annotation_path_index(d)) })
-        else {
-            continue;
-        };
+        let r = annotation_usize(rule, &annotation_rule_index(d));
+        let p = annotation_usize(rule, &annotation_path_index(d));
+        let (Some(r), Some(p)) = (r, p) else { continue };
         let Some((_, _, key, _)) = my_paths.iter().find(|(rr, pp, _, _)| (*rr, *pp) == (r, p)) else { continue };
         // The first canary (by namespace/name) with this path.
         let hit = cans.iter().find_map(|(ci, c)| {
             let (cns, _) = key_of(ci);
-            paths(ci)
-                .into_iter()
-                .find(|(_, _, k, _)| k == key)
-                .map(|(_, _, _, b)| (*ci, c, service_ref(world, &cns, b)))
+            paths(ci).into_iter().find(|(_, _, k, _)| k == key).map(|(_, _, _, b)| (c, service_ref(world, &cns, b)))
         });
-        let Some((_, c, Ok(canary_svc))) = hit else { continue };
+        // A canary whose backend cannot be resolved routes nothing (its own translation warns).
+        let Some((c, Ok(canary_svc))) = hit else { continue };
         let main_sg = rule.spec.service_group.clone().unwrap_or_default();
         let to_canary = ServiceGroup { services: vec![canary_svc.clone()], ..main_sg.clone() };
         let mut variants = Vec::new();
