@@ -8,10 +8,12 @@
 //! `l4`: tcp/udp Frontends through nginx's stream module (weights, graceful reloads under HTTP load).
 //! `grpc`: gRPC unary/streaming calls through grpc (h2c, TLS) and https Frontends, real grpcio server/client.
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
+//! `canary`: ingress-nginx canary, affinity and load-balancing annotations on Ingresses (standalone).
 //! `controller_metrics`: the control plane's `alb_controller_*` metrics (admin `/metrics`), standalone and controller.
 
 mod harness;
 
+mod canary;
 mod controller;
 mod controller_metrics;
 mod crds;

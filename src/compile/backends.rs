@@ -87,6 +87,18 @@ fn endpoints(svc: &Service, sp: &ServicePort, lookup: &Lookup) -> Vec<(String, u
     out
 }
 
+/// Rule annotation `alb2.<d>/service-upstream: "true"` (set from the Ingress annotation `service-upstream`):
+/// the Rule's Services are reached through their ClusterIP and Service port instead of their endpoints.
+pub fn service_upstream_annotation(domain: &str) -> String {
+    format!("alb2.{domain}/service-upstream")
+}
+
+/// The ClusterIP and Service port of a Service, when it has an IP literal as ClusterIP (not headless).
+fn cluster_ip_endpoint(svc: &Service, sp: &ServicePort) -> Option<(String, u16)> {
+    let ip = svc.spec.as_ref()?.cluster_ip.as_deref()?.parse::<IpAddr>().ok()?;
+    Some((ip.to_string(), u16::try_from(sp.port).ok().filter(|p| *p != 0)?))
+}
+
 /// Resolve a service group. Any missing Service or port fails the whole group (all problems reported).
 pub fn resolve(
     group_name: &str,
@@ -105,6 +117,19 @@ pub fn resolve_protocol(
     default_ns: &str,
     lookup: &Lookup,
     protocol: &str,
+) -> Result<BackendGroup, Vec<GroupError>> {
+    resolve_with(group_name, sg, default_ns, lookup, protocol, false)
+}
+
+/// [`resolve`] with `cluster_ip`: each Service is one backend, its ClusterIP and Service port
+/// ([`service_upstream_annotation`]); a Service without one (headless, ExternalName) falls back to its endpoints.
+pub fn resolve_with(
+    group_name: &str,
+    sg: &ServiceGroup,
+    default_ns: &str,
+    lookup: &Lookup,
+    protocol: &str,
+    cluster_ip: bool,
 ) -> Result<BackendGroup, Vec<GroupError>> {
     let is_tcp = protocol == "TCP";
     let mut errs = Vec::new();
@@ -137,7 +162,11 @@ pub fn resolve_protocol(
             continue;
         };
         let w = s.weight.unwrap_or(100).clamp(0, 100);
-        per_service.push((w, s.name.clone(), ns.to_string(), endpoints(svc, sp, lookup)));
+        let eps = match cluster_ip.then(|| cluster_ip_endpoint(svc, sp)).flatten() {
+            Some(ep) => vec![ep],
+            None => endpoints(svc, sp, lookup),
+        };
+        per_service.push((w, s.name.clone(), ns.to_string(), eps));
     }
     if !errs.is_empty() {
         return Err(errs);
@@ -319,6 +348,29 @@ mod tests {
         assert_eq!((e[0].reason, e[0].field.as_str()), ("PortNotFound", "spec.serviceGroup.services[0].port"));
         assert_eq!((e[1].reason, e[1].field.as_str()), ("ServiceNotFound", "spec.serviceGroup.services[1]"));
         assert!(e[1].problem.contains("default/zz"));
+    }
+
+    #[test]
+    fn service_upstream_uses_the_cluster_ip() {
+        let mut with_ip = service("default", "a", &[("http", 80, json!(8080))]);
+        with_ip.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.7".into());
+        let mut headless = service("default", "h", &[("http", 81, json!(8081))]);
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        let svcs = vec![with_ip, headless];
+        let slices = vec![
+            slice("default", "a", "a-1", &[("http", 8080)], &[("10.0.0.1", None), ("10.0.0.2", None)]),
+            slice("default", "h", "h-1", &[("http", 8081)], &[("10.0.1.1", None)]),
+        ];
+        let lookup = Lookup::new(&svcs, &slices);
+        let group = sg(json!([{"name": "a", "port": 80, "weight": 75}, {"name": "h", "port": 81, "weight": 25}]));
+        let g = resolve_with("g", &group, "default", &lookup, "TCP", true).unwrap();
+        assert_eq!(
+            addrs(&g),
+            vec![("10.0.1.1".into(), 8081, 25), ("10.96.0.7".into(), 80, 75)],
+            "ClusterIP:port; the headless Service keeps its endpoints"
+        );
+        let g = resolve_with("g", &group, "default", &lookup, "TCP", false).unwrap();
+        assert_eq!(g.backends.len(), 3, "endpoints without the flag");
     }
 
     #[test]

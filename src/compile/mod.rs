@@ -210,7 +210,15 @@ impl Ctx<'_> {
             self.reject(kind, meta, "metadata.name".into(), "DuplicateBackendGroup", &problem);
             return false;
         }
-        match backends::resolve(group, sg, ns_of(meta), &self.lookup) {
+        // Ingress `service-upstream` (src/ingress/balance.rs): ClusterIP instead of endpoints.
+        let key = backends::service_upstream_annotation(&self.opts.domain);
+        let cluster_ip =
+            kind == "Rule" && meta.annotations.as_ref().and_then(|a| a.get(&key)).is_some_and(|v| v == "true");
+        let resolved = match cluster_ip {
+            true => backends::resolve_with(group, sg, ns_of(meta), &self.lookup, "TCP", true),
+            false => backends::resolve(group, sg, ns_of(meta), &self.lookup),
+        };
+        match resolved {
             Ok(g) => {
                 self.groups.insert(group.to_string(), g);
                 self.group_owner.insert(group.to_string(), format!("{kind} {}/{}", ns_of(meta), name_of(meta)));

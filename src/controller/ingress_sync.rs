@@ -9,7 +9,7 @@ use super::stores::{cloned, Stores};
 use super::ControllerArgs;
 use crate::crd::alb2::ALB2;
 use crate::crd::{self, Frontend, Rule};
-use crate::ingress::translate::{annotation_path_index, annotation_rule_index, rule_name, SOURCE_TYPE};
+use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -471,9 +471,10 @@ fn next_name(cfg: &AlbIngressConfig, rule: &Rule, attempt: u32) -> Option<String
     let annos = rule.metadata.annotations.as_ref()?;
     let ft = labels.get(&crd::label_frontend(d))?;
     let r: usize = annos.get(&annotation_rule_index(d))?.parse().ok()?;
-    let p: usize = annos.get(&annotation_path_index(d))?.parse().ok()?;
+    let p = annos.get(&annotation_path_index(d))?;
     let src = rule.spec.source.as_ref()?;
-    Some(rule_name(ft, &src.namespace, &src.name, r, p, attempt))
+    // `<p>` or, for a canary header/cookie Rule, `<p>-canary-...` (src/ingress/canary.rs).
+    ingress::canary::rule_name_for(ft, &src.namespace, &src.name, r, p, attempt)
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {

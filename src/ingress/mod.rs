@@ -6,6 +6,7 @@
 //!
 //! * [`claim`]: which Ingresses an ALB serves (class, projects; §2.1).
 //! * [`annotations`]: typed reading of the Ingress annotations, one function per key (§2.6).
+//! * [`canary`], [`balance`]: the ingress-nginx canary, affinity and load-balancing annotations.
 //! * [`translate`]: SSL strategy, Frontends, one Rule per path per Frontend (§2.2, §2.3).
 //! * [`plan`]: the diff against what exists (§2.4).
 //! * [`status`]: the add-only `status.loadBalancer` merge (§2.5).
@@ -18,6 +19,8 @@
 //!   with an [`IngressWarning`] (the original appended a nil Rule and crashed the sync).
 
 pub mod annotations;
+pub mod balance;
+pub mod canary;
 pub mod claim;
 pub mod plan;
 pub mod status;

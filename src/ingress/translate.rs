@@ -460,6 +460,11 @@ impl<'a> Translator<'a> {
                 rules.push(self.rule(ft, pr, cert, taken));
             }
         }
+        // Load balancing / affinity (balance.rs), then canary weights and header/cookie Rules (canary.rs).
+        for (reason, message) in super::balance::apply(&self.annos, &self.cfg.domain, &mut rules) {
+            self.warn(reason, message);
+        }
+        super::canary::apply(self.cfg, self.world, self.ing, &mut rules, taken);
         let ports = frontends.iter().map(|(ft, proto)| (ft.spec.port as u16, *proto)).collect();
         Expected { frontends: frontends.into_iter().map(|(ft, _)| ft).collect(), rules, warnings: self.warnings, ports }
     }
@@ -471,6 +476,10 @@ fn expected_with(
     ing: &Ingress,
     taken: &mut BTreeSet<String>,
 ) -> Expected {
+    // A canary Ingress has no Rules of its own (canary.rs): its paths are merged into the main Ingress's.
+    if let Some(warnings) = super::canary::own_warnings(cfg, world, ing) {
+        return Expected { warnings, ..Default::default() };
+    }
     let t = Translator {
         cfg,
         world,

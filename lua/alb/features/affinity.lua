@@ -4,6 +4,10 @@
 -- average), each point at md5("<peer>#<k>") (first 4 bytes); the points are sorted. Per request the key is
 -- hashed with crc32 and the owner of the first point at or after it serves (binary search). Removing one of n
 -- nodes only moves the keys it owned (~1/n of them); the others keep their node.
+--
+-- `cookie` attribute: `NAME[; Path=/p][; Domain=d][; SameSite=Strict|Lax|None][; Secure][; Max-Age=N]
+-- [; Expires-In=N]` (docs/policy.md). Parsed once per build; a malformed part is dropped (logged), a name that is
+-- not a token falls back to JSESSIONID, so nothing from the policy can break the Set-Cookie header.
 local type = type
 local floor = math.floor
 local random = math.random
@@ -11,6 +15,10 @@ local byte = string.byte
 local lower = string.lower
 local gsub = string.gsub
 local sort = table.sort
+local find = string.find
+local match = string.match
+local sub = string.sub
+local tonumber = tonumber
 local ngx = ngx
 local ngx_var = ngx.var
 local md5_bin = ngx.md5_bin
@@ -62,12 +70,73 @@ function _M.build(b, policy, attribute)
         a.owners[i] = pts[i][2]
     end
     if policy == "cookie" then
-        a.cookie = attribute ~= "" and attribute or "JSESSIONID"
+        local c = _M.parse_cookie(attribute)
+        a.cookie, a.cookie_attrs, a.cookie_expires_in, a.cookie_secure = c.name, c.attrs, c.expires_in, c.secure
         a.var = "cookie_" .. a.cookie
     elseif policy == "header" and attribute ~= "" then
         a.var = "http_" .. gsub(lower(attribute), "-", "_")
     end
     return a
+end
+
+local function trim(s)
+    return match(s, "^%s*(.-)%s*$")
+end
+
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+--- parse_cookie(attribute) -> {name, attrs (fixed "; ..." suffix, Path first), expires_in (seconds or nil),
+-- secure (bool)}
+function _M.parse_cookie(attribute)
+    local parts = {}
+    local pos = 1
+    while true do
+        local i = find(attribute, ";", pos, true)
+        parts[#parts + 1] = trim(sub(attribute, pos, (i or 0) - 1))
+        if not i then
+            break
+        end
+        pos = i + 1
+    end
+    local name = parts[1]
+    if not match(name, TOKEN) then
+        if name ~= "" then
+            ngx.log(ngx.WARN, "affinity cookie name ", name, " is not a token: JSESSIONID is used")
+        end
+        name = "JSESSIONID"
+    end
+    local path, domain, samesite, max_age, expires_in, secure = "/", nil, nil, nil, nil, false
+    for k = 2, #parts do
+        local p = parts[k]
+        local key, val = match(p, "^([%a%-]+)=(.*)$")
+        key = lower(key or p)
+        if key == "path" and val and match(val, "^/[\33-\126]*$") and not find(val, ",", 1, true) then
+            path = val
+        elseif key == "domain" and val and match(val, "^[%w%.%-]+$") then
+            domain = val
+        elseif key == "samesite" and val and (val == "Strict" or val == "Lax" or val == "None") then
+            samesite = val
+        elseif key == "secure" and not val then
+            secure = true
+        elseif key == "max-age" and val and match(val, "^%d+$") then
+            max_age = val
+        elseif key == "expires-in" and val and match(val, "^%d+$") then
+            expires_in = tonumber(val)
+        elseif p ~= "" then
+            ngx.log(ngx.WARN, "affinity cookie attribute ", p, " ignored")
+        end
+    end
+    local attrs = "; Path=" .. path
+    if domain then
+        attrs = attrs .. "; Domain=" .. domain
+    end
+    if samesite then
+        attrs = attrs .. "; SameSite=" .. samesite
+    end
+    if max_age then
+        attrs = attrs .. "; Max-Age=" .. max_age
+    end
+    return { name = name, attrs = attrs, expires_in = expires_in, secure = secure }
 end
 
 -- first ring position whose hash is >= h (wrapping)
@@ -104,8 +173,12 @@ function _M.pick(a, ctx)
         if not key or key == "" then
             key = random_key()
             if kind == "cookie" then
-                local c = a.cookie .. "=" .. key .. "; Path=/; HttpOnly"
-                if ngx_var.https == "on" then
+                local c = a.cookie .. "=" .. key .. a.cookie_attrs
+                if a.cookie_expires_in then
+                    c = c .. "; Expires=" .. ngx.cookie_time(ngx.time() + a.cookie_expires_in)
+                end
+                c = c .. "; HttpOnly"
+                if a.cookie_secure or ngx_var.https == "on" then
                     c = c .. "; Secure"
                 end
                 ctx.alb_affinity_cookie = c
