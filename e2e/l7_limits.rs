@@ -278,6 +278,23 @@ fn max_body_size_by_content_length_and_chunked() {
     assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(5000)));
 }
 
+/// A backend answering every request with 401 and a `WWW-Authenticate` header.
+fn backend_401() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"e2e\"\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+            );
+        }
+    });
+    port
+}
+
 #[test]
 fn error_pages_from_the_error_backend() {
     let dp = Dataplane::start(1);
@@ -302,8 +319,15 @@ fn error_pages_from_the_error_backend() {
         ),
         rule("errs-down", "down.test", Some("a"), json!({"error_pages": {"codes": [503], "upstream": "dead"}})),
         rule("plain", "plain.test", Some("a"), json!({})),
+        rule("auth401", "auth401.test", Some("u401"), ep(json!([503]))),
     ];
-    let groups = vec![group("a", &[a.port]), group("errs", &[errs.port]), group("empty", &[]), group("dead", &[dead])];
+    let groups = vec![
+        group("a", &[a.port]),
+        group("errs", &[errs.port]),
+        group("empty", &[]),
+        group("dead", &[dead]),
+        group("u401", &[backend_401()]),
+    ];
     dp.push(&policy(port, rules, groups));
 
     // a listed code: the error backend's answer for the same request
@@ -333,6 +357,9 @@ fn error_pages_from_the_error_backend() {
     assert_eq!(r.status, 500, "{r:?}");
     assert!(r.reason().starts_with("BackendError : read "), "{r:?}");
     assert_eq!(r.body, "");
+    // a 401 not in the list keeps its WWW-Authenticate (nginx copies it when intercepting)
+    let r = on(port, "auth401.test", "/x");
+    assert_eq!((r.status, r.header("www-authenticate")), (401, Some("Basic realm=\"e2e\"")), "{r:?}");
     // success and redirects pass untouched
     let r = on(port, "ep.test", "/status/201");
     assert_eq!((r.status, r.backend()), (201, "a"));
