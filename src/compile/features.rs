@@ -206,7 +206,8 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
     let limit: Option<Limit> = key(cfg, "limit", &mut errs);
     out.limit = limit.and_then(|l| check_limit(l, &mut errs));
     let max_body: Option<u64> = key(cfg, "max_body_size", &mut errs);
-    out.max_body_size = max_body.filter(|n| *n > 0);
+    // 0 = no limit; so is anything from 2^53 on (Lua numbers are doubles: the policy API would refuse it)
+    out.max_body_size = max_body.filter(|n| *n > 0 && *n < 1 << 53);
     let error_pages: Option<ErrorPagesSpec> = key(cfg, "error_pages", &mut errs);
     out.error_pages = error_pages.and_then(|e| check_error_pages(e, ns, &mut errs));
 

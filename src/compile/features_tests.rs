@@ -315,6 +315,8 @@ fn max_body_size_zero_is_off() {
     assert_eq!((c["max_body_size"].as_u64(), errs.len()), (Some(1048576), 0));
     let (c, _) = translate(json!({"config": {"max_body_size": 0}}));
     assert_eq!(c.get("max_body_size"), None);
+    let (c, _) = translate(json!({"config": {"max_body_size": u64::MAX}}));
+    assert_eq!(c.get("max_body_size"), None, "beyond what Lua numbers hold: no limit");
     let (c, errs) = translate(json!({"config": {"max_body_size": "1m"}}));
     assert_eq!((c.get("max_body_size"), reasons(&errs)), (None, vec!["InvalidConfig"]));
 }

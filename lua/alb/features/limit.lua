@@ -43,10 +43,10 @@ function _M.compile(l, path)
     if not u.is_object(l) then
         u.fail(path, "must be an object")
     end
-    local max = 2 ^ 31
+    local max = 4294967295 -- u32, as in src/policy/config.rs
     local rps = u.opt_uint(l.rps, path .. ".rps", max)
     local rpm = u.opt_uint(l.rpm, path .. ".rpm", max)
-    local mult = u.opt_uint(l.burst_multiplier, path .. ".burst_multiplier", 1000000) or 5
+    local mult = u.opt_uint(l.burst_multiplier, path .. ".burst_multiplier", max) or 5
     local conn = u.opt_uint(l.connections, path .. ".connections", max)
     local whitelist = access.compile_set(l.whitelist, path .. ".whitelist")
     local status = u.opt_uint(l.status, path .. ".status", 599) or 503
