@@ -4,6 +4,7 @@
 -- HTTP/1.1, an HTTP/2 body without the header) the body is read first, the way proxying does anyway
 -- (proxy_request_buffering: memory up to client_body_buffer_size, then a temp file; never into a Lua string),
 -- and nginx's decoded length ($content_length once the body is read) is checked before anything goes upstream.
+-- gRPC requests without Content-Length are not checked (their streams must not be buffered).
 local u = require("alb.features.util")
 
 local ngx = ngx
@@ -33,6 +34,10 @@ function _M.run(b)
     end
     if ngx_var.http_transfer_encoding == nil and ngx.req.http_version() < 2 then
         return -- HTTP/1.x without Content-Length or Transfer-Encoding: no body
+    end
+    local rule = ngx.ctx.alb_rule
+    if (rule and rule.grpc) or ngx_var.alb_grpc_location == "1" then
+        return -- gRPC streams are not buffered (a client stream would stall until its end)
     end
     read_body()
     local n = tonumber(ngx_var.content_length)
