@@ -218,6 +218,18 @@ fn limit_connections_counts_concurrent_requests_and_releases_on_every_path() {
     for _ in 0..5 {
         assert_eq!(served(port, "conn.test", "/x").status, 200);
     }
+    // released when the client goes away (499): two clients hold both slots with slow requests, then hang up
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /sleep/10000 HTTP/1.1\r\nHost: conn.test\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(on(port, "conn.test", "/x").reason(), "LimitExceeded : connections", "both slots are held");
+    drop(held);
+    assert_eq!(served(port, "conn.test", "/x").status, 200, "released long before the backend would answer");
     // released after nginx's own error answer (502 through error_page @alb_error)
     for _ in 0..4 {
         let r = served(port, "dead.test", "/x");
@@ -242,11 +254,11 @@ fn limit_connections_counts_concurrent_requests_and_releases_on_every_path() {
 }
 
 /// Raw HTTP/1.1 request with a chunked body of the given chunks; returns (status, body).
-fn post_chunked(port: u16, host: &str, chunks: &[usize]) -> (u16, String) {
+fn post_chunked(port: u16, host: &str, path: &str, chunks: &[usize]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req =
-        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
             .into_bytes();
     for n in chunks {
         req.extend_from_slice(format!("{n:x}\r\n").as_bytes());
@@ -282,10 +294,10 @@ fn max_body_size_by_content_length_and_chunked() {
     assert_eq!(r.backend(), "", "not proxied");
     assert_eq!(get(port, "/x", &h).status, 200, "no body");
     // chunked: nginx buffers the body (as proxying does anyway) and its decoded length is checked
-    let (status, body) = post_chunked(port, "body.test", &[30, 30]);
+    let (status, body) = post_chunked(port, "body.test", "/x", &[30, 30]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"body_len\":60"), "{body}");
-    let (status, _) = post_chunked(port, "body.test", &[60, 60]);
+    let (status, _) = post_chunked(port, "body.test", "/x", &[60, 60]);
     assert_eq!(status, 413);
     // other rules: no limit
     let r = request(port, "POST", "/x", &[("Host", "plain.test")], &[b'x'; 5000]);
@@ -334,6 +346,12 @@ fn error_pages_from_the_error_backend() {
         rule("errs-down", "down.test", Some("a"), json!({"error_pages": {"codes": [503], "upstream": "dead"}})),
         rule("plain", "plain.test", Some("a"), json!({})),
         rule("auth401", "auth401.test", Some("u401"), ep(json!([503]))),
+        rule(
+            "ep-body",
+            "ep-body.test",
+            Some("a"),
+            json!({"error_pages": {"codes": [503], "upstream": "errs"}, "max_body_size": 1000}),
+        ),
     ];
     let groups = vec![
         group("a", &[a.port]),
@@ -403,6 +421,11 @@ fn error_pages_from_the_error_backend() {
     // the error backend cannot be reached: the usual 502 answer
     let r = on(port, "down.test", "/status/503");
     assert_eq!((r.status, r.body.as_str()), (502, "X-Error: 502\n"), "{r:?}");
+    // a body read by max_body_size (chunked) still reaches the backend through @alb_ep
+    let (status, body) = post_chunked(port, "ep-body.test", "/status/200", &[20, 40]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"body_len\":60") && body.contains("\"backend\":\"a\""), "{body}");
+    assert_eq!(post_chunked(port, "ep-body.test", "/status/200", &[600, 600]).0, 413);
     // a rule without error pages is unchanged: the backend's error body passes
     let r = on(port, "plain.test", "/status/503");
     assert_eq!((r.status, r.backend()), (503, "a"));
