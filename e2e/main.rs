@@ -5,6 +5,7 @@
 //! `ingress_standalone`: Ingress manifests translated in memory by `alb standalone`.
 //! `tls`: https listeners, certificates by SNI from TLS Secrets, HTTP/2, rotation without reloads.
 //! `l7`: rule features (redirect, CORS, rewrite, headers, timeouts, retries, affinity, auth, WebSocket).
+//! `l7_limits`: access lists, rate/connection limits, body size limits and error pages per rule.
 //! `l4`: tcp/udp Frontends through nginx's stream module (weights, graceful reloads under HTTP load).
 //! `grpc`: gRPC unary/streaming calls through grpc (h2c, TLS) and https Frontends, real grpcio server/client.
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
@@ -22,6 +23,7 @@ mod grpc;
 mod ingress_standalone;
 mod l4;
 mod l7;
+mod l7_limits;
 mod metrics;
 mod operator;
 mod standalone;

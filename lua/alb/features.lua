@@ -3,7 +3,8 @@
 -- compile(config) turns a rule's `config` into closures-ready tables once per policy; the same code validates
 -- a pushed policy (schema.lua), so whatever is stored can be compiled. The request phases then only run what a
 -- rule configured, in the order of dataplane.md §4.1:
---   early (before the upstream checks): redirect, CORS preflight
+--   early (before the upstream checks): access, limit, redirect, CORS preflight, max_body_size; then a rule
+--     with error_pages continues in @alb_ep (features/errors.lua), which does the rest of the pipeline
 --   late  (after them): vhost, URL rewrite, request headers, auth
 --   header filter: CORS headers, response headers, auth cookies, affinity cookie
 --   balancer: timeouts, tries
@@ -13,6 +14,10 @@ local cors = require("alb.features.cors")
 local rewrite = require("alb.features.rewrite")
 local headers = require("alb.features.headers")
 local auth = require("alb.features.auth")
+local access = require("alb.features.access")
+local limit = require("alb.features.limit")
+local body = require("alb.features.body")
+local errors = require("alb.features.errors")
 
 local type = type
 local pcall = pcall
@@ -93,10 +98,23 @@ local function compile_all(cfg)
     if not u.absent(cfg.auth) then
         set("auth", auth.compile(cfg.auth, "config.auth"))
     end
+    if not u.absent(cfg.access) then
+        set("access", access.compile(cfg.access, "config.access"))
+    end
+    if not u.absent(cfg.limit) then
+        set("limit", limit.compile(cfg.limit, "config.limit"))
+    end
+    if not u.absent(cfg.max_body_size) then
+        set("body", body.compile(cfg.max_body_size, "config.max_body_size"))
+    end
+    if not u.absent(cfg.error_pages) then
+        set("errors", errors.compile(cfg.error_pages, "config.error_pages"))
+    end
     if not any then
         return false
     end
-    f.early = f.redirect ~= nil or f.cors ~= nil
+    f.early = f.redirect ~= nil or f.cors ~= nil or f.access ~= nil or f.limit ~= nil or f.body ~= nil
+        or f.errors ~= nil
     f.late = f.vhost ~= nil or f.rewrite ~= nil or f.req ~= nil or f.auth ~= nil
     f.filter = f.cors ~= nil or f.resp ~= nil or f.auth ~= nil
     return f
@@ -120,15 +138,31 @@ function _M.compile(cfg)
     return nil, "config: " .. tostring(res)
 end
 
---- rewrite phase, right after the match: may answer (redirect, preflight) and not return
+--- rewrite phase, right after the match: may answer (access, limit, redirect, preflight, body size) and not
+--- return; a rule with error pages continues in @alb_ep (ngx.exec, never returns)
 function _M.early(f, c)
+    if f.access then
+        access.run(f.access)
+    end
+    if f.limit then
+        limit.run(f.limit)
+    end
     if f.redirect then
         redirect.run(f.redirect, c)
     end
     if f.cors then
         cors.preflight(f.cors, get_method())
     end
+    if f.body then
+        body.run(f.body)
+    end
+    if f.errors then
+        errors.enter()
+    end
 end
+
+--- log phase of every request of the http listeners (nginx.conf): releases a config.limit.connections slot
+_M.log = limit.log
 
 --- rewrite phase, once the upstream is known: may answer (auth) and not return
 function _M.late(f)

@@ -35,7 +35,8 @@ end
 local PRELOAD = {
     "alb.api", "alb.phase", "alb.router", "alb.balancer", "alb.expr", "alb.schema", "alb.metrics", "alb.ssl",
     "alb.features", "alb.features.util", "alb.features.affinity", "alb.features.auth", "alb.features.cors",
-    "alb.features.headers", "alb.features.redirect", "alb.features.rewrite",
+    "alb.features.headers", "alb.features.redirect", "alb.features.rewrite", "alb.features.access",
+    "alb.features.limit", "alb.features.body", "alb.features.errors",
 }
 
 function _M.init(opts)

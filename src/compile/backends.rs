@@ -1,6 +1,7 @@
 //! Service group → backend group (controlplane.md §3.2, with EndpointSlices instead of Endpoints).
 
-use crate::crd::ServiceGroup;
+use crate::crd::{ServiceGroup, ServiceRef};
+use crate::policy::config::ErrorService;
 use crate::policy::{Backend, BackendGroup};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -196,6 +197,35 @@ pub fn resolve_with(
         session_affinity_policy: sg.session_affinity_policy.clone(),
         session_affinity_attribute: sg.session_affinity_attribute.clone(),
         backends,
+    })
+}
+
+/// Name of the backend group of an error backend (`config.error_pages.service`). `:` and `/` never occur in
+/// the names of other groups (Kubernetes object names), so it cannot collide with them; Rules naming the same
+/// error Service share the group.
+pub fn error_group_name(svc: &ErrorService) -> String {
+    format!("errors:{}/{}:{}", svc.namespace, svc.name, svc.port)
+}
+
+/// The backend group of an error backend: that one Service, round robin. Problems name
+/// `spec.config.error_pages.service`.
+pub fn resolve_error_service(svc: &ErrorService, lookup: &Lookup) -> Result<BackendGroup, Vec<GroupError>> {
+    let sg = ServiceGroup {
+        services: vec![ServiceRef {
+            name: svc.name.clone(),
+            namespace: svc.namespace.clone(),
+            port: i32::from(svc.port),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    resolve(&error_group_name(svc), &sg, &svc.namespace, lookup).map_err(|errs| {
+        errs.into_iter()
+            .map(|mut e| {
+                e.field = e.field.replacen("spec.serviceGroup.services[0]", "spec.config.error_pages.service", 1);
+                e
+            })
+            .collect()
     })
 }
 

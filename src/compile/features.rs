@@ -8,20 +8,24 @@
 //!   `rewrite_base`/`rewrite_target`/`url`, `vhost`): legacy values win;
 //! * the annotations `alb.rule.<d>/rewrite-request` and `alb.rule.<d>/rewrite-response` (JSON).
 //!
+//! `access`, `limit`, `max_body_size` and `error_pages` come from `spec.config` only; `error_pages.service` is
+//! resolved into a backend group by the compiler (`mod.rs`), which fills `error_pages.upstream`.
+//!
 //! `timeout`, `retry` and `auth` are inherited from the Frontend's `spec.config` when the Rule has none.
 //! A problem never drops the Rule: the faulty feature is left out and reported (an auth problem instead keeps
 //! the Rule failing closed: `auth.basic.err` makes every request answer 500).
 
 use crate::crd::{Frontend, Rule};
 use crate::policy::config::{
-    Auth, BasicAuth, Cors, ForwardAuth, PasswordHash, Redirect, Retry, Rewrite, RewriteRequest, RewriteResponse,
-    RuleConfig, Timeout,
+    Access, Auth, BasicAuth, Cors, ErrorPages, ErrorService, ForwardAuth, Limit, PasswordHash, Redirect, Retry,
+    Rewrite, RewriteRequest, RewriteResponse, RuleConfig, Timeout,
 };
 use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 /// A problem found while translating; becomes a `Reject` of the Rule or Frontend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,8 +199,149 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
     out.rewrite_response = rresp.and_then(|r| check_rewrite_response(r, &mut errs));
 
     let ns = input.rule.metadata.namespace.as_deref().unwrap_or("");
+
+    // access, limit, max_body_size, error_pages: spec.config only
+    let access: Option<Access> = key(cfg, "access", &mut errs);
+    out.access = access.and_then(|a| check_access(a, &mut errs));
+    let limit: Option<Limit> = key(cfg, "limit", &mut errs);
+    out.limit = limit.and_then(|l| check_limit(l, &mut errs));
+    let max_body: Option<u64> = key(cfg, "max_body_size", &mut errs);
+    // 0 = no limit; so is anything from 2^53 on (Lua numbers are doubles: the policy API would refuse it)
+    out.max_body_size = max_body.filter(|n| *n > 0 && *n < 1 << 53);
+    let error_pages: Option<ErrorPagesSpec> = key(cfg, "error_pages", &mut errs);
+    out.error_pages = error_pages.and_then(|e| check_error_pages(e, ns, &mut errs));
+
     inherited(&mut out, cfg, ft_cfg, ns, input.secrets, &mut errs);
     (out, errs)
+}
+
+/// An IPv4/IPv6 address or CIDR (`10.0.0.0/8`, `2001:db8::/32`, `::ffff:10.0.0.0/104`); host bits may be set
+/// (they are ignored, as nginx's `allow` does).
+pub fn cidr_ok(s: &str) -> Result<(), String> {
+    let bad = || format!("{s:?} is not an IPv4/IPv6 address or CIDR");
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let ok = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        if !ok || p.parse::<u32>().map_or(true, |n| n > max) {
+            return Err(format!("{s:?} has an invalid prefix length (0..{max})"));
+        }
+    }
+    Ok(())
+}
+
+/// Every entry must be an address or CIDR; one bad entry makes the Rule refuse everybody (fail closed, like
+/// ingress-nginx's denied location), since dropping it could open the route.
+fn check_access(a: Access, errs: &mut Vec<FeatureError>) -> Option<Access> {
+    let trim = |l: Vec<String>| -> Vec<String> { l.into_iter().map(|s| s.trim().to_string()).collect() };
+    let a = Access { allow: trim(a.allow), deny: trim(a.deny) };
+    let mut bad = false;
+    for (list, entries) in [("allow", &a.allow), ("deny", &a.deny)] {
+        for (i, e) in entries.iter().enumerate() {
+            if let Err(p) = cidr_ok(e) {
+                errs.push(err(
+                    format!("spec.config.access.{list}[{i}]"),
+                    "InvalidAccess",
+                    format!("{p}: the Rule refuses every request (403) until it is fixed"),
+                ));
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        return Some(Access { allow: vec![], deny: vec!["0.0.0.0/0".into(), "::/0".into()] });
+    }
+    (a != Access::default()).then_some(a)
+}
+
+/// Zero rates/connections mean "off"; bad whitelist entries are left out (the client stays limited), a bad
+/// status falls back to 503.
+fn check_limit(mut l: Limit, errs: &mut Vec<FeatureError>) -> Option<Limit> {
+    l.rps = l.rps.filter(|n| *n > 0);
+    l.rpm = l.rpm.filter(|n| *n > 0);
+    l.connections = l.connections.filter(|n| *n > 0);
+    if l.rps.is_none() && l.rpm.is_none() && l.connections.is_none() {
+        return None;
+    }
+    let mut whitelist = Vec::new();
+    for (i, e) in l.whitelist.iter().enumerate() {
+        let e = e.trim();
+        match cidr_ok(e) {
+            Ok(()) => whitelist.push(e.to_string()),
+            Err(p) => errs.push(err(
+                format!("spec.config.limit.whitelist[{i}]"),
+                "InvalidLimit",
+                format!("{p}: left out (that address stays limited)"),
+            )),
+        }
+    }
+    l.whitelist = whitelist;
+    if let Some(s) = l.status {
+        if !(400..=599).contains(&s) {
+            errs.push(err("spec.config.limit.status", "InvalidLimit", format!("{s} is not in 400..599: 503 is used")));
+            l.status = None;
+        }
+    }
+    Some(l)
+}
+
+/// Codes outside 400..599 are left out; `service` is required (its namespace defaults to the Rule's); an
+/// `upstream` written by the user is ignored: the compiler fills it from `service`.
+/// `error_pages` of `spec.config`: the policy's shape, with `service.namespace` optional (the Rule's).
+#[derive(Debug, Deserialize)]
+struct ErrorPagesSpec {
+    #[serde(default)]
+    codes: Vec<u16>,
+    #[serde(default)]
+    service: Option<ErrorServiceSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorServiceSpec {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    port: u16,
+}
+
+fn check_error_pages(e: ErrorPagesSpec, ns: &str, errs: &mut Vec<FeatureError>) -> Option<ErrorPages> {
+    let mut codes = BTreeSet::new();
+    for (i, c) in e.codes.iter().enumerate() {
+        if (400..=599).contains(c) {
+            codes.insert(*c);
+        } else {
+            errs.push(err(
+                format!("spec.config.error_pages.codes[{i}]"),
+                "InvalidErrorPages",
+                format!("{c} is not in 400..599: left out"),
+            ));
+        }
+    }
+    let Some(svc) = e.service else {
+        errs.push(err(
+            "spec.config.error_pages.service",
+            "InvalidErrorPages",
+            "is missing: error pages need a Service {namespace, name, port}",
+        ));
+        return None;
+    };
+    if svc.name.is_empty() || svc.port == 0 {
+        errs.push(err(
+            "spec.config.error_pages.service",
+            "InvalidErrorPages",
+            "needs a Service name and a port (1..65535)",
+        ));
+        return None;
+    }
+    let namespace = if svc.namespace.is_empty() { ns.to_string() } else { svc.namespace };
+    let service = ErrorService { namespace, name: svc.name, port: svc.port };
+    Some(ErrorPages { codes: codes.into_iter().collect(), service: Some(service), upstream: None })
 }
 
 /// The config of a Frontend's default rule: its own `timeout`, `retry` and `auth`.

@@ -255,3 +255,184 @@ fn unknown_config_keys_are_ignored_and_bad_ones_reported() {
     assert_eq!(c, json!({}));
     assert_eq!(reasons(&errs), vec!["InvalidConfig"]);
 }
+
+#[test]
+fn cidrs() {
+    for ok in
+        ["10.0.0.0/8", "127.0.0.1", "0.0.0.0/0", "::/0", "::1", "2001:db8::/32", "::ffff:10.0.0.0/104", "10.1.2.3/8"]
+    {
+        assert_eq!(cidr_ok(ok), Ok(()), "{ok}");
+    }
+    for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "010.0.0.1", "x", "10.0.0.0/+8", "fe80::1%eth0"] {
+        assert!(cidr_ok(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn access_lists_are_checked_and_fail_closed() {
+    let (c, errs) =
+        translate(json!({"config": {"access": {"allow": [" 10.0.0.0/8", "::1"], "deny": ["10.1.0.0/16"]}}}));
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(c["access"], json!({"allow": ["10.0.0.0/8", "::1"], "deny": ["10.1.0.0/16"]}));
+    let (c, errs) = translate(json!({"config": {"access": {}}}));
+    assert_eq!((c.get("access"), errs.len()), (None, 0), "empty lists: off");
+    // one bad entry: everybody is refused (dropping it could open the route)
+    let (c, errs) = translate(json!({"config": {"access": {"allow": ["10.0.0.0/8", "10.0.0.0/99"]}}}));
+    assert_eq!(c["access"], json!({"deny": ["0.0.0.0/0", "::/0"]}));
+    assert_eq!(reasons(&errs), vec!["InvalidAccess"]);
+    assert_eq!(errs[0].field, "spec.config.access.allow[1]");
+    let (c, errs) = translate(json!({"config": {"access": {"deny": ["nope"]}}}));
+    assert_eq!(c["access"], json!({"deny": ["0.0.0.0/0", "::/0"]}));
+    assert_eq!(errs[0].field, "spec.config.access.deny[0]");
+    let (c, errs) = translate(json!({"config": {"access": {"allow": "10.0.0.0/8"}}}));
+    assert_eq!((c.get("access"), reasons(&errs)), (None, vec!["InvalidConfig"]), "not a list: unreadable");
+}
+
+#[test]
+fn limits_zero_means_off_and_bad_parts_are_reported() {
+    let (c, errs) = translate(
+        json!({"config": {"limit": {"rps": 10, "rpm": 0, "burst_multiplier": 2, "connections": 3,
+                                                           "whitelist": ["10.0.0.0/8", "bad", " ::1 "], "status": 429}}}),
+    );
+    assert_eq!(
+        c["limit"],
+        json!({"rps": 10, "burst_multiplier": 2, "connections": 3, "whitelist": ["10.0.0.0/8", "::1"], "status": 429})
+    );
+    assert_eq!(reasons(&errs), vec!["InvalidLimit"]);
+    assert_eq!(errs[0].field, "spec.config.limit.whitelist[1]");
+    let (c, errs) = translate(json!({"config": {"limit": {"rps": 0, "connections": 0, "whitelist": ["10.0.0.0/8"]}}}));
+    assert_eq!((c.get("limit"), errs.len()), (None, 0), "nothing to limit");
+    let (c, errs) = translate(json!({"config": {"limit": {"rpm": 60, "status": 302}}}));
+    assert_eq!(c["limit"], json!({"rpm": 60}), "status falls back to the default");
+    assert_eq!((reasons(&errs), errs[0].field.as_str()), (vec!["InvalidLimit"], "spec.config.limit.status"));
+    let (c, errs) = translate(json!({"config": {"limit": {"rps": -1}}}));
+    assert_eq!((c.get("limit"), reasons(&errs)), (None, vec!["InvalidConfig"]));
+}
+
+#[test]
+fn max_body_size_zero_is_off() {
+    let (c, errs) = translate(json!({"config": {"max_body_size": 1048576}}));
+    assert_eq!((c["max_body_size"].as_u64(), errs.len()), (Some(1048576), 0));
+    let (c, _) = translate(json!({"config": {"max_body_size": 0}}));
+    assert_eq!(c.get("max_body_size"), None);
+    let (c, _) = translate(json!({"config": {"max_body_size": u64::MAX}}));
+    assert_eq!(c.get("max_body_size"), None, "beyond what Lua numbers hold: no limit");
+    let (c, errs) = translate(json!({"config": {"max_body_size": "1m"}}));
+    assert_eq!((c.get("max_body_size"), reasons(&errs)), (None, vec!["InvalidConfig"]));
+}
+
+#[test]
+fn error_pages_codes_and_service() {
+    let (c, errs) = translate(json!({"config": {"error_pages": {"codes": [503, 404, 503, 302, 600],
+                                                                 "service": {"name": "errors", "port": 80},
+                                                                 "upstream": "someone-else"}}}));
+    assert_eq!(
+        c["error_pages"],
+        json!({"codes": [404, 503], "service": {"namespace": NS, "name": "errors", "port": 80}}),
+        "sorted, deduplicated; the user's upstream is dropped (the compiler fills it)"
+    );
+    assert_eq!(reasons(&errs), vec!["InvalidErrorPages", "InvalidErrorPages"]);
+    assert_eq!(errs[0].field, "spec.config.error_pages.codes[3]");
+    let (c, errs) = translate(json!({"config": {"error_pages": {"codes": [503]}}}));
+    assert_eq!((c.get("error_pages"), reasons(&errs)), (None, vec!["InvalidErrorPages"]), "no service");
+    let (c, errs) = translate(json!({"config": {"error_pages": {"service": {"name": "e", "port": 0}}}}));
+    assert_eq!((c.get("error_pages"), reasons(&errs)), (None, vec!["InvalidErrorPages"]), "no port");
+    // no codes: still the backend of a rule without endpoints
+    let (c, errs) =
+        translate(json!({"config": {"error_pages": {"service": {"namespace": "o", "name": "e", "port": 8080}}}}));
+    assert!(errs.is_empty());
+    assert_eq!(c["error_pages"], json!({"service": {"namespace": "o", "name": "e", "port": 8080}}));
+}
+
+mod error_groups {
+    use crate::compile::testutil::{frontend, rule, service, slice, ALB};
+    use crate::compile::{compile, CompileOptions, Snapshot};
+    use serde_json::{json, Value};
+
+    fn snapshot(rules: Vec<crate::crd::Rule>) -> Snapshot {
+        Snapshot {
+            frontends: vec![frontend("ft", 80, "http", None)],
+            rules,
+            services: vec![
+                service("default", "web", &[("http", 80, json!(8080))]),
+                service("default", "errors", &[("http", 80, json!(9090))]),
+            ],
+            endpoint_slices: vec![
+                slice("default", "web", "web-1", &[("http", 8080)], &[("10.0.0.1", None)]),
+                slice("default", "errors", "errors-1", &[("http", 9090)], &[("10.0.0.9", None)]),
+            ],
+            secrets: vec![],
+        }
+    }
+
+    fn ep_rule(name: &str, prefix: &str, svc: &str, error_svc: Value) -> crate::crd::Rule {
+        rule(
+            name,
+            "ft",
+            json!({"priority": 5, "dslx": [{"type": "URL", "values": [["STARTS_WITH", prefix]]}],
+                   "serviceGroup": {"services": [{"name": svc, "namespace": "default", "port": 80}]},
+                   "config": {"error_pages": {"codes": [503], "service": error_svc}}}),
+        )
+    }
+
+    fn opts() -> CompileOptions {
+        CompileOptions { alb_name: Some(ALB.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn the_error_service_becomes_a_shared_backend_group() {
+        let svc = json!({"namespace": "default", "name": "errors", "port": 80});
+        let s = snapshot(vec![ep_rule("a", "/a", "web", svc.clone()), ep_rule("b", "/b", "web", svc)]);
+        let c = compile(&s, &opts());
+        assert!(c.rejects.is_empty(), "{:?}", c.rejects);
+        let p = serde_json::to_value(&c.policy).unwrap();
+        let groups: Vec<&str> =
+            p["backend_groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert_eq!(groups, vec!["a", "errors:default/errors:80"], "one error group; b's group deduplicated into a");
+        let eg = &p["backend_groups"][1];
+        assert_eq!(
+            eg["backends"],
+            json!([{"address": "10.0.0.9", "port": 9090, "weight": 100, "svc": "errors", "ns": "default"}])
+        );
+        for r in p["http"]["80"]["rules"].as_array().unwrap() {
+            assert_eq!(r["config"]["error_pages"]["upstream"], "errors:default/errors:80", "{r}");
+            assert_eq!(r["config"]["error_pages"]["codes"], json!([503]));
+        }
+    }
+
+    #[test]
+    fn a_missing_error_service_is_reported_and_the_rule_still_routes() {
+        let s = snapshot(vec![
+            ep_rule("a", "/a", "web", json!({"namespace": "default", "name": "nope", "port": 80})),
+            ep_rule("b", "/b", "web", json!({"namespace": "default", "name": "errors", "port": 81})),
+        ]);
+        let c = compile(&s, &opts());
+        let got: Vec<(&str, &str, &str)> =
+            c.rejects.iter().map(|r| (r.name.as_str(), r.field.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", "spec.config.error_pages.service", "ServiceNotFound"),
+                ("b", "spec.config.error_pages.service.port", "PortNotFound"),
+            ]
+        );
+        assert!(c.rejects[0].message.contains("default/nope"), "{}", c.rejects[0].message);
+        let p = serde_json::to_value(&c.policy).unwrap();
+        let rules = p["http"]["80"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert!(rules.iter().all(|r| r["config"] == json!({}) && r["upstream"].is_string()), "{rules:?}");
+        assert_eq!(p["backend_groups"].as_array().unwrap().len(), 1, "no error group");
+    }
+
+    #[test]
+    fn an_error_group_deduplicated_into_a_rule_group_is_renamed() {
+        // the error Service is the rule's own Service: same backends, one group kept (the smaller name)
+        let s =
+            snapshot(vec![ep_rule("a", "/a", "errors", json!({"namespace": "default", "name": "errors", "port": 80}))]);
+        let c = compile(&s, &opts());
+        let p = serde_json::to_value(&c.policy).unwrap();
+        assert_eq!(p["backend_groups"].as_array().unwrap().len(), 1);
+        assert_eq!(p["backend_groups"][0]["name"], "a");
+        assert_eq!(p["http"]["80"]["rules"][0]["config"]["error_pages"]["upstream"], "a");
+    }
+}

@@ -233,6 +233,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// The backend group of a Rule's `config.error_pages.service` (shared by the Rules naming the same Service
+    /// port); `None` (reported on the Rule) when the Service or port does not exist.
+    fn error_group(&mut self, meta: &ObjectMeta, svc: &crate::policy::config::ErrorService) -> Option<String> {
+        let name = backends::error_group_name(svc);
+        if self.groups.contains_key(&name) {
+            return Some(name);
+        }
+        match backends::resolve_error_service(svc, &self.lookup) {
+            Ok(g) => {
+                self.groups.insert(name.clone(), g);
+                self.group_owner.insert(name.clone(), format!("error_pages of Rule {}/{}", ns_of(meta), name_of(meta)));
+                Some(name)
+            }
+            Err(errs) => {
+                for e in errs {
+                    let problem = format!("{}: the Rule is served without error pages", e.problem);
+                    self.reject("Rule", meta, e.field, e.reason, &problem);
+                }
+                None
+            }
+        }
+    }
+
     /// Accepted Frontends (namespace, name) → port.
     fn frontends(&mut self, snapshot: &Snapshot, listeners: &mut Vec<Listener>) -> HashMap<(String, String), u16> {
         let mut fts: Vec<&Frontend> = snapshot.frontends.iter().filter(|f| self.selected(&f.metadata)).collect();
@@ -415,9 +438,15 @@ impl Ctx<'_> {
             };
             let frontend = snapshot.frontends.iter().find(|f| ns_of(&f.metadata) == ns && name_of(&f.metadata) == ft);
             let input = features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
-            let (config, errs) = features::rule_config(&input);
+            let (mut config, errs) = features::rule_config(&input);
             for e in errs {
                 self.reject("Rule", meta, e.field, e.reason, &e.problem);
+            }
+            if let Some(ep) = config.error_pages.as_mut() {
+                match ep.service.clone().and_then(|svc| self.error_group(meta, &svc)) {
+                    Some(g) => ep.upstream = Some(g),
+                    None => config.error_pages = None,
+                }
             }
             let rule = HttpRule {
                 name: name.into(),
@@ -549,6 +578,12 @@ fn dedupe_groups(policy: &mut Policy) {
         for rule in &mut port.rules {
             if let Some(kept) = rule.upstream.as_ref().and_then(|u| rename.get(u)) {
                 rule.upstream = Some(kept.clone());
+            }
+            let ep = rule.config.error_pages.as_mut().and_then(|e| e.upstream.as_mut());
+            if let Some(u) = ep {
+                if let Some(kept) = rename.get(u.as_str()) {
+                    *u = kept.clone();
+                }
             }
         }
     }

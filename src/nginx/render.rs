@@ -295,7 +295,8 @@ mod tests {
         let conf = render(&i).unwrap();
         assert!(!conf.contains("1936"));
         assert!(!conf.contains("alb_metrics"));
-        assert!(!conf.contains("log_by_lua"));
+        // the server-level log hook stays (config.limit.connections), without the metrics call
+        assert!(!conf.contains("require(\"alb.phase\").log()"));
         assert!(!conf.contains("$alb_rule"));
     }
 
