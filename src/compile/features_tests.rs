@@ -362,6 +362,7 @@ mod error_groups {
                 slice("default", "errors", "errors-1", &[("http", 9090)], &[("10.0.0.9", None)]),
             ],
             secrets: vec![],
+            tls_fallback: None,
         }
     }
 
