@@ -1,6 +1,6 @@
 use super::super::testutil::*;
 use super::*;
-use crate::ingress::annotations::BACKEND_PROTOCOL;
+const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Value};
 
@@ -358,8 +358,11 @@ fn priority_annotation_and_routing_annotations() {
     assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
     let (a, b) = (&exp.rules[0].spec, &exp.rules[1].spec);
     assert_eq!((a.priority, b.priority), (5, 2));
-    assert_eq!(a.rewrite_target, "/$1");
+    // The rewrite is in config.rewrite (ingress-nginx semantics: `$1` makes the path a regex).
+    assert_eq!(a.rewrite_target, "");
     assert_eq!(a.rewrite_base, "/a");
+    assert_eq!(a.config.as_ref().unwrap()["rewrite"], json!({"regex": "^(?:/a).*", "target": "/$1"}));
+    assert_eq!(match_of(&exp.rules[0])[0], json!({"type": "URL", "values": [["REGEX", "^/a"]]}));
     assert_eq!(a.vhost, "inner.svc");
     assert!(a.enable_cors);
     assert_eq!(a.cors_allow_headers, "X-A,X-B");
