@@ -129,6 +129,7 @@ pub const KEYS: &[&str] = &[
 /// Keys read only under their exact name (`<d>` = label domain, `<r>-<p>` = rule and path index).
 #[allow(dead_code)] // read by the docs/annotations.md drift test
 pub const EXACT_KEYS: &[&str] = &[
+    super::claim::CLASS_ANNOTATION,
     "alb.networking.<d>/tls",
     "alb.networking.<d>/enable-https",
     "alb.<d>/ingress-rule-priority-<r>-<p>",

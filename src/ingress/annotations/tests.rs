@@ -423,3 +423,66 @@ fn config_object() {
     );
     assert_eq!(path_of(&[]).0.config(None, None), json!({}));
 }
+
+/// The first backticked word of each row of the Keys table of docs/annotations.md.
+fn documented_keys() -> Vec<String> {
+    let doc = include_str!("../../../docs/annotations.md");
+    let table = doc.split("## Keys").nth(1).expect("docs/annotations.md has a Keys section");
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn docs_table_matches_the_registry() {
+    use std::collections::BTreeSet;
+    let documented: Vec<String> = documented_keys();
+    let doc_set: BTreeSet<&str> = documented.iter().map(String::as_str).collect();
+    assert_eq!(doc_set.len(), documented.len(), "a key is documented twice");
+    let mut code: BTreeSet<&str> = MODULE_KEYS.iter().flat_map(|m| m.iter().copied()).collect();
+    code.extend(EXACT_KEYS.iter().copied());
+    code.extend(REFUSED.iter().copied());
+    let undocumented: Vec<_> = code.difference(&doc_set).collect();
+    assert!(undocumented.is_empty(), "read by the code but not in docs/annotations.md: {undocumented:?}");
+    let unread: Vec<_> = doc_set.difference(&code).collect();
+    assert!(unread.is_empty(), "documented but neither read nor refused: {unread:?}");
+    // Sanity: the parse really found the table.
+    assert!(doc_set.contains("rewrite-target") && doc_set.contains("configuration-snippet"));
+}
+
+#[test]
+fn every_key_is_read_through_the_lookup() {
+    // A value on the nginx prefix of every key must change the parse of path 0/0 (or an Ingress-wide read),
+    // so a key listed in KEYS but never read fails here.
+    let ingress_wide = [APP_ROOT, FROM_TO_WWW_REDIRECT, SERVER_ALIAS];
+    for key in KEYS {
+        let ing = with(&[(&nk(key), "\u{1}invalid")]);
+        let a = Annotations::new(&ing, "cpaas.io");
+        let (_, bad) = a.for_path(0, 0, &[]);
+        let wide_bad = a.app_root().is_err() || a.from_to_www().is_err() || a.server_alias().is_err();
+        let read = bad.iter().any(|b| b.key == nk(key)) || ingress_wide.contains(key) && wide_bad;
+        let dependent = [
+            CORS_ALLOW_ORIGIN,
+            CORS_ALLOW_METHODS,
+            CORS_ALLOW_HEADERS,
+            CORS_EXPOSE_HEADERS,
+            CORS_ALLOW_CREDENTIALS,
+            CORS_MAX_AGE,
+            PERMANENT_REDIRECT_CODE,
+            TEMPORAL_REDIRECT_CODE,
+            AUTH_METHOD,
+            AUTH_SIGNIN,
+            AUTH_SIGNIN_REDIRECT_PARAM,
+            AUTH_RESPONSE_HEADERS,
+            AUTH_REQUEST_REDIRECT,
+            AUTH_ALWAYS_SET_COOKIE,
+            BACKEND_PROTOCOL,
+        ];
+        if dependent.contains(key) {
+            continue; // read only with their main key (covered by the feature tests) or by the translation
+        }
+        assert!(read, "{key} is in KEYS but an invalid value is not reported: {bad:?}");
+    }
+}
