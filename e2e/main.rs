@@ -8,10 +8,12 @@
 //! `l4`: tcp/udp Frontends through nginx's stream module (weights, graceful reloads under HTTP load).
 //! `grpc`: gRPC unary/streaming calls through grpc (h2c, TLS) and https Frontends, real grpcio server/client.
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
+//! `annotations`: ingress-nginx/ALB Ingress annotations (standalone through nginx, Events through the API server).
 //! `controller_metrics`: the control plane's `alb_controller_*` metrics (admin `/metrics`), standalone and controller.
 
 mod harness;
 
+mod annotations;
 mod controller;
 mod controller_metrics;
 mod crds;

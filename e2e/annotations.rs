@@ -1,0 +1,333 @@
+//! ingress-nginx / ALB annotations through real nginx (docs/annotations.md): Ingress manifests in the folder of
+//! `alb standalone` (translated in memory exactly as the leader writes Rules), requests through nginx, expected
+//! status, headers and backend. Then the controller against the real API server: Warning Events for a bad
+//! value and a snippet, the rest of the Ingress and other Ingresses unaffected. Then the injection test.
+
+use crate::harness::{free_port, get, request, Backend, Resp, Standalone};
+use crate::l7::basic;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+fn echo(r: &Resp) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not an echo reply ({e}): {r:?}"))
+}
+
+fn header_sent(r: &Resp, name: &str) -> String {
+    echo(r)["headers"][name].as_str().unwrap_or("").to_string()
+}
+
+/// Service `name` in `shop` (port 80) with one ready endpoint slice per backend port.
+fn service(name: &str, ports: &[u16]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n"
+    );
+    for (i, port) in ports.iter().enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\n"
+        ));
+    }
+    out
+}
+
+/// An Ingress `name` in `shop`: annotations (YAML map lines, already quoted), one host, paths
+/// `(path, pathType, service)`, optional extra `spec` lines.
+fn ingress(name: &str, annotations: &[(&str, &str)], host: &str, paths: &[(&str, &str, &str)], extra: &str) -> String {
+    let annos: String = annotations
+        .iter()
+        .map(|(k, v)| {
+            let k = if k.contains('/') { k.to_string() } else { format!("nginx.ingress.kubernetes.io/{k}") };
+            format!("    {k}: {}\n", serde_json::to_string(v).unwrap())
+        })
+        .collect();
+    let annos = if annos.is_empty() { String::new() } else { format!("  annotations:\n{annos}") };
+    let paths: String = paths
+        .iter()
+        .map(|(p, t, s)| {
+            format!(
+                "          - {{path: {}, pathType: {t}, backend: {{service: {{name: {s}, port: {{number: 80}}}}}}}}\n",
+                serde_json::to_string(p).unwrap()
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: shop\n{annos}spec:\n{extra}  rules:\n    - host: {host}\n      http:\n        paths:\n{paths}"
+    )
+}
+
+/// A tiny forward-auth service: `/auth/<code>` answers that status; 200 sets `X-Auth-User: alice`.
+fn auth_service() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let code: u16 =
+                path.strip_prefix("/auth/").and_then(|c| c.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(200);
+            let extra = if code == 200 { "X-Auth-User: alice\r\n" } else { "" };
+            let _ = write!(s, "HTTP/1.1 {code} X\r\n{extra}Content-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+const USERS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: users, namespace: shop}\ntype: Opaque\nstringData:\n  auth: |\n    foo:$apr1$W60B7kxR$kC.He7pPyJM2io6VH2VNS.\n";
+
+fn start(files: &[(&str, String)], http: u16, https: u16) -> Standalone {
+    let gw = Standalone::start_with(
+        files,
+        &["--ingress-http-port", &http.to_string(), "--ingress-https-port", &https.to_string()],
+        &[],
+    );
+    gw.proc.wait_log(&format!("listening on 127.0.0.1:{http}"), Duration::from_secs(2));
+    gw
+}
+
+#[test]
+fn annotation_groups_through_nginx() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dead = free_port(); // nothing listens there
+    let auth = auth_service();
+    let (port, https) = (free_port(), free_port());
+    let svcs =
+        [service("svc-a", &[a.port]), service("svc-b", &[b.port]), service("svc-flaky", &[dead, a.port])].join("---\n");
+    let pre = ("Prefix", "svc-a");
+    let ings = [
+        ingress("rw", &[("rewrite-target", "/$2")], "rw.test", &[("/api(/|$)(.*)", "ImplementationSpecific", "svc-a")], ""),
+        ingress("rw-plain", &[("rewrite-target", "/new")], "rw2.test", &[("/old", pre.0, pre.1)], ""),
+        ingress("regex", &[("use-regex", "true")], "re.test", &[("/v[0-9]+/items", pre.0, "svc-b")], ""),
+        ingress("root", &[("app-root", "/app")], "root.test", &[("/", pre.0, pre.1)], ""),
+        ingress(
+            "perm",
+            &[("permanent-redirect", "https://new.test/x"), ("permanent-redirect-code", "308")],
+            "perm.test",
+            &[("/", pre.0, pre.1)],
+            "",
+        ),
+        ingress("temp", &[("temporal-redirect", "/moved")], "temp.test", &[("/", pre.0, pre.1)], ""),
+        ingress("www", &[("from-to-www-redirect", "true")], "www.shop.test", &[("/", pre.0, pre.1)], ""),
+        ingress("force", &[("force-ssl-redirect", "true")], "force.test", &[("/", pre.0, pre.1)], ""),
+        // secure.test has TLS: its http Rules redirect by default; plain.test (same Ingress) keeps http.
+        ingress("ssl", &[], "secure.test", &[("/", pre.0, pre.1)], "  tls: [{hosts: [secure.test]}]\n")
+            + "    - host: plain.test\n      http:\n        paths:\n          - {path: /, pathType: Prefix, backend: {service: {name: svc-b, port: {number: 80}}}}\n",
+        ingress(
+            "cors",
+            &[
+                ("enable-cors", "true"),
+                ("cors-allow-origin", "https://a.test, https://b.test"),
+                ("cors-allow-methods", "GET, POST"),
+                ("cors-allow-headers", "X-A"),
+                ("cors-expose-headers", "X-Total"),
+                ("cors-allow-credentials", "false"),
+                ("cors-max-age", "60"),
+            ],
+            "cors.test",
+            &[("/", pre.0, pre.1)],
+            "",
+        ),
+        ingress("xfp", &[("x-forwarded-prefix", "/pre"), ("upstream-vhost", "inner.test")], "xfp.test", &[("/", pre.0, pre.1)], ""),
+        ingress("slow", &[("proxy-read-timeout", "1")], "slow.test", &[("/", pre.0, pre.1)], ""),
+        ingress("flaky1", &[("proxy-next-upstream-tries", "1")], "flaky1.test", &[("/", pre.0, "svc-flaky")], ""),
+        ingress("flaky", &[], "flaky.test", &[("/", pre.0, "svc-flaky")], ""),
+        ingress("basic", &[("auth-type", "basic"), ("auth-secret", "users"), ("auth-realm", "Shop")], "basic.test", &[("/", pre.0, pre.1)], ""),
+        ingress(
+            "fwd",
+            &[("auth-url", &format!("http://127.0.0.1:{auth}/auth/200")), ("auth-response-headers", "X-Auth-User")],
+            "fwd.test",
+            &[("/", pre.0, pre.1)],
+            "",
+        ),
+        ingress(
+            "fwd-deny",
+            &[("auth-url", &format!("http://127.0.0.1:{auth}/auth/401")), ("auth-signin", "https://login.test/start")],
+            "fwd401.test",
+            &[("/", pre.0, pre.1)],
+            "",
+        ),
+        ingress("alias", &[("server-alias", "alias.test")], "main.test", &[("/", pre.0, "svc-b")], ""),
+        ingress(
+            "bad",
+            &[("proxy-read-timeout", "soon"), ("configuration-snippet", "return 200 'pwned';"), ("auth-type", "digest")],
+            "bad.test",
+            &[("/open", pre.0, pre.1)],
+            "",
+        ),
+        ingress("bad-ok", &[("proxy-read-timeout", "soon")], "badok.test", &[("/", pre.0, "svc-b")], ""),
+    ]
+    .join("---\n");
+    let gw = start(&[("svc.yaml", svcs), ("ing.yaml", ings), ("users.yaml", USERS.to_string())], port, https);
+    let h = |host: &'static str| [("Host", host)];
+
+    // rewrite-target with captures of an ImplementationSpecific regex path; query kept.
+    assert_eq!(echo(&get(port, "/api/v1/x?q=1", &h("rw.test")))["uri"], "/v1/x?q=1");
+    assert_eq!(echo(&get(port, "/api", &h("rw.test")))["uri"], "/");
+    // Without captures the whole path becomes the target (ingress-nginx semantics).
+    assert_eq!(echo(&get(port, "/old/deep/x", &h("rw2.test")))["uri"], "/new");
+    // use-regex: a Prefix path is a regex.
+    assert_eq!(get(port, "/v2/items", &h("re.test")).backend(), "b");
+    assert_eq!(get(port, "/vx/items", &h("re.test")).status, 404);
+
+    // app-root: only `/` redirects.
+    let r = get(port, "/", &h("root.test"));
+    assert_eq!((r.status, r.header("location")), (302, Some("/app")));
+    assert_eq!(get(port, "/app", &h("root.test")).backend(), "a");
+
+    // permanent / temporal redirects with codes.
+    let r = get(port, "/any?x=1", &h("perm.test"));
+    assert_eq!((r.status, r.header("location")), (308, Some("https://new.test/x")));
+    let r = get(port, "/any", &h("temp.test"));
+    assert_eq!((r.status, r.header("location")), (302, Some("/moved")));
+
+    // from-to-www: the bare host redirects to www (path and query kept), www routes.
+    let r = get(port, "/p?q=1", &h("shop.test"));
+    assert_eq!((r.status, r.header("location")), (308, Some("http://www.shop.test/p?q=1")));
+    assert_eq!(get(port, "/p", &h("www.shop.test")).backend(), "a");
+
+    // ssl redirects (308 to the https port, query kept).
+    let r = get(port, "/x?q=1", &h("force.test"));
+    let to = format!("https://force.test:{https}/x?q=1");
+    assert_eq!((r.status, r.header("location")), (308, Some(to.as_str())));
+    let r = get(port, "/s", &h("secure.test"));
+    let to = format!("https://secure.test:{https}/s");
+    assert_eq!((r.status, r.header("location")), (308, Some(to.as_str())), "TLS host: ssl-redirect defaults on");
+    assert_eq!(get(port, "/s", &h("plain.test")).backend(), "b", "no TLS: no redirect");
+
+    // CORS: preflight answered, listed origin echoed, every cors-* key applied.
+    let r = request(port, "OPTIONS", "/", &[("Host", "cors.test"), ("Origin", "https://b.test")], b"");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://b.test"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(r.header("access-control-allow-headers"), Some("X-A"));
+    assert_eq!(r.header("access-control-allow-credentials"), None, "credentials false");
+    assert_eq!(r.header("access-control-max-age"), Some("60"));
+    let r = get(port, "/", &[("Host", "cors.test"), ("Origin", "https://a.test")]);
+    assert_eq!((r.backend(), r.header("access-control-allow-origin")), ("a", Some("https://a.test")));
+    assert_eq!(r.header("access-control-expose-headers"), Some("X-Total"));
+    let r = get(port, "/", &[("Host", "cors.test"), ("Origin", "https://evil.test")]);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // x-forwarded-prefix and upstream-vhost.
+    let r = get(port, "/", &h("xfp.test"));
+    assert_eq!(header_sent(&r, "x-forwarded-prefix"), "/pre");
+    assert_eq!(header_sent(&r, "host"), "inner.test");
+
+    // proxy-read-timeout 1 s: a slow backend → 504 within about the timeout.
+    let t = Instant::now();
+    assert_eq!(get(port, "/sleep/3000", &h("slow.test")).status, 504);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(get(port, "/sleep/100", &h("slow.test")).backend(), "a");
+
+    // proxy-next-upstream-tries 1: the dead endpoint is not retried; by default it is.
+    let fails = (0..12).filter(|_| get(port, "/", &h("flaky1.test")).status == 502).count();
+    assert!(fails > 0, "tries 1 must surface the dead endpoint");
+    assert!((0..12).all(|_| get(port, "/", &h("flaky.test")).backend() == "a"), "retried by default");
+
+    // basic auth from the Secret manifest.
+    let r = get(port, "/", &h("basic.test"));
+    assert_eq!((r.status, r.header("www-authenticate")), (401, Some("Basic realm=\"Shop\"")));
+    let ok = get(port, "/", &[("Host", "basic.test"), ("Authorization", &basic("foo", "bar"))]);
+    assert_eq!((ok.status, ok.backend()), (200, "a"));
+    let r = get(port, "/", &[("Host", "basic.test"), ("Authorization", &basic("foo", "nope"))]);
+    assert_eq!(r.status, 401);
+
+    // forward auth against a real local auth service.
+    let r = get(port, "/", &h("fwd.test"));
+    assert_eq!((r.status, r.backend()), (200, "a"));
+    assert_eq!(header_sent(&r, "x-auth-user"), "alice", "auth-response-headers copied upstream");
+    let r = get(port, "/p?q=1", &h("fwd401.test"));
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap_or("");
+    assert!(loc.starts_with("https://login.test/start?rd=http://fwd401.test"), "{loc}");
+
+    // server-alias.
+    assert_eq!(get(port, "/", &h("alias.test")).backend(), "b");
+    assert_eq!(get(port, "/", &h("main.test")).backend(), "b");
+
+    // Bad values: warnings name key and value; the snippet is refused; digest fails closed; the rest routes.
+    let line = gw.proc.wait_log(
+        "ingress shop/bad: InvalidAnnotation: annotation nginx.ingress.kubernetes.io/proxy-read-timeout",
+        Duration::from_secs(2),
+    );
+    assert!(line.contains("\"soon\""), "{line}");
+    gw.proc.wait_log(
+        "ingress shop/bad: RefusedAnnotation: annotation nginx.ingress.kubernetes.io/configuration-snippet",
+        Duration::from_secs(1),
+    );
+    let line = gw.proc.wait_log(
+        "ingress shop/bad: InvalidAnnotation: annotation nginx.ingress.kubernetes.io/auth-type",
+        Duration::from_secs(1),
+    );
+    assert!(line.contains("digest"), "{line}");
+    let r = get(port, "/open", &h("bad.test"));
+    assert_eq!(r.status, 500, "digest auth fails closed: {r:?}");
+    assert!(!r.body.contains("pwned"));
+    assert_eq!(get(port, "/", &h("badok.test")).backend(), "b", "an ignored bad value leaves the path routed");
+}
+
+/// Hosts, paths, header names and annotation values with quotes, braces, semicolons, `$` and newlines: nginx.conf
+/// is byte-identical, nginx is not reloaded, the other routes keep working.
+#[test]
+fn hostile_ingress_never_alters_nginx_conf() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let good = ingress("good", &[], "good.test", &[("/", "Prefix", "svc-a")], "");
+    let gw = start(&[("svc.yaml", service("svc-a", &[a.port])), ("good.yaml", good)], port, free_port());
+    let conf_path = gw.runtime.path().join("conf/nginx.conf");
+    let before = std::fs::read(&conf_path).expect("nginx.conf");
+    let pids = gw.pids();
+    let evil = "x\"; } server { listen 1; } location / { return 200 $host; #\n}";
+    let hostile = [
+        ingress(
+            "evil",
+            &[
+                ("rewrite-target", evil),
+                ("upstream-vhost", evil),
+                ("x-forwarded-prefix", "/p\"}{;$host"),
+                ("auth-realm", evil),
+                ("cors-allow-headers", "X-A\"; add_header X 1;"),
+                ("server-alias", "a.test; }"),
+                ("permanent-redirect", "/x;\n return 200"),
+                ("configuration-snippet", "return 200 'pwned';"),
+                ("server-snippet", "location /pwn { return 200; }"),
+                ("alb.ingress.cpaas.io/rewrite-request", "{\"headers\": {\"X-A;\\n\": \"$x}\"}}"),
+                ("alb.ingress.cpaas.io/rewrite-response", "{\"headers\": {\"X-R\": \"v}; return 200;\"}}"),
+            ],
+            "\"evil.test;\"",
+            &[
+                ("/e\"; } location /x { return 200; } #", "ImplementationSpecific", "svc-a"),
+                ("/$host{;}\n", "Prefix", "svc-a"),
+            ],
+            "",
+        ),
+        ingress(
+            "evil2",
+            &[("enable-cors", "true"), ("cors-allow-origin", "https://a.test\"; }")],
+            "evil2.test",
+            &[("/", "Prefix", "svc-a")],
+            "",
+        ),
+    ]
+    .join("---\n");
+    gw.change(|g| g.write("evil.yaml", &hostile));
+    gw.proc.wait_log("ingress shop/evil: RefusedAnnotation", Duration::from_secs(2));
+    assert_eq!(std::fs::read(&conf_path).expect("nginx.conf"), before, "nginx.conf changed");
+    assert_eq!(gw.pids(), pids, "no reload");
+    assert!(!gw.proc.logs().iter().any(|l| l.contains("nginx reloaded")));
+    assert_eq!(get(port, "/", &[("Host", "good.test")]).backend(), "a", "other routes unaffected");
+    let r = get(port, "/x", &[("Host", "evil2.test"), ("Origin", "https://a.test")]);
+    assert_eq!(r.backend(), "a", "the bad origin list is ignored, the route works: {r:?}");
+    let r = get(port, "/pwn", &[("Host", "good.test")]);
+    assert_eq!(r.backend(), "a", "no snippet location exists");
+}
