@@ -331,3 +331,187 @@ fn hostile_ingress_never_alters_nginx_conf() {
     let r = get(port, "/pwn", &[("Host", "good.test")]);
     assert_eq!(r.backend(), "a", "no snippet location exists");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Through the real API server: Warning Events on the Ingress.
+// ---------------------------------------------------------------------------------------------------------
+
+mod cluster {
+    use crate::harness::cluster::Cluster;
+    use crate::harness::{alb_bin, free_port, Proc};
+    use serde_json::Value;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The test host's address (e2e/testhost/up; the API server refuses loopback endpoint addresses).
+    fn host_ip() -> String {
+        static IP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        IP.get_or_init(|| {
+            let out = Command::new(crate::harness::repo_dir().join("e2e/testhost/up")).output().expect("testhost/up");
+            assert!(out.status.success(), "e2e/testhost/up: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+        })
+        .clone()
+    }
+
+    /// `alb echo-server` in the test host's network namespace; returns (port, process).
+    fn backend(name: &str) -> (u16, Proc) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", "alb-e2e"])
+            .arg(alb_bin())
+            .args(["echo-server", "--listen", &format!("{}:0", host_ip()), "--name", name])
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn(&format!("backend {name}"), &mut cmd);
+        let mut line = String::new();
+        BufReader::new(proc.child.stdout.take().expect("stdout")).read_line(&mut line).expect("echo-server address");
+        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("echo-server port");
+        (port, proc)
+    }
+
+    fn service(c: &Cluster, ns: &str, name: &str, port: u16) {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  clusterIP: None\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n",
+            ip = host_ip()
+        ));
+    }
+
+    /// `(status, x-backend)` of `GET path` on 127.0.0.1:port.
+    fn get(port: u16, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, _) = text.split_once("\r\n\r\n")?;
+        let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let backend = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-backend")))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        Some((status, backend))
+    }
+
+    fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ingress(ns: &str, class: &str, name: &str, annotations: &[(&str, &str)], paths: &[(&str, &str)]) -> String {
+        let mut y =
+            format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {ns}\n");
+        if !annotations.is_empty() {
+            y.push_str("  annotations:\n");
+            for (k, v) in annotations {
+                y.push_str(&format!("    nginx.ingress.kubernetes.io/{k}: {}\n", serde_json::to_string(v).unwrap()));
+            }
+        }
+        y.push_str(&format!("spec:\n  ingressClassName: {class}\n  rules:\n  - http:\n      paths:\n"));
+        for (p, svc) in paths {
+            y.push_str(&format!(
+                "      - path: {p}\n        pathType: Prefix\n        backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}\n"
+            ));
+        }
+        y
+    }
+
+    #[test]
+    fn bad_value_and_snippet_become_warning_events_and_the_rest_routes() {
+        let c = Cluster::shared();
+        let ns = c.namespace("anno");
+        let alb = "alb-anno";
+        let port = free_port();
+        c.apply(&format!(
+            "apiVersion: crd.alauda.io/v2beta1\nkind: ALB2\nmetadata: {{name: {alb}, namespace: {ns}}}\nspec:\n  address: 127.0.0.1\n  type: nginx\n  config: {{ingressHTTPPort: {port}, ingressHTTPSPort: 0, projects: [ALL_ALL]}}\n"
+        ));
+        let (pa, _a) = backend("a");
+        let (pb, _b) = backend("b");
+        service(c, &ns, "svc-a", pa);
+        service(c, &ns, "svc-b", pb);
+        let runtime = tempfile::Builder::new().prefix("alb-e2e-anno-").tempdir().expect("tempdir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let mut cmd = Command::new(alb_bin());
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["--alb-name", alb, "--alb-namespace", &ns, "--pod-name", "p1"])
+            .arg("--runtime-dir")
+            .arg(runtime.path())
+            .args(["--api-port", &free_port().to_string(), "--bind", "127.0.0.1", "--workers", "2"])
+            .args(["--admin-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+            .args(["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "1", "--spawn-nginx"])
+            .env("ALB_LOG", "info")
+            .env_remove("KUBECONFIG");
+        let ctl = Proc::spawn("alb controller anno", &mut cmd);
+        ctl.wait_log("applied by", Duration::from_secs(30));
+
+        let bad_annos = [
+            ("proxy-read-timeout", "soon"),
+            ("configuration-snippet", "more_set_headers \"X-Pwned: 1\";"),
+            ("enable-opentelemetry", "true"),
+            ("x-forwarded-prefix", "/pre"),
+        ];
+        c.apply(&ingress(&ns, alb, "bad", &bad_annos, &[("/bad-a", "svc-a"), ("/bad-b", "svc-b")]));
+        c.apply(&ingress(&ns, alb, "good", &[], &[("/good", "svc-b")]));
+        wait_for("/bad-a and /good routed", Duration::from_secs(30), || {
+            let ok = get(port, "/bad-a").is_some_and(|r| r == (200, "a".into()))
+                && get(port, "/good").is_some_and(|r| r == (200, "b".into()));
+            ok.then_some(())
+        });
+        assert_eq!(get(port, "/bad-b/x"), Some((200, "b".into())), "every path of the bad Ingress routes");
+
+        let warnings = |name: &str| -> Vec<Value> {
+            let v = c.get_json(&["events.v1.events.k8s.io", "-n", &ns]);
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            items.into_iter().filter(|e| e["regarding"]["name"] == name && e["type"] == "Warning").collect()
+        };
+        let evs = wait_for("three Warning events on bad", Duration::from_secs(10), || {
+            let w = warnings("bad");
+            (w.len() >= 3).then_some(w)
+        });
+        let find = |reason: &str| -> String {
+            let e = evs.iter().find(|e| e["reason"] == reason).unwrap_or_else(|| panic!("no {reason} event: {evs:?}"));
+            e["note"].as_str().unwrap_or("").to_string()
+        };
+        let invalid = find("InvalidAnnotation");
+        assert!(
+            invalid.contains("nginx.ingress.kubernetes.io/proxy-read-timeout") && invalid.contains("\"soon\""),
+            "{invalid}"
+        );
+        let refused = find("RefusedAnnotation");
+        assert!(refused.contains("nginx.ingress.kubernetes.io/configuration-snippet"), "{refused}");
+        assert!(!refused.contains("X-Pwned"), "the snippet text is not echoed: {refused}");
+        let unsupported = find("UnsupportedAnnotation");
+        assert!(unsupported.contains("nginx.ingress.kubernetes.io/enable-opentelemetry"), "{unsupported}");
+        assert_eq!(evs.len(), 3, "{evs:?}");
+        assert!(warnings("good").is_empty(), "the other Ingress has no warning");
+
+        // The valid annotation of the bad Ingress applies; nothing of the snippet does.
+        let text = {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(s, "GET /bad-a HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+            let mut t = String::new();
+            s.read_to_string(&mut t).unwrap();
+            t
+        };
+        assert!(text.contains("\"x-forwarded-prefix\":\"/pre\""), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("x-pwned"), "{text}");
+        // The generated Rules carry the translation (config in the Rule, no snippet anywhere).
+        let rules = c.get_json(&["rules", "-n", &ns, "-l", "alb2.cpaas.io/source-name=bad"]);
+        let rules = rules["items"].as_array().cloned().unwrap_or_default();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(rules[0]["spec"]["config"]["rewrite_request"]["headers"]["X-Forwarded-Prefix"], "/pre");
+        assert!(!serde_json::to_string(&rules).unwrap().contains("X-Pwned"));
+    }
+}
