@@ -453,7 +453,7 @@ impl<'a> Translator<'a> {
             self.warn(e.reason, e.describe());
             None
         });
-        let www = self.annos.from_to_www().unwrap_or_else(|e| {
+        let www = self.annos.www_redirect().unwrap_or_else(|e| {
             self.warn(e.reason, e.describe());
             false
         });

@@ -347,7 +347,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// `from-to-www-redirect` (Ingress-wide).
-    pub fn from_to_www(&self) -> Result<bool, Invalid> {
+    pub fn www_redirect(&self) -> Result<bool, Invalid> {
         self.typed(FROM_TO_WWW_REDIRECT, None, parse::boolean).map(Option::unwrap_or_default)
     }
 

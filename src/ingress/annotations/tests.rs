@@ -378,11 +378,11 @@ fn ingress_wide_keys() {
         with(&[(&nk(APP_ROOT), "/app"), (&nk(FROM_TO_WWW_REDIRECT), "true"), (&nk(SERVER_ALIAS), "b.com, *.c.com")]);
     let a = Annotations::new(&ing, "cpaas.io");
     assert_eq!(a.app_root(), Ok(Some("/app".into())));
-    assert_eq!(a.from_to_www(), Ok(true));
+    assert_eq!(a.www_redirect(), Ok(true));
     assert_eq!(a.server_alias(), Ok(vec!["b.com".to_string(), "*.c.com".into()]));
     let ing = with(&[(&nk(APP_ROOT), "app"), (&nk(FROM_TO_WWW_REDIRECT), "y"), (&nk(SERVER_ALIAS), "b.com;x")]);
     let a = Annotations::new(&ing, "cpaas.io");
-    assert!(a.app_root().is_err() && a.from_to_www().is_err() && a.server_alias().is_err());
+    assert!(a.app_root().is_err() && a.www_redirect().is_err() && a.server_alias().is_err());
 }
 
 #[test]
@@ -461,7 +461,7 @@ fn every_key_is_read_through_the_lookup() {
         let ing = with(&[(&nk(key), "\u{1}invalid")]);
         let a = Annotations::new(&ing, "cpaas.io");
         let (_, bad) = a.for_path(0, 0, &[]);
-        let wide_bad = a.app_root().is_err() || a.from_to_www().is_err() || a.server_alias().is_err();
+        let wide_bad = a.app_root().is_err() || a.www_redirect().is_err() || a.server_alias().is_err();
         let read = bad.iter().any(|b| b.key == nk(key)) || ingress_wide.contains(key) && wide_bad;
         let dependent = [
             CORS_ALLOW_ORIGIN,
