@@ -34,6 +34,12 @@ pub const PERMANENT_REDIRECT_CODE: &str = "permanent-redirect-code";
 pub const TEMPORAL_REDIRECT: &str = "temporal-redirect";
 pub const TEMPORAL_REDIRECT_CODE: &str = "temporal-redirect-code";
 pub const FROM_TO_WWW_REDIRECT: &str = "from-to-www-redirect";
+pub const REDIRECT_HOST: &str = "redirect-host";
+pub const REDIRECT_PORT: &str = "redirect-port";
+pub const REDIRECT_PREFIX_MATCH: &str = "redirect-prefix-match";
+pub const REDIRECT_REPLACE_PREFIX: &str = "redirect-replace-prefix";
+pub const REDIRECT_CODE: &str = "redirect-code";
+pub const AUTH_ENABLE: &str = "auth-enable";
 pub const UPSTREAM_VHOST: &str = "upstream-vhost";
 pub const X_FORWARDED_PREFIX: &str = "x-forwarded-prefix";
 pub const ENABLE_CORS: &str = "enable-cors";
@@ -86,6 +92,11 @@ pub const KEYS: &[&str] = &[
     TEMPORAL_REDIRECT,
     TEMPORAL_REDIRECT_CODE,
     FROM_TO_WWW_REDIRECT,
+    REDIRECT_HOST,
+    REDIRECT_PORT,
+    REDIRECT_PREFIX_MATCH,
+    REDIRECT_REPLACE_PREFIX,
+    REDIRECT_CODE,
     UPSTREAM_VHOST,
     X_FORWARDED_PREFIX,
     ENABLE_CORS,
@@ -105,6 +116,7 @@ pub const KEYS: &[&str] = &[
     WHITELIST_SOURCE_RANGE,
     ALLOWLIST_SOURCE_RANGE,
     DENYLIST_SOURCE_RANGE,
+    AUTH_ENABLE,
     AUTH_TYPE,
     AUTH_SECRET,
     AUTH_SECRET_TYPE,
@@ -432,18 +444,47 @@ impl<'a> Annotations<'a> {
         })
     }
 
-    /// `temporal-redirect` (wins) or `permanent-redirect`, with their codes.
+    /// `temporal-redirect` (wins) or `permanent-redirect`, with their codes, and the ALB keys `redirect-host`,
+    /// `redirect-port`, `redirect-prefix-match`, `redirect-replace-prefix`, `redirect-code`.
     fn redirect(&self, at: At, b: &mut Vec<Invalid>) -> Option<Redirect> {
+        let path = |v: &str| {
+            let t = parse::redirect_url(v)?;
+            if t.starts_with('/') {
+                Ok(t)
+            } else {
+                Err("expected a path starting with /".to_string())
+            }
+        };
         let temporal = Self::keep(self.typed(TEMPORAL_REDIRECT, at, parse::redirect_url), b);
         let temporal_code = Self::keep(self.typed(TEMPORAL_REDIRECT_CODE, at, parse::redirect_code), b);
         let permanent = Self::keep(self.typed(PERMANENT_REDIRECT, at, parse::redirect_url), b);
         let permanent_code = Self::keep(self.typed(PERMANENT_REDIRECT_CODE, at, parse::redirect_code), b);
+        let host = Self::keep(self.typed(REDIRECT_HOST, at, |v| parse::host(v, false)), b);
+        let port = Self::keep(self.typed(REDIRECT_PORT, at, |v| parse::int_in(v, 1, 65535)), b).map(|p| p as u16);
+        let prefix_match = Self::keep(self.typed(REDIRECT_PREFIX_MATCH, at, path), b);
+        let replace_prefix = Self::keep(self.typed(REDIRECT_REPLACE_PREFIX, at, path), b);
+        let redirect_code = Self::keep(self.typed(REDIRECT_CODE, at, parse::redirect_code), b);
         let (url, code) = match (temporal, permanent) {
-            (Some(u), _) => (u, temporal_code.unwrap_or(302)),
-            (None, Some(u)) => (u, permanent_code.unwrap_or(301)),
-            (None, None) => return None,
+            (Some(u), _) => (Some(u), temporal_code.unwrap_or(302)),
+            (None, Some(u)) => (Some(u), permanent_code.unwrap_or(301)),
+            (None, None) => (None, redirect_code.unwrap_or(302)),
         };
-        Some(Redirect { url: Some(url), code: Some(code), ..Default::default() })
+        if url.is_none() && host.is_none() && port.is_none() {
+            if let Some((full, v)) = self.lookup(REDIRECT_PREFIX_MATCH, at).filter(|_| prefix_match.is_some()) {
+                b.push(Invalid::new(&full, v, "needs redirect-host, redirect-port or a redirect URL"));
+            }
+            return None;
+        }
+        let prefix = prefix_match.is_some();
+        Some(Redirect {
+            url,
+            code: Some(code),
+            host,
+            port,
+            prefix_match,
+            replace_prefix: replace_prefix.filter(|_| prefix),
+            ..Default::default()
+        })
     }
 
     fn timeout(&self, at: At, b: &mut Vec<Invalid>) -> Option<Timeout> {
@@ -560,6 +601,9 @@ impl<'a> Annotations<'a> {
 
     /// `config.auth` in Rule-spec form (`auth.basic.secret`, ...), read by the compiler like any Rule's.
     fn auth(&self, at: At, b: &mut Vec<Invalid>) -> Option<Value> {
+        if Self::keep(self.typed(AUTH_ENABLE, at, parse::boolean), b) == Some(false) {
+            return None;
+        }
         let mut out = Map::new();
         // A problem with the keys that decide whether and how requests are authenticated fails closed.
         let closed = |b: &mut Vec<Invalid>, e: Invalid| {

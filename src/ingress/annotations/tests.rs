@@ -141,6 +141,48 @@ fn redirects() {
 }
 
 #[test]
+fn alb_redirect_keys() {
+    let (pa, bad) = path_of(&[
+        (REDIRECT_HOST, "B.com"),
+        (REDIRECT_PORT, "8443"),
+        (REDIRECT_PREFIX_MATCH, "/old"),
+        (REDIRECT_REPLACE_PREFIX, "/new"),
+        (REDIRECT_CODE, "307"),
+    ]);
+    assert!(bad.is_empty(), "{bad:?}");
+    let want = Redirect {
+        host: Some("b.com".into()),
+        port: Some(8443),
+        prefix_match: Some("/old".into()),
+        replace_prefix: Some("/new".into()),
+        code: Some(307),
+        ..Default::default()
+    };
+    assert_eq!(pa.redirect, Some(want));
+    // With a permanent redirect: its URL and code, the host/port of the ALB keys.
+    let (pa, _) = path_of(&[(PERMANENT_REDIRECT, "/x"), (REDIRECT_PORT, "81"), (REDIRECT_CODE, "307")]);
+    assert_eq!(
+        pa.redirect,
+        Some(Redirect { url: Some("/x".into()), code: Some(301), port: Some(81), ..Default::default() })
+    );
+    let (pa, bad) = path_of(&[(REDIRECT_HOST, "a.com;"), (REDIRECT_PORT, "http"), (REDIRECT_CODE, "200")]);
+    assert!(pa.redirect.is_none());
+    assert_eq!(bad.len(), 3);
+    let (pa, bad) = path_of(&[(REDIRECT_PREFIX_MATCH, "/old")]);
+    assert!(pa.redirect.is_none());
+    assert_eq!(keys(&bad), vec![nk(REDIRECT_PREFIX_MATCH)]);
+}
+
+#[test]
+fn auth_enable_false_turns_annotation_auth_off() {
+    let (pa, bad) = path_of(&[(AUTH_ENABLE, "false"), (AUTH_TYPE, "basic"), (AUTH_SECRET, "users")]);
+    assert!(pa.auth.is_none() && bad.is_empty());
+    let (pa, bad) = path_of(&[(AUTH_ENABLE, "maybe"), (AUTH_TYPE, "basic"), (AUTH_SECRET, "users")]);
+    assert!(pa.auth.is_some());
+    assert_eq!(keys(&bad), vec![nk(AUTH_ENABLE)]);
+}
+
+#[test]
 fn cors_keys() {
     let (pa, bad) = path_of(&[
         (ENABLE_CORS, "true"),
