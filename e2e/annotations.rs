@@ -121,6 +121,8 @@ fn annotation_groups_through_nginx() {
         // secure.test has TLS: its http Rules redirect by default; plain.test (same Ingress) keeps http.
         ingress("ssl", &[], "secure.test", &[("/", pre.0, pre.1)], "  tls: [{hosts: [secure.test]}]\n")
             + "    - host: plain.test\n      http:\n        paths:\n          - {path: /, pathType: Prefix, backend: {service: {name: svc-b, port: {number: 80}}}}\n",
+        // TLS-only Ingress: an explicit ssl-redirect puts it on the http Frontend too, to redirect.
+        ingress("tls-only", &[("ssl-redirect", "true")], "tlsonly.test", &[("/", pre.0, pre.1)], "  tls: [{hosts: [tlsonly.test]}]\n"),
         ingress(
             "cors",
             &[
@@ -222,6 +224,9 @@ fn annotation_groups_through_nginx() {
     let to = format!("https://secure.test:{https}/s");
     assert_eq!((r.status, r.header("location")), (308, Some(to.as_str())), "TLS host: ssl-redirect defaults on");
     assert_eq!(get(port, "/s", &h("plain.test")).backend(), "b", "no TLS: no redirect");
+    let r = get(port, "/t?x=1", &h("tlsonly.test"));
+    let to = format!("https://tlsonly.test:{https}/t?x=1");
+    assert_eq!((r.status, r.header("location")), (308, Some(to.as_str())));
 
     // CORS: preflight answered, listed origin echoed, every cors-* key applied.
     let r = request(port, "OPTIONS", "/", &[("Host", "cors.test"), ("Origin", "https://b.test")], b"");

@@ -306,6 +306,16 @@ impl<'a> Translator<'a> {
         if self.rules().is_empty() && default_backend {
             http = true;
         }
+        // An explicit `ssl-redirect: "true"` / `force-ssl-redirect: "true"` asks for http → https redirects:
+        // the Ingress also lands on the http Frontend (whose Rules then redirect) even if all its hosts have TLS.
+        if https && !http {
+            let paths = self.rules().iter().enumerate().flat_map(|(r, rule)| {
+                let n = rule.http.as_ref().map_or(0, |h| h.paths.len());
+                (0..n).map(move |p| (r, p))
+            });
+            let paths: Vec<(usize, usize)> = paths.collect();
+            http = paths.into_iter().any(|at| self.annos.asks_ssl_redirect(at));
+        }
         (http && self.cfg.http_port != 0, https && self.cfg.https_port != 0)
     }
 

@@ -732,3 +732,24 @@ fn hostile_values_stay_data() {
     assert!(config_of(r).get("rewrite").is_none());
     assert_eq!(exp.warnings.iter().filter(|w| w.reason == "InvalidAnnotation").count(), 4, "{:?}", exp.warnings);
 }
+
+#[test]
+fn explicit_ssl_redirect_adds_the_http_frontend_of_a_tls_only_ingress() {
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"tls": [{"hosts": ["secure.com"], "secretName": "s1"}],
+               "rules": [{"host": "secure.com", "http": {"paths": [path("/s", "Prefix", "a")]}}]}),
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert_eq!(exp.ports, vec![(443, "https")], "§2.2: a TLS host is https only");
+    for key in ["ssl-redirect", "force-ssl-redirect"] {
+        let exp = run(&cfg(), &World::default(), &annotated(ing.clone(), &[(key, "true")]));
+        assert_eq!(exp.ports, vec![(80, "http"), (443, "https")], "{key}");
+        let http = on_port(&exp, 80);
+        assert_eq!(config_of(http[0])["redirect"], json!({"scheme": "https", "code": 308, "keep_query": true}));
+        assert_eq!(config_of(on_port(&exp, 443)[0]).get("redirect"), None);
+    }
+    let exp = run(&cfg(), &World::default(), &annotated(ing, &[("ssl-redirect", "yes")]));
+    assert_eq!(exp.ports, vec![(443, "https")], "an invalid value asks for nothing");
+}

@@ -368,6 +368,12 @@ impl<'a> Annotations<'a> {
         self.typed(SERVER_ALIAS, None, parse::host_list).map(Option::unwrap_or_default)
     }
 
+    /// Whether path `at` explicitly asks for http → https redirects (`ssl-redirect` or `force-ssl-redirect`
+    /// `"true"`); invalid values count as no (they are reported by [`Annotations::for_path`]).
+    pub fn asks_ssl_redirect(&self, at: (usize, usize)) -> bool {
+        [SSL_REDIRECT, FORCE_SSL_REDIRECT].iter().any(|k| self.typed(k, Some(at), parse::boolean) == Ok(Some(true)))
+    }
+
     /// Snippets and keys nobody reads.
     pub fn scan(&self) -> Scan {
         let mut out = Scan::default();
