@@ -551,3 +551,93 @@ mod cluster {
         assert!(!serde_json::to_string(&rules).unwrap().contains("X-Pwned"));
     }
 }
+
+/// Every key with an unusable value (`\u{1}bad`): one InvalidAnnotation warning per key naming key and value,
+/// and the path still routes. The auth keys that fail closed are checked on their own Ingress.
+#[test]
+fn every_bad_value_is_reported_and_the_ingress_still_routes() {
+    let a = Backend::start("a");
+    let auth = auth_service();
+    let port = free_port();
+    const BAD: &str = "\u{1}bad";
+    // Read only with their main key on (CORS, forward auth), fail closed (auth-type, auth-url), or skip the
+    // path (backend-protocol): checked below on their own Ingresses.
+    let cors = [
+        "cors-allow-origin",
+        "cors-allow-methods",
+        "cors-allow-headers",
+        "cors-expose-headers",
+        "cors-allow-credentials",
+        "cors-max-age",
+    ];
+    let fwd = [
+        "auth-method",
+        "auth-signin",
+        "auth-signin-redirect-param",
+        "auth-response-headers",
+        "auth-request-redirect",
+        "auth-always-set-cookie",
+    ];
+    // allowlist-source-range wins over whitelist-source-range, which is then not read: its own Ingress.
+    let special = ["backend-protocol", "auth-type", "auth-url", "whitelist-source-range"];
+    let all = bad_keys();
+    let plain: Vec<&str> =
+        all.iter().copied().filter(|k| !cors.contains(k) && !fwd.contains(k) && !special.contains(k)).collect();
+    let bad =
+        |keys: &[&str]| -> Vec<(String, String)> { keys.iter().map(|k| (k.to_string(), BAD.to_string())).collect() };
+    let plain_annos = bad(&plain);
+    let mut cors_annos = bad(&cors);
+    cors_annos.push(("enable-cors".into(), "true".into()));
+    let mut fwd_annos = bad(&fwd);
+    fwd_annos.push(("auth-url".into(), format!("http://127.0.0.1:{auth}/auth/200")));
+    let ings = [
+        ingress("allbad", &pairs(&plain_annos), "allbad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("corsbad", &pairs(&cors_annos), "corsbad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("fwdbad", &pairs(&fwd_annos), "fwdbad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("wlbad", &[("whitelist-source-range", BAD)], "wlbad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("typebad", &[("auth-type", BAD)], "typebad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("urlbad", &[("auth-url", BAD)], "urlbad.test", &[("/", "Prefix", "svc-a")], ""),
+        ingress("protobad", &[("backend-protocol", BAD)], "protobad.test", &[("/", "Prefix", "svc-a")], ""),
+    ]
+    .join("---\n");
+    let gw = start(&[("svc.yaml", service("svc-a", &[a.port])), ("ing.yaml", ings)], port, free_port());
+    let expect = |ing: &str, keys: &[&str]| {
+        for k in keys {
+            let needle = format!("ingress shop/{ing}: InvalidAnnotation: annotation nginx.ingress.kubernetes.io/{k}: ");
+            let line = gw.proc.wait_log(&needle, Duration::from_secs(2));
+            assert!(line.contains("\\u{1}bad"), "the value is named: {line}");
+        }
+    };
+    expect("allbad", &plain);
+    expect("corsbad", &cors);
+    expect("fwdbad", &fwd);
+    expect("wlbad", &["whitelist-source-range"]);
+    expect("typebad", &["auth-type"]);
+    expect("urlbad", &["auth-url"]);
+    expect("protobad", &["backend-protocol"]);
+    for host in ["allbad.test", "corsbad.test", "fwdbad.test", "wlbad.test"] {
+        let r = get(port, "/x", &[("Host", host)]);
+        assert_eq!((r.status, r.backend()), (200, "a"), "{host} still routes: {r:?}");
+    }
+    for host in ["typebad.test", "urlbad.test"] {
+        assert_eq!(get(port, "/x", &[("Host", host)]).status, 500, "{host}: auth fails closed");
+    }
+    assert_eq!(get(port, "/x", &[("Host", "protobad.test")]).status, 404, "backend-protocol: the path gets no Rule");
+}
+
+/// The multi-prefix keys of the annotation registry as the docs list them (the e2e crate cannot see the
+/// binary's constants): every key of docs/annotations.md written without a prefix, minus the refused ones.
+fn bad_keys() -> Vec<&'static str> {
+    let doc: &'static str = include_str!("../docs/annotations.md");
+    let table = doc.split("## Keys").nth(1).expect("Keys section");
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `") && !l.contains("**Refused**"))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|k| !k.contains('/'))
+        .collect()
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

@@ -635,7 +635,7 @@ impl<'a> Annotations<'a> {
                 if let Some(h) = Self::keep(headers, b) {
                     f.insert("upstream_headers".into(), json!(h));
                 }
-                if let Some(s) = Self::keep(self.typed(AUTH_SIGNIN, at, parse::var_string), b) {
+                if let Some(s) = Self::keep(self.typed(AUTH_SIGNIN, at, parse::var_url), b) {
                     f.insert("signin".into(), json!(s));
                 }
                 let param = self.typed(AUTH_SIGNIN_REDIRECT_PARAM, at, |v| {
@@ -650,7 +650,7 @@ impl<'a> Annotations<'a> {
                 if let Some(s) = Self::keep(param, b) {
                     f.insert("signin_redirect_param".into(), json!(s));
                 }
-                if let Some(s) = Self::keep(self.typed(AUTH_REQUEST_REDIRECT, at, parse::var_string), b) {
+                if let Some(s) = Self::keep(self.typed(AUTH_REQUEST_REDIRECT, at, parse::var_url), b) {
                     f.insert("auth_request_redirect".into(), json!(s));
                 }
                 if let Some(c) = Self::keep(self.typed(AUTH_ALWAYS_SET_COOKIE, at, parse::boolean), b) {

@@ -292,9 +292,14 @@ pub fn auth_url(v: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
-/// A string that may hold nginx variables (`$host`, `${x}`), no control characters.
-pub fn var_string(v: &str) -> Result<String, String> {
+/// A URL (`http(s)://...`) or an absolute path that may hold nginx variables (`$host`, `${x}`), no spaces or
+/// control characters (`auth-signin`, `auth-request-redirect`).
+pub fn var_url(v: &str) -> Result<String, String> {
     let t = v.trim();
+    let form = t.starts_with("http://") || t.starts_with("https://") || t.starts_with('/') || t.starts_with('$');
+    if !form || t.contains([' ', '\t']) {
+        return Err("expected an http(s):// URL or a path (nginx variables allowed), without spaces".into());
+    }
     var_string_ok(t)?;
     Ok(t.to_string())
 }
@@ -449,8 +454,10 @@ mod tests {
         for bad in ["", "auth.svc", "http:///x", "http://$host/x", "http://a/${x", "http://a/\nx", "http://a/b c"] {
             assert!(auth_url(bad).is_err(), "{bad}");
         }
-        assert!(var_string("https://$host/signin").is_ok());
-        assert!(var_string("x\ny").is_err());
+        assert!(var_url("https://$host/signin").is_ok() && var_url("/after").is_ok() && var_url("$scheme://x").is_ok());
+        for bad in ["", "login", "https://a b", "https://a/${x", "https://a/\nb"] {
+            assert!(var_url(bad).is_err(), "{bad}");
+        }
         assert!(realm("Users only").is_ok());
         assert!(realm("a\"b").is_err() && realm("a\nb").is_err());
         assert_eq!(same_namespace_ref("users", "ns"), Ok("users".into()));
