@@ -140,6 +140,16 @@ fn annotation_groups_through_nginx() {
         ),
         ingress("xfp", &[("x-forwarded-prefix", "/pre"), ("upstream-vhost", "inner.test")], "xfp.test", &[("/", pre.0, pre.1)], ""),
         ingress("slow", &[("proxy-read-timeout", "1")], "slow.test", &[("/", pre.0, pre.1)], ""),
+        ingress(
+            "hdr",
+            &[
+                ("alb.ingress.cpaas.io/rewrite-request", r#"{"headers": {"X-Req": "1"}, "headers_remove": ["X-Drop"]}"#),
+                ("alb.ingress.cpaas.io/rewrite-response", r#"{"headers": {"X-Resp": "2"}}"#),
+            ],
+            "hdr.test",
+            &[("/", pre.0, pre.1)],
+            "",
+        ),
         ingress("flaky1", &[("proxy-next-upstream-tries", "1")], "flaky1.test", &[("/", pre.0, "svc-flaky")], ""),
         ingress("flaky", &[], "flaky.test", &[("/", pre.0, "svc-flaky")], ""),
         ingress("flaky-off", &[("proxy-next-upstream", "off")], "flakyoff.test", &[("/", pre.0, "svc-flaky")], ""),
@@ -246,6 +256,11 @@ fn annotation_groups_through_nginx() {
     let r = get(port, "/", &h("xfp.test"));
     assert_eq!(header_sent(&r, "x-forwarded-prefix"), "/pre");
     assert_eq!(header_sent(&r, "host"), "inner.test");
+
+    // alb.ingress.<d>/rewrite-request / -response: request and response header changes.
+    let r = get(port, "/", &[("Host", "hdr.test"), ("X-Drop", "x")]);
+    assert_eq!((header_sent(&r, "x-req").as_str(), header_sent(&r, "x-drop").as_str()), ("1", ""));
+    assert_eq!(r.header("x-resp"), Some("2"));
 
     // proxy-read-timeout 1 s: a slow backend → 504 within about the timeout.
     let t = Instant::now();
