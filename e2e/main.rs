@@ -10,10 +10,12 @@
 //! `grpc`: gRPC unary/streaming calls through grpc (h2c, TLS) and https Frontends, real grpcio server/client.
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
 //! `canary`: ingress-nginx canary, affinity and load-balancing annotations on Ingresses (standalone).
+//! `annotations`: ingress-nginx/ALB Ingress annotations (standalone through nginx, Events through the API server).
 //! `controller_metrics`: the control plane's `alb_controller_*` metrics (admin `/metrics`), standalone and controller.
 
 mod harness;
 
+mod annotations;
 mod canary;
 mod controller;
 mod controller_metrics;

@@ -27,7 +27,7 @@ pub const UPSTREAM_HASH_BY: &str = "nginx.ingress.kubernetes.io/upstream-hash-by
 pub const LOAD_BALANCE: &str = "nginx.ingress.kubernetes.io/load-balance";
 pub const SERVICE_UPSTREAM: &str = "nginx.ingress.kubernetes.io/service-upstream";
 
-/// Every annotation key this module reads (docs/annotations-canary.md lists each; a test checks).
+/// Every annotation key this module reads (docs/annotations.md lists each; a test checks).
 #[allow(dead_code)] // read by tests and the docs check
 pub const KEYS: &[&str] = &[
     AFFINITY,
@@ -78,7 +78,7 @@ pub enum Affinity {
 }
 
 fn invalid(key: &str, value: &str, problem: impl Into<String>) -> Invalid {
-    Invalid { key: key.into(), value: value.into(), problem: problem.into() }
+    Invalid::new(key, value, problem)
 }
 
 fn is_token(s: &str) -> bool {

@@ -36,7 +36,7 @@ pub const BY_COOKIE: &str = "nginx.ingress.kubernetes.io/canary-by-cookie";
 pub const WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 pub const WEIGHT_TOTAL: &str = "nginx.ingress.kubernetes.io/canary-weight-total";
 
-/// Every annotation key this module reads (docs/annotations-canary.md lists each; a test checks).
+/// Every annotation key this module reads (docs/annotations.md lists each; a test checks).
 #[allow(dead_code)] // read by tests and the docs check
 pub const KEYS: &[&str] = &[CANARY, BY_HEADER, BY_HEADER_VALUE, BY_HEADER_PATTERN, BY_COOKIE, WEIGHT, WEIGHT_TOTAL];
 
@@ -68,7 +68,7 @@ pub struct Canary {
 }
 
 fn invalid(key: &str, value: &str, problem: impl Into<String>) -> Invalid {
-    Invalid { key: key.into(), value: value.into(), problem: problem.into() }
+    Invalid::new(key, value, problem)
 }
 
 /// An RFC 9110 token (header and cookie names).

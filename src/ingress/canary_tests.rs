@@ -274,10 +274,10 @@ fn canary_of_another_class_is_ignored() {
 
 #[test]
 fn every_key_is_documented() {
-    let doc = include_str!("../../docs/annotations-canary.md");
+    let doc = include_str!("../../docs/annotations.md");
     for key in KEYS.iter().chain(super::super::balance::KEYS) {
         let short = key.strip_prefix("nginx.ingress.kubernetes.io/").expect("an ingress-nginx key");
-        assert!(doc.contains(&format!("| `{short}` |")), "{key} has no row in docs/annotations-canary.md");
+        assert!(doc.contains(&format!("| `{short}` |")), "{key} has no row in docs/annotations.md");
     }
 }
 

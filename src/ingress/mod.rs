@@ -5,8 +5,9 @@
 //! translates every Ingress of its folder in memory ([`translate_all`]).
 //!
 //! * [`claim`]: which Ingresses an ALB serves (class, projects; §2.1).
-//! * [`annotations`]: typed reading of the Ingress annotations, one function per key (§2.6).
 //! * [`canary`], [`balance`]: the ingress-nginx canary, affinity and load-balancing annotations.
+//! * [`annotations`]: typed reading of the Ingress annotations, one function per key (§2.6, ingress-nginx keys;
+//!   docs/annotations.md is the table, checked against the key registry by a test).
 //! * [`translate`]: SSL strategy, Frontends, one Rule per path per Frontend (§2.2, §2.3).
 //! * [`plan`]: the diff against what exists (§2.4).
 //! * [`status`]: the add-only `status.loadBalancer` merge (§2.5).
@@ -17,6 +18,10 @@
 //! * The host in `dslx` is lower-cased (request hosts are lower case); `spec.domain` keeps the host as written.
 //! * A path with an invalid `backend-protocol`, a resource backend or an unresolvable named port is skipped
 //!   with an [`IngressWarning`] (the original appended a nil Rule and crashed the sync).
+//! * Annotations follow ingress-nginx where the original ALB differed: `rewrite-target` replaces the whole path
+//!   (captures of the path regex, in `config.rewrite`); `ssl-redirect` defaults to true for TLS hosts; every
+//!   multi-prefix key accepts the three prefixes; invalid values are ignored with a Warning (auth fails closed);
+//!   snippets are refused; features land in the Rule's `spec.config`, never in nginx.conf.
 
 pub mod annotations;
 pub mod balance;

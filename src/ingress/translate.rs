@@ -4,8 +4,10 @@ use super::annotations::{Annotations, PathAnnotations};
 use super::claim::{claims, frontend_at, namespace_project};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
 use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, Rule, RuleSpec, ServiceGroup, ServiceRef, Source};
+use crate::policy::config::Redirect;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +17,11 @@ pub const SOURCE_TYPE: &str = "ingress";
 const LABEL_VALUE_MAX: usize = 63;
 /// An ImplementationSpecific path containing one of these is a regex.
 const REGEX_CHARS: &[char] = &['^', '$', '(', ')', ':', '?', '[', ']', '*', '\\'];
+
+/// Path index of the extra Rule answering `/` of a host with the `app-root` redirect.
+pub const APP_ROOT_PATH_INDEX: usize = 1_000_000;
+/// Path index of the extra Rule redirecting the www / non-www twin of a host (`from-to-www-redirect`).
+pub const WWW_PATH_INDEX: usize = 1_000_001;
 
 /// `alb2.<d>/source-ingress-rule-index` (Rule annotation): identity of an ingress Rule, with the path index.
 pub fn annotation_rule_index(domain: &str) -> String {
@@ -64,13 +71,21 @@ fn truncate_label(v: &str) -> String {
 }
 
 /// The URL row of a path (§2.3 table), `None` for an empty path.
+#[cfg(test)]
 pub fn url_row(path: &str, path_type: &str) -> Option<Vec<String>> {
+    url_row_with(path, path_type, false)
+}
+
+/// [`url_row`]; `regex` (ingress-nginx `use-regex`, or a rewrite target with captures): a Prefix or
+/// ImplementationSpecific path is a regex.
+pub fn url_row_with(path: &str, path_type: &str, regex: bool) -> Option<Vec<String>> {
     if path.is_empty() {
         return None;
     }
     let row = |op: &str, v: String| Some(vec![op.to_string(), v]);
     match path_type {
         "Exact" => row("EQ", path.into()),
+        _ if regex => row("REGEX", if path.starts_with('^') { path.into() } else { format!("^{path}") }),
         "Prefix" => row("STARTS_WITH", path.into()),
         // ImplementationSpecific, unset (or unknown).
         _ if path.contains(REGEX_CHARS) => {
@@ -92,15 +107,37 @@ pub fn host_row(host: &str) -> Option<Vec<String>> {
 }
 
 /// The dslx of a path: URL term first, then HOST.
+#[cfg(test)]
 pub fn path_dslx(host: &str, path: &str, path_type: &str) -> Vec<DslxTerm> {
+    dslx_of(url_row(path, path_type), host, &[])
+}
+
+/// URL term (if any), then the HOST term: `host` and its `aliases` (ORed rows; none when `host` is empty).
+fn dslx_of(url: Option<Vec<String>>, host: &str, aliases: &[String]) -> Vec<DslxTerm> {
     let mut out = Vec::new();
-    if let Some(row) = url_row(path, path_type) {
+    if let Some(row) = url {
         out.push(DslxTerm { kind: "URL".into(), key: None, values: vec![row] });
     }
     if let Some(row) = host_row(host) {
-        out.push(DslxTerm { kind: "HOST".into(), key: None, values: vec![row] });
+        let mut rows = vec![row];
+        for a in aliases {
+            if let Some(r) = host_row(a).filter(|r| !rows.contains(r)) {
+                rows.push(r);
+            }
+        }
+        out.push(DslxTerm { kind: "HOST".into(), key: None, values: rows });
     }
     out
+}
+
+/// `config.rewrite` for a `rewrite-target` with ingress-nginx semantics: the whole path is replaced by the
+/// target, whose `$n` are the captures of the path regex (a non-regex path: the target verbatim).
+pub fn rewrite_config(url: Option<&Vec<String>>, target: &str) -> Value {
+    let regex = match url.map(|r| (r[0].as_str(), r[1].as_str())) {
+        Some(("REGEX", re)) => format!("^(?:{}).*", re.strip_prefix('^').unwrap_or(re)),
+        _ => ".*".to_string(),
+    };
+    json!({"regex": regex, "target": target})
 }
 
 /// The display string of the original (`fmt("%v", dslx)`), e.g. `[{[[STARTS_WITH /a]] URL }]`.
@@ -115,16 +152,23 @@ pub fn dsl_string(dslx: &[DslxTerm]) -> String {
     format!("[{}]", terms.join(" "))
 }
 
-/// One path, ready to become a Rule on each Frontend.
+/// One path (or an extra redirect of the Ingress), ready to become a Rule on each Frontend.
 struct PathRule {
     r: usize,
     p: usize,
+    /// `spec.domain`.
     host: String,
     path: String,
     dslx: Vec<DslxTerm>,
-    service: ServiceRef,
-    annos: PathAnnotations,
+    /// `None`: redirect-only.
+    service: Option<ServiceRef>,
+    priority: i64,
+    /// `None` for the extra redirect Rules.
+    annos: Option<PathAnnotations>,
     backend_protocol: String,
+    rewrite: Option<Value>,
+    /// Fixed redirect of an extra Rule.
+    redirect: Option<Redirect>,
 }
 
 struct Translator<'a> {
@@ -262,6 +306,16 @@ impl<'a> Translator<'a> {
         if self.rules().is_empty() && default_backend {
             http = true;
         }
+        // An explicit `ssl-redirect: "true"` / `force-ssl-redirect: "true"` asks for http → https redirects:
+        // the Ingress also lands on the http Frontend (whose Rules then redirect) even if all its hosts have TLS.
+        if https && !http {
+            let paths = self.rules().iter().enumerate().flat_map(|(r, rule)| {
+                let n = rule.http.as_ref().map_or(0, |h| h.paths.len());
+                (0..n).map(move |p| (r, p))
+            });
+            let paths: Vec<(usize, usize)> = paths.collect();
+            http = paths.into_iter().any(|at| self.annos.asks_ssl_redirect(at));
+        }
         (http && self.cfg.http_port != 0, https && self.cfg.https_port != 0)
     }
 
@@ -272,7 +326,7 @@ impl<'a> Translator<'a> {
             return None;
         }
         let svc = self.backend_service(b, "spec.defaultBackend")?;
-        let proto = match self.annos.backend_protocol() {
+        let proto = match self.annos.backend_protocol(None) {
             Ok(p) => p.unwrap_or_default(),
             Err(e) => {
                 self.warn("InvalidAnnotation", e.message("the default backend is not used"));
@@ -350,6 +404,13 @@ impl<'a> Translator<'a> {
 
     /// Every path that can become a Rule.
     fn paths(&mut self) -> Vec<PathRule> {
+        let aliases = match self.annos.server_alias() {
+            Ok(a) => a,
+            Err(e) => {
+                self.warn(e.reason, e.describe());
+                Vec::new()
+            }
+        };
         let mut out = Vec::new();
         for (r, rule) in self.rules().iter().enumerate() {
             let host = rule.host.clone().unwrap_or_default();
@@ -357,30 +418,136 @@ impl<'a> Translator<'a> {
             for (p, path) in paths.iter().enumerate() {
                 let field = format!("spec.rules[{r}].http.paths[{p}].backend");
                 let Some(service) = self.backend_service(&path.backend, &field) else { continue };
-                let (annos, bad) = self.annos.for_path(r, p);
+                let (annos, bad) = self.annos.for_path(r, p, self.world.services);
                 for b in bad {
-                    self.warn("InvalidAnnotation", b.message("the default is used"));
+                    self.warn(b.reason, b.describe());
                 }
                 let backend_protocol = match &annos.backend_protocol {
                     Ok(bp) => bp.clone(),
                     Err(e) => {
-                        self.warn("InvalidAnnotation", e.message("the Ingress's paths get no Rule"));
+                        self.warn(e.reason, e.message("this path gets no Rule"));
                         continue;
                     }
                 };
                 let url = path.path.clone().unwrap_or_default();
-                let dslx = path_dslx(&host, &url, &path.path_type);
+                let row = url_row_with(&url, &path.path_type, annos.path_is_regex());
+                let rewrite = annos.rewrite_target.as_deref().map(|t| rewrite_config(row.as_ref(), t));
+                let dslx = dslx_of(row, &host, &aliases);
                 if dslx.is_empty() {
                     let msg = format!("spec.rules[{r}].http.paths[{p}]: no host and no path: the Rule matches nothing");
                     self.warn("EmptyMatch", msg);
                 }
-                out.push(PathRule { r, p, host: host.clone(), path: url, dslx, service, annos, backend_protocol });
+                out.push(PathRule {
+                    r,
+                    p,
+                    host: host.clone(),
+                    path: url,
+                    dslx,
+                    service: Some(service),
+                    priority: annos.priority,
+                    annos: Some(annos),
+                    backend_protocol,
+                    rewrite,
+                    redirect: None,
+                });
             }
         }
+        self.extra_rules(&aliases, &mut out);
         out
     }
 
-    fn rule(&self, ft: &Frontend, pr: &PathRule, cert: String, taken: &mut BTreeSet<String>) -> Rule {
+    /// `app-root` (a Rule per host answering `/` with a 302) and `from-to-www-redirect` (a Rule per host for
+    /// its www / non-www twin answering 308 to the host).
+    fn extra_rules(&mut self, aliases: &[String], out: &mut Vec<PathRule>) {
+        let app_root = self.annos.app_root().unwrap_or_else(|e| {
+            self.warn(e.reason, e.describe());
+            None
+        });
+        let www = self.annos.www_redirect().unwrap_or_else(|e| {
+            self.warn(e.reason, e.describe());
+            false
+        });
+        let hosts: Vec<String> =
+            self.rules().iter().map(|r| r.host.clone().unwrap_or_default().to_ascii_lowercase()).collect();
+        let mut seen = BTreeSet::new();
+        for (r, host) in hosts.iter().enumerate() {
+            if !seen.insert(host.clone()) {
+                continue;
+            }
+            let priority = out
+                .iter()
+                .filter(|pr| pr.annos.is_some() && pr.host.eq_ignore_ascii_case(host))
+                .map(|pr| pr.priority)
+                .min()
+                .unwrap_or(super::DEFAULT_RULE_PRIORITY);
+            let extra = |p: usize, host: &str, dslx: Vec<DslxTerm>, redirect: Redirect| PathRule {
+                r,
+                p,
+                host: host.to_string(),
+                path: String::new(),
+                dslx,
+                service: None,
+                priority,
+                annos: None,
+                backend_protocol: String::new(),
+                rewrite: None,
+                redirect: Some(redirect),
+            };
+            if let Some(root) = &app_root {
+                let dslx = dslx_of(Some(vec!["EQ".into(), "/".into()]), host, aliases);
+                let redirect = Redirect { url: Some(root.clone()), code: Some(302), ..Default::default() };
+                out.push(extra(APP_ROOT_PATH_INDEX, host, dslx, redirect));
+            }
+            if www && !host.is_empty() && !host.starts_with('*') {
+                let twin = match host.strip_prefix("www.") {
+                    Some(bare) => bare.to_string(),
+                    None => format!("www.{host}"),
+                };
+                if hosts.contains(&twin) || twin.is_empty() {
+                    continue;
+                }
+                let dslx = dslx_of(None, &twin, &[]);
+                let redirect = Redirect {
+                    host: Some(host.clone()),
+                    code: Some(308),
+                    keep_query: Some(true),
+                    ..Default::default()
+                };
+                out.push(extra(WWW_PATH_INDEX, &twin, dslx, redirect));
+            }
+        }
+    }
+
+    /// The redirect of a path Rule: `temporal-`/`permanent-redirect`, else (http Frontend only)
+    /// `force-ssl-redirect`, or `ssl-redirect` (default true) when the host has TLS.
+    fn redirect_of(&self, pr: &PathRule, proto: &str, host_tls: bool) -> Option<Redirect> {
+        let Some(a) = pr.annos.as_ref() else { return pr.redirect.clone() };
+        if a.redirect.is_some() {
+            return a.redirect.clone();
+        }
+        let ssl = a.force_ssl_redirect || a.ssl_redirect.unwrap_or(true) && host_tls;
+        if proto != "http" || !ssl {
+            return None;
+        }
+        let port = self.cfg.https_port;
+        Some(Redirect {
+            scheme: Some("https".into()),
+            port: (port != 443 && port != 0).then_some(port),
+            code: Some(308),
+            keep_query: Some(true),
+            ..Default::default()
+        })
+    }
+
+    fn rule(
+        &self,
+        ft: &Frontend,
+        proto: &str,
+        pr: &PathRule,
+        cert: String,
+        host_tls: bool,
+        taken: &mut BTreeSet<String>,
+    ) -> Rule {
         let (cfg, d) = (self.cfg, self.cfg.domain.as_str());
         let ft_name = ft.metadata.name.clone().unwrap_or_default();
         let name = (0..)
@@ -411,7 +578,13 @@ impl<'a> Translator<'a> {
             uid: uid.clone(),
             ..Default::default()
         });
-        let a = &pr.annos;
+        let redirect = self.redirect_of(pr, proto, host_tls);
+        let config = match &pr.annos {
+            Some(a) => a.config(pr.rewrite.clone(), redirect.as_ref()),
+            None => json!({"redirect": redirect}),
+        };
+        let a = pr.annos.as_ref();
+        let cors = a.and_then(|a| a.cors.as_ref());
         Rule {
             metadata: ObjectMeta {
                 name: Some(name),
@@ -422,30 +595,48 @@ impl<'a> Translator<'a> {
                 ..Default::default()
             },
             spec: RuleSpec {
-                priority: a.priority,
+                priority: pr.priority,
                 dsl: dsl_string(&pr.dslx),
                 dslx: Some(pr.dslx.clone()),
                 domain: pr.host.clone(),
                 certificate_name: cert,
-                service_group: Some(ServiceGroup { services: vec![pr.service.clone()], ..Default::default() }),
+                service_group: pr
+                    .service
+                    .as_ref()
+                    .map(|s| ServiceGroup { services: vec![s.clone()], ..Default::default() }),
                 backend_protocol: pr.backend_protocol.clone(),
                 url: pr.path.clone(),
                 rewrite_base: pr.path.clone(),
-                rewrite_target: a.rewrite_target.clone(),
-                enable_cors: a.enable_cors,
-                cors_allow_headers: a.cors_allow_headers.clone(),
-                cors_allow_origin: a.cors_allow_origin.clone(),
-                vhost: a.vhost.clone(),
+                // The rewrite is in `config.rewrite` (ingress-nginx semantics), not in the legacy fields.
+                rewrite_target: String::new(),
+                enable_cors: cors.is_some(),
+                cors_allow_headers: cors.and_then(|c| c.allow_headers.clone()).unwrap_or_default(),
+                cors_allow_origin: cors.map(|c| c.allow_origin.join(",")).unwrap_or_default(),
+                vhost: a.and_then(|a| a.vhost.clone()).unwrap_or_default(),
                 source: Some(self.source()),
                 description: format!("{}/{}:{}:{}", self.ns, self.name, ft.spec.port, pr.p),
-                config: Some(serde_json::Value::Object(Default::default())),
+                config: Some(config),
                 ..Default::default()
             },
             status: None,
         }
     }
 
+    /// Snippets (refused) and `nginx.ingress.kubernetes.io/` keys no module reads (one warning).
+    fn scan(&mut self) {
+        let scan = self.annos.scan();
+        for k in scan.refused {
+            let msg = format!("annotation {k}: snippets (raw nginx configuration) are never applied; ignored");
+            self.warn("RefusedAnnotation", msg);
+        }
+        if !scan.unsupported.is_empty() {
+            let msg = format!("annotations not supported, ignored: {}", scan.unsupported.join(", "));
+            self.warn("UnsupportedAnnotation", msg);
+        }
+    }
+
     fn run(mut self, taken: &mut BTreeSet<String>) -> Expected {
+        self.scan();
         let tls = self.tls_hosts();
         let (http, https) = self.needs(&tls);
         let frontends = self.frontends(http, https);
@@ -453,11 +644,12 @@ impl<'a> Translator<'a> {
         let mut rules = Vec::new();
         for (ft, proto) in &frontends {
             for pr in &paths {
+                let host_tls = tls.contains_key(&pr.host.to_ascii_lowercase());
                 let cert = match *proto {
                     "https" => tls.get(&pr.host.to_ascii_lowercase()).cloned().unwrap_or_default(),
                     _ => String::new(),
                 };
-                rules.push(self.rule(ft, pr, cert, taken));
+                rules.push(self.rule(ft, proto, pr, cert, host_tls, taken));
             }
         }
         // Load balancing / affinity (balance.rs), then canary weights and header/cookie Rules (canary.rs).

@@ -1,6 +1,6 @@
 use super::super::testutil::*;
 use super::*;
-use crate::ingress::annotations::BACKEND_PROTOCOL;
+const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Value};
 
@@ -358,8 +358,11 @@ fn priority_annotation_and_routing_annotations() {
     assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
     let (a, b) = (&exp.rules[0].spec, &exp.rules[1].spec);
     assert_eq!((a.priority, b.priority), (5, 2));
-    assert_eq!(a.rewrite_target, "/$1");
+    // The rewrite is in config.rewrite (ingress-nginx semantics: `$1` makes the path a regex).
+    assert_eq!(a.rewrite_target, "");
     assert_eq!(a.rewrite_base, "/a");
+    assert_eq!(a.config.as_ref().unwrap()["rewrite"], json!({"regex": "^(?:/a).*", "target": "/$1"}));
+    assert_eq!(match_of(&exp.rules[0])[0], json!({"type": "URL", "values": [["REGEX", "^/a"]]}));
     assert_eq!(a.vhost, "inner.svc");
     assert!(a.enable_cors);
     assert_eq!(a.cors_allow_headers, "X-A,X-B");
@@ -492,4 +495,261 @@ fn translate_all_merges_and_skips_unclaimed() {
     assert_eq!(fts[1].spec.service_group.as_ref().unwrap().services[0].name, "d");
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].spec.domain, "a.com");
+}
+
+fn ng(k: &str) -> String {
+    format!("nginx.ingress.kubernetes.io/{k}")
+}
+
+fn annotated(mut ing: Ingress, annos: &[(&str, &str)]) -> Ingress {
+    for (k, v) in annos {
+        ing = annotate(ing, &ng(k), v);
+    }
+    ing
+}
+
+fn config_of(rule: &Rule) -> Value {
+    rule.spec.config.clone().unwrap()
+}
+
+fn on_port(exp: &Expected, port: i32) -> Vec<&Rule> {
+    let ft = format!("alb-dev-{port:05}");
+    exp.rules.iter().filter(|r| r.metadata.labels.as_ref().unwrap()["alb2.cpaas.io/frontend"] == ft).collect()
+}
+
+#[test]
+fn rewrite_target_semantics() {
+    let ing = one_rule(
+        "a.com",
+        vec![
+            path("/api(/|$)(.*)", "ImplementationSpecific", "s"),
+            path("/plain", "Prefix", "s"),
+            path("/x", "Exact", "s"),
+        ],
+    );
+    let exp = run(&cfg(), &World::default(), &annotated(ing.clone(), &[("rewrite-target", "/$2")]));
+    let rw: Vec<Value> = exp.rules.iter().map(|r| config_of(r)["rewrite"].clone()).collect();
+    assert_eq!(rw[0], json!({"regex": "^(?:/api(/|$)(.*)).*", "target": "/$2"}));
+    assert_eq!(rw[1], json!({"regex": "^(?:/plain).*", "target": "/$2"}), "captures: the Prefix path is a regex");
+    assert_eq!(match_of(&exp.rules[1])[0]["values"], json!([["REGEX", "^/plain"]]));
+    assert_eq!(rw[2], json!({"regex": ".*", "target": "/$2"}), "Exact stays exact");
+    // Without captures and use-regex: literal paths, the whole path becomes the target.
+    let exp = run(&cfg(), &World::default(), &annotated(ing.clone(), &[("rewrite-target", "/")]));
+    assert_eq!(config_of(&exp.rules[1])["rewrite"], json!({"regex": ".*", "target": "/"}));
+    assert_eq!(match_of(&exp.rules[1])[0]["values"], json!([["STARTS_WITH", "/plain"]]));
+    // use-regex alone.
+    let exp = run(&cfg(), &World::default(), &annotated(ing, &[("use-regex", "true")]));
+    assert_eq!(match_of(&exp.rules[1])[0]["values"], json!([["REGEX", "^/plain"]]));
+    assert!(config_of(&exp.rules[1]).get("rewrite").is_none());
+}
+
+#[test]
+fn ssl_redirect_on_http_rules_of_tls_hosts() {
+    let mut cfg = cfg();
+    cfg.https_port = 8443;
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({
+            "tls": [{"hosts": ["secure.com"], "secretName": "s1"}],
+            "rules": [
+                {"host": "secure.com", "http": {"paths": [path("/s", "Prefix", "a")]}},
+                {"host": "plain.com", "http": {"paths": [path("/p", "Prefix", "b")]}}
+            ]
+        }),
+    );
+    let exp = run(&cfg, &World::default(), &ing);
+    let redirect = |exp: &Expected, port: i32, host: &str| {
+        on_port(exp, port).into_iter().find(|r| r.spec.domain == host).map(|r| config_of(r)["redirect"].clone())
+    };
+    let to_https = json!({"scheme": "https", "port": 8443, "code": 308, "keep_query": true});
+    assert_eq!(redirect(&exp, 80, "secure.com"), Some(to_https.clone()), "TLS host: default true");
+    assert_eq!(redirect(&exp, 80, "plain.com"), Some(Value::Null), "no TLS: no redirect");
+    assert_eq!(redirect(&exp, 8443, "secure.com"), Some(Value::Null), "never on https");
+    let off = annotated(ing.clone(), &[("ssl-redirect", "false")]);
+    assert_eq!(redirect(&run(&cfg, &World::default(), &off), 80, "secure.com"), Some(Value::Null));
+    let forced = annotated(ing.clone(), &[("ssl-redirect", "false"), ("force-ssl-redirect", "true")]);
+    let exp = run(&cfg, &World::default(), &forced);
+    assert_eq!(redirect(&exp, 80, "plain.com"), Some(to_https));
+    // An explicit redirect wins.
+    let perm = annotated(ing, &[("permanent-redirect", "https://x.com/"), ("permanent-redirect-code", "308")]);
+    let exp = run(&cfg, &World::default(), &perm);
+    assert_eq!(redirect(&exp, 80, "secure.com"), Some(json!({"url": "https://x.com/", "code": 308})));
+    assert_eq!(redirect(&exp, 8443, "secure.com"), Some(json!({"url": "https://x.com/", "code": 308})));
+}
+
+#[test]
+fn app_root_www_and_aliases() {
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"rules": [
+            {"host": "a.com", "http": {"paths": [path("/", "Prefix", "s"), path("/b", "Prefix", "s")]}},
+            {"host": "www.b.com", "http": {"paths": [path("/", "Prefix", "t")]}},
+            {"host": "a.com", "http": {"paths": [path("/c", "Prefix", "s")]}}
+        ]}),
+    );
+    let ing = annotate(ing, "alb.cpaas.io/ingress-rule-priority-0-1", "2");
+    let ing = annotated(ing, &[("app-root", "/app"), ("from-to-www-redirect", "true"), ("server-alias", "alias.com")]);
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
+    assert_eq!(exp.rules.len(), 4 + 2 + 2, "4 paths, app-root for 2 hosts, www twin for 2 hosts");
+    let extra = |p: usize| -> Vec<&Rule> {
+        let idx = p.to_string();
+        exp.rules
+            .iter()
+            .filter(|r| r.metadata.annotations.as_ref().unwrap()["alb2.cpaas.io/source-ingress-path-index"] == idx)
+            .collect()
+    };
+    let roots = extra(APP_ROOT_PATH_INDEX);
+    assert_eq!(roots.len(), 2);
+    assert_eq!(
+        match_of(roots[0]),
+        json!([{"type": "URL", "values": [["EQ", "/"]]},
+                                          {"type": "HOST", "values": [["EQ", "a.com"], ["EQ", "alias.com"]]}])
+    );
+    assert_eq!(config_of(roots[0]), json!({"redirect": {"url": "/app", "code": 302}}));
+    assert!(roots[0].spec.service_group.is_none());
+    assert_eq!(roots[0].spec.priority, 2, "wins over the host's most urgent path");
+    let www = extra(WWW_PATH_INDEX);
+    let twins: Vec<(Value, Value)> = www.iter().map(|r| (match_of(r), config_of(r))).collect();
+    assert_eq!(twins[0].0, json!([{"type": "HOST", "values": [["EQ", "www.a.com"]]}]));
+    assert_eq!(twins[0].1, json!({"redirect": {"host": "a.com", "code": 308, "keep_query": true}}));
+    assert_eq!(twins[1].0, json!([{"type": "HOST", "values": [["EQ", "b.com"]]}]));
+    assert_eq!(twins[1].1["redirect"]["host"], "www.b.com");
+    // Path rules carry the alias.
+    assert_eq!(match_of(&exp.rules[0])[1]["values"], json!([["EQ", "a.com"], ["EQ", "alias.com"]]));
+    // Names stay distinct and the plan identity is unique.
+    let names: BTreeSet<_> = exp.rules.iter().map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(names.len(), exp.rules.len());
+    let p = crate::ingress::plan(&cfg(), &exp, &[], &[]);
+    assert_eq!(p.create_rules.len(), exp.rules.len());
+}
+
+#[test]
+fn features_land_in_config() {
+    let ing = one_rule("a.com", vec![path("/", "Prefix", "s")]);
+    let ing = annotated(
+        ing,
+        &[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.com,https://b.com"),
+            ("cors-allow-headers", "X-A"),
+            ("proxy-read-timeout", "2"),
+            ("proxy-next-upstream-tries", "2"),
+            ("proxy-body-size", "1m"),
+            ("whitelist-source-range", "10.0.0.0/8"),
+            ("limit-rps", "5"),
+            ("x-forwarded-prefix", "/p"),
+            ("upstream-vhost", "in.svc"),
+            ("auth-type", "basic"),
+            ("auth-secret", "users"),
+            ("custom-http-errors", "503"),
+            ("default-backend", "errors"),
+        ],
+    );
+    let w = World { services: vec![service("ns1", "errors", &[("http", 8081)])], ..Default::default() };
+    let exp = run(&cfg(), &w, &ing);
+    assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
+    let r = &exp.rules[0];
+    assert_eq!(
+        config_of(r),
+        json!({
+            "cors": {"allow_origin": ["https://a.com", "https://b.com"], "allow_headers": "X-A"},
+            "timeout": {"proxy_read_timeout_ms": 2000},
+            "retry": {"tries": 2},
+            "max_body_size": 1048576,
+            "access": {"allow": ["10.0.0.0/8"]},
+            "limit": {"rps": 5},
+            "rewrite_request": {"headers": {"X-Forwarded-Prefix": "/p"}},
+            "auth": {"basic": {"auth_type": "basic", "secret": "ns1/users"}},
+            "error_pages": {"codes": [503], "service": {"namespace": "ns1", "name": "errors", "port": 8081}}
+        })
+    );
+    assert!(r.spec.enable_cors);
+    assert_eq!(r.spec.cors_allow_origin, "https://a.com,https://b.com");
+    assert_eq!(r.spec.cors_allow_headers, "X-A");
+    assert_eq!(r.spec.vhost, "in.svc");
+}
+
+#[test]
+fn bad_values_snippets_and_unknown_keys_warn_and_the_rest_routes() {
+    let ing = one_rule("a.com", vec![path("/a", "Prefix", "s"), path("/b", "Prefix", "s")]);
+    let ing = annotated(
+        ing,
+        &[
+            ("proxy-read-timeout", "soon"),
+            ("limit-rps", "lots"),
+            ("configuration-snippet", "return 200 'pwned';"),
+            ("server-snippet", "location /x {}"),
+            ("enable-opentelemetry", "true"),
+            ("ssl-passthrough", "true"),
+            ("upstream-vhost", "in.svc"),
+        ],
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert_eq!(exp.rules.len(), 2, "every path still routes");
+    assert_eq!(exp.rules[0].spec.vhost, "in.svc", "valid annotations still apply");
+    assert_eq!(config_of(&exp.rules[0]), json!({}));
+    let by_reason =
+        |r: &str| exp.warnings.iter().filter(|w| w.reason == r).map(|w| w.message.clone()).collect::<Vec<_>>();
+    let invalid = by_reason("InvalidAnnotation");
+    assert_eq!(invalid.len(), 2, "one per key, not per path: {invalid:?}");
+    assert!(invalid
+        .iter()
+        .any(|m| m.contains("nginx.ingress.kubernetes.io/proxy-read-timeout") && m.contains("\"soon\"")));
+    assert!(invalid.iter().any(|m| m.contains("nginx.ingress.kubernetes.io/limit-rps") && m.contains("\"lots\"")));
+    let refused = by_reason("RefusedAnnotation");
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].contains("nginx.ingress.kubernetes.io/configuration-snippet"), "{refused:?}");
+    assert!(!refused.iter().any(|m| m.contains("pwned")), "the snippet text is not echoed");
+    let unsupported = by_reason("UnsupportedAnnotation");
+    assert_eq!(
+        unsupported,
+        vec!["annotations not supported, ignored: nginx.ingress.kubernetes.io/enable-opentelemetry, nginx.ingress.kubernetes.io/ssl-passthrough"]
+    );
+}
+
+#[test]
+fn hostile_values_stay_data() {
+    // Quotes, braces, semicolons, `$` and newlines: refused by the parsers or kept as JSON data.
+    let ing = one_rule("a.com", vec![path("/a\"; } location / { return 200; #", "ImplementationSpecific", "s")]);
+    let ing = annotated(
+        ing,
+        &[
+            ("upstream-vhost", "x\";\n}"),
+            ("rewrite-target", "/$1;\n return 200"),
+            ("x-forwarded-prefix", "/p\"}{;$x"),
+            ("auth-realm", "r\"\n"),
+            ("server-alias", "b.com;}{"),
+        ],
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert_eq!(exp.rules.len(), 1);
+    let r = &exp.rules[0];
+    assert_eq!(r.spec.vhost, "", "control characters: refused");
+    assert_eq!(config_of(r)["rewrite_request"]["headers"]["X-Forwarded-Prefix"], "/p\"}{;$x", "kept as data");
+    assert!(config_of(r).get("rewrite").is_none());
+    assert_eq!(exp.warnings.iter().filter(|w| w.reason == "InvalidAnnotation").count(), 4, "{:?}", exp.warnings);
+}
+
+#[test]
+fn explicit_ssl_redirect_adds_the_http_frontend_of_a_tls_only_ingress() {
+    let ing = ingress(
+        "ns1",
+        "web",
+        json!({"tls": [{"hosts": ["secure.com"], "secretName": "s1"}],
+               "rules": [{"host": "secure.com", "http": {"paths": [path("/s", "Prefix", "a")]}}]}),
+    );
+    let exp = run(&cfg(), &World::default(), &ing);
+    assert_eq!(exp.ports, vec![(443, "https")], "§2.2: a TLS host is https only");
+    for key in ["ssl-redirect", "force-ssl-redirect"] {
+        let exp = run(&cfg(), &World::default(), &annotated(ing.clone(), &[(key, "true")]));
+        assert_eq!(exp.ports, vec![(80, "http"), (443, "https")], "{key}");
+        let http = on_port(&exp, 80);
+        assert_eq!(config_of(http[0])["redirect"], json!({"scheme": "https", "code": 308, "keep_query": true}));
+        assert_eq!(config_of(on_port(&exp, 443)[0]).get("redirect"), None);
+    }
+    let exp = run(&cfg(), &World::default(), &annotated(ing, &[("ssl-redirect", "yes")]));
+    assert_eq!(exp.ports, vec![(443, "https")], "an invalid value asks for nothing");
 }
