@@ -645,6 +645,9 @@ fn every_bad_value_is_reported_and_the_ingress_still_routes() {
 fn bad_keys() -> Vec<&'static str> {
     let doc: &'static str = include_str!("../docs/annotations.md");
     let table = doc.split("## Keys").nth(1).expect("Keys section");
+    // The canary/affinity keys (their own section) have their bad-value test in e2e/canary.rs: a bad `canary`
+    // value makes the whole Ingress route nothing, by design.
+    let table = table.split("### Canary").next().unwrap_or(table);
     table
         .lines()
         .filter(|l| l.starts_with("| `") && !l.contains("**Refused**"))
@@ -655,4 +658,61 @@ fn bad_keys() -> Vec<&'static str> {
 
 fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The annotations that fill `access`, `limit`, `max_body_size` and `error_pages` (docs/annotations.md), through
+/// real nginx: the data plane of these config keys (e2e/l7_limits.rs) reached from an Ingress.
+#[test]
+fn annotation_access_limits_body_size_and_error_pages_through_nginx() {
+    let (a, errors) = (Backend::start("a"), Backend::start("errors"));
+    let (port, https) = (free_port(), free_port());
+    let svcs = [service("svc-a", &[a.port]), service("errors", &[errors.port])].join("---\n");
+    let pre = ("/", "Prefix", "svc-a");
+    let ings = [
+        ingress("allow-lo", &[("whitelist-source-range", "127.0.0.0/8, ::1/128")], "allow.test", &[pre], ""),
+        ingress("allow-ten", &[("allowlist-source-range", "10.0.0.0/8")], "ten.test", &[pre], ""),
+        ingress("deny-lo", &[("denylist-source-range", "127.0.0.1/32")], "deny.test", &[pre], ""),
+        ingress("rps", &[("limit-rps", "1"), ("limit-burst-multiplier", "2")], "rps.test", &[pre], ""),
+        ingress(
+            "rps-wl",
+            &[("limit-rps", "1"), ("limit-burst-multiplier", "1"), ("limit-whitelist", "127.0.0.0/8")],
+            "rpswl.test",
+            &[pre],
+            "",
+        ),
+        ingress("body", &[("proxy-body-size", "1k")], "body.test", &[pre], ""),
+        ingress("errs", &[("custom-http-errors", "503,504"), ("default-backend", "errors")], "errs.test", &[pre], ""),
+    ];
+    let files: Vec<(&str, String)> = vec![("svc.yaml", svcs), ("ing.yaml", ings.join("---\n"))];
+    let gw = start(&files, port, https);
+    let on = |host: &str, path: &str| get(port, path, &[("Host", host)]);
+
+    assert_eq!(on("allow.test", "/").backend(), "a", "127.0.0.1 is in the allow list");
+    assert_eq!(on("ten.test", "/").status, 403, "127.0.0.1 is not in 10.0.0.0/8");
+    assert_eq!(on("deny.test", "/").status, 403, "127.0.0.1 is denied");
+
+    // rate 1/s, burst 2: of 10 quick requests at most 1 + 2 (+1 if a second boundary passes) get through
+    let ok = (0..10).filter(|_| on("rps.test", "/").status == 200).count();
+    assert!((1..=4).contains(&ok), "{ok} of 10 passed a 1 r/s limit with burst 2");
+    let r = on("rps.test", "/");
+    if r.status != 200 {
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    // the whitelisted client is never limited
+    assert!((0..10).all(|_| on("rpswl.test", "/").status == 200), "limit-whitelist bypasses the limit");
+
+    let small = vec![b'x'; 512];
+    let big = vec![b'x'; 4096];
+    assert_eq!(request(port, "POST", "/", &[("Host", "body.test")], &small).status, 200);
+    assert_eq!(request(port, "POST", "/", &[("Host", "body.test")], &big).status, 413);
+
+    let r = on("errs.test", "/status/503");
+    assert_eq!((r.status, r.backend()), (200, "errors"), "{r:?}");
+    assert_eq!(header_sent(&r, "x-code"), "503");
+    let r = on("errs.test", "/status/404");
+    // not listed: the status passes through (its body is not kept, docs/policy.md "error_pages")
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_ne!(r.backend(), "errors", "{r:?}");
+    assert_eq!(on("errs.test", "/ok").backend(), "a");
+    drop(gw);
 }
