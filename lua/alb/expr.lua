@@ -127,6 +127,16 @@ local function var_getter(name)
     end
 end
 
+--- header_var(key) -> the nginx variable of request header `key` (`http_<key>`, lower case, `-` as `_`)
+local function header_var(key)
+    return "http_" .. gsub(lower(key), "-", "_")
+end
+_M.header_var = header_var
+--- header_getter(var) -> the cached getter of that variable, as HEADER leaves use it
+_M.header_getter = function(var)
+    return var_getter(var)
+end
+
 local function param_getter(key)
     return function(c)
         local args = c[K_ARGS]
@@ -160,7 +170,7 @@ local SINGLE = {
 
 local DUAL = {
     HEADER = function(key)
-        return var_getter("http_" .. gsub(lower(key), "-", "_"))
+        return var_getter(header_var(key))
     end,
     PARAM = function(key)
         return param_getter(key)
