@@ -144,7 +144,7 @@ local function build_port(port, rules_json)
         has_hosts = false, hdr = {}, hdrs = {} }
     for i = 1, #rules_json do
         local r = rules_json[i]
-        local fn, err = expr.compile(r.match)
+        local fn, err = expr.compile(r.match, true) -- validated by the policy API (alb/schema.lua)
         if not fn then
             return nil, "port " .. port .. " rule " .. (i - 1) .. " (" .. tostring(r.name) .. "): " .. err
         end
