@@ -272,6 +272,7 @@ fn indexed_router_equals_first_match_scan() {
     let mut docs = vec![format!(
         "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
     )];
+    let mut header_only = Vec::new();
     for i in 0..400 {
         let mut terms = Vec::new();
         match rng.random_range(0..4) {
@@ -292,12 +293,21 @@ fn indexed_router_equals_first_match_scan() {
             3 => terms.push(format!("{{type: URL, values: [[STARTS_WITH, \"{p}\"], [EQ, /login]]}}")),
             _ => {}
         }
-        if rng.random_bool(0.2) {
-            terms.push("{type: HEADER, key: x-env, values: [[EQ, canary]]}".to_string());
+        // header terms, also on rules without host or path (the router files those under the header's values)
+        let mut priority = rng.random_range(1..4);
+        if rng.random_bool(0.15) {
+            terms.clear();
+            header_only.push(format!("r{i}"));
+            priority = 0; // ahead of the others, so that requests reach them
+        }
+        if terms.is_empty() || rng.random_bool(0.2) {
+            let key = ["x-env", "X_Env"][rng.random_range(0..2)];
+            let values = ["[[EQ, canary]]", "[[IN, canary, blue]]", "[[EQ, blue], [EQ, green]]", "[[EXIST]]"];
+            terms.push(format!("{{type: HEADER, key: {key}, values: {}}}", values[rng.random_range(0..values.len())]));
         }
         docs.push(format!(
             "apiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata: {{name: r{i}, namespace: default, labels: {{alb2.cpaas.io/frontend: ft}}}}\nspec:\n  priority: {}\n  dslx: [{}]\n",
-            rng.random_range(1..4),
+            priority,
             terms.join(", ")
         ));
     }
@@ -321,8 +331,9 @@ fn indexed_router_equals_first_match_scan() {
         let suffix = ["", "/", "/7", "/7/x", "x"][rng.random_range(0..5)];
         let mut q =
             json!({"port": port, "host": hosts[rng.random_range(0..hosts.len())], "uri": format!("{p}{suffix}")});
-        if rng.random_bool(0.3) {
-            q["headers"] = json!({"x-env": "canary"});
+        if rng.random_bool(0.5) {
+            let v = ["canary", "blue", "green", "red"][rng.random_range(0..4)];
+            q["headers"] = json!({ "x-env": v });
         }
         queries.push(q);
     }
@@ -330,12 +341,16 @@ fn indexed_router_equals_first_match_scan() {
     assert_eq!(r.status, 200, "{}", r.body);
     let results = r.json()["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), queries.len());
-    let mut matched = 0;
+    let (mut matched, mut by_header) = (0, 0);
     for (q, res) in queries.iter().zip(&results) {
         assert_eq!(res["same"], true, "index and linear scan disagree for {q}: {res}");
         if res["index"].get("rule").is_some() {
             matched += 1;
         }
+        if res["index"]["name"].as_str().is_some_and(|n| header_only.iter().any(|h| h == n)) {
+            by_header += 1;
+        }
     }
+    assert!(by_header > 100, "requests reach the rules filed under header values: {by_header}");
     assert!(matched > 1000, "the random requests mostly match something: {matched}");
 }

@@ -127,6 +127,16 @@ local function var_getter(name)
     end
 end
 
+--- header_var(key) -> the nginx variable of request header `key` (`http_<key>`, lower case, `-` as `_`)
+local function header_var(key)
+    return "http_" .. gsub(lower(key), "-", "_")
+end
+_M.header_var = header_var
+--- header_getter(var) -> the cached getter of that variable, as HEADER leaves use it
+_M.header_getter = function(var)
+    return var_getter(var)
+end
+
 local function param_getter(key)
     return function(c)
         local args = c[K_ARGS]
@@ -160,7 +170,7 @@ local SINGLE = {
 
 local DUAL = {
     HEADER = function(key)
-        return var_getter("http_" .. gsub(lower(key), "-", "_"))
+        return var_getter(header_var(key))
     end,
     PARAM = function(key)
         return param_getter(key)
@@ -356,6 +366,11 @@ local function host_wildcard(get, arg)
     end
 end
 
+-- compile(e, true): the expression was validated when the policy was stored (alb/schema.lua compiles every
+-- expression in the policy API): regexes are not compiled here but on their first use (`o` caches them per
+-- worker), which keeps a worker's router build from compiling thousands of regexes no request may ever hit.
+local trusted = false
+
 local function compile_leaf(e)
     local op, m = e[1], e[2]
     local arity = ARITY[op]
@@ -423,12 +438,14 @@ local function compile_leaf(e)
         return host_wildcard(get, args[1])
     elseif op == "REGEX" then
         local pat = args[1]
-        local ok, from, _, err = pcall(re_find, "", pat, "jo")
-        if not ok then
-            return nil, op .. " " .. m .. ": invalid regex " .. pat .. ": " .. tostring(from)
-        end
-        if err then
-            return nil, op .. " " .. m .. ": invalid regex " .. pat .. ": " .. tostring(err)
+        if not trusted then
+            local ok, from, _, err = pcall(re_find, "", pat, "jo")
+            if not ok then
+                return nil, op .. " " .. m .. ": invalid regex " .. pat .. ": " .. tostring(from)
+            end
+            if err then
+                return nil, op .. " " .. m .. ": invalid regex " .. pat .. ": " .. tostring(err)
+            end
         end
         return function(c)
             local v = get(c)
@@ -509,8 +526,10 @@ compile = function(e)
 end
 
 --- compile(expr) -> fn(c) -> boolean, or nil, err
-function _M.compile(e)
+function _M.compile(e, validated)
+    trusted = validated == true
     local f, err = compile(e)
+    trusted = false
     if not f then
         return nil, err
     end

@@ -19,7 +19,8 @@ local ERR, NOTICE = ngx.ERR, ngx.NOTICE
 
 local _M = {
     DICT = "alb_policy",
-    POLL_INTERVAL = 0.05,
+    -- seconds between two checks of the stored version (one shared-dict get): bounds the propagation delay
+    POLL_INTERVAL = 0.01,
     -- what this worker applied: {version, digest, generation, routes, balancers}; nil until a policy arrived
     state = nil,
     api_port = nil,

@@ -77,13 +77,74 @@ local function file_paths(b, i, paths, prefixes)
     end
 end
 
+-- Header hint (derived here from `match`, no policy field): a rule that the index files under "any host, any
+-- path" but whose `match` requires a header to equal one of some values (a top-level EQ / IN HEADER leaf, or an
+-- OR of such leaves on one header) is filed under that header's values instead of the any-host rest list, so
+-- that requests without that header value never evaluate it. Returns the nginx variable name and the values.
+local function header_leaf(e)
+    local op = e[1]
+    if (op ~= "EQ" and op ~= "IN") or e[2] ~= "HEADER" or type(e[3]) ~= "string" or e[3] == "" or #e < 4 then
+        return nil
+    end
+    local vals = {}
+    for k = 4, #e do
+        if type(e[k]) ~= "string" then
+            return nil
+        end
+        vals[#vals + 1] = e[k]
+    end
+    return expr.header_var(e[3]), vals
+end
+
+local function header_term(e)
+    if type(e) ~= "table" then
+        return nil
+    end
+    if e[1] ~= "OR" then
+        return header_leaf(e)
+    end
+    if #e < 2 then
+        return nil
+    end
+    local name, vals
+    for k = 2, #e do
+        local n, v = header_leaf(type(e[k]) == "table" and e[k] or {})
+        if not n or (name and n ~= name) then
+            return nil
+        end
+        name = n
+        vals = vals or {}
+        for _, x in ipairs(v) do
+            vals[#vals + 1] = x
+        end
+    end
+    return name, vals
+end
+
+local function header_hint(m)
+    if type(m) ~= "table" then
+        return nil
+    end
+    if m[1] ~= "AND" then
+        return header_term(m)
+    end
+    for k = 2, #m do
+        local name, vals = header_term(m[k])
+        if name then
+            return name, vals
+        end
+    end
+    return nil
+end
+_M.header_hint = header_hint
+
 local function build_port(port, rules_json)
     local rules = {}
     local p = { port = port, rules = rules, n = #rules_json, hosts = {}, wild = {}, any = nil, has_wild = false,
-        has_hosts = false }
+        has_hosts = false, hdr = {}, hdrs = {} }
     for i = 1, #rules_json do
         local r = rules_json[i]
-        local fn, err = expr.compile(r.match)
+        local fn, err = expr.compile(r.match, true) -- validated by the policy API (alb/schema.lua)
         if not fn then
             return nil, "port " .. port .. " rule " .. (i - 1) .. " (" .. tostring(r.name) .. "): " .. err
         end
@@ -118,7 +179,26 @@ local function build_port(port, rules_json)
         local hosts, wilds = strings(ix.hosts), strings(ix.wildcard_hosts)
         local paths, prefixes = strings(ix.paths), strings(ix.prefixes)
         local targets = {}
-        if #hosts == 0 and #wilds == 0 then
+        local hname, hvals
+        if #hosts == 0 and #wilds == 0 and #paths == 0 and #prefixes == 0 then
+            hname, hvals = header_hint(r.match)
+        end
+        if hname then
+            local h = p.hdr[hname]
+            if not h then
+                h = { get = expr.header_getter(hname), by = {} }
+                p.hdr[hname] = h
+                p.hdrs[#p.hdrs + 1] = h
+            end
+            for _, v in ipairs(hvals) do
+                local l = h.by[v]
+                if not l then
+                    l = {}
+                    h.by[v] = l
+                end
+                push(l, i)
+            end
+        elseif #hosts == 0 and #wilds == 0 then
             p.any = p.any or new_bucket()
             targets[1] = p.any
         else
@@ -252,6 +332,18 @@ function _M.match(routes, port, c)
     if p.any then
         nl = add_bucket(p.any, uri, ulen, nl)
     end
+    local hdrs = p.hdrs
+    for k = 1, #hdrs do
+        local h = hdrs[k]
+        local v = h.get(c)
+        if v then
+            local l = h.by[v]
+            if l then
+                nl = nl + 1
+                lists[nl] = l
+            end
+        end
+    end
 
     local rules = p.rules
     if nl == 1 then
@@ -263,6 +355,8 @@ function _M.match(routes, port, c)
                 return r
             end
         end
+        return nil, "InvalidUpstream : no rule match"
+    elseif nl == 0 then
         return nil, "InvalidUpstream : no rule match"
     end
 

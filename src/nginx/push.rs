@@ -172,6 +172,37 @@ impl PolicyClient {
     }
 }
 
+/// `policy` serialised with generation 0 (what decides "unchanged").
+fn without_generation(policy: &Policy) -> Vec<u8> {
+    if policy.generation == 0 {
+        return policy.to_bytes();
+    }
+    let mut p = policy.clone();
+    p.generation = 0;
+    p.to_bytes()
+}
+
+/// The bytes of `policy` with `generation`, made from its generation-0 bytes without serialising (or cloning)
+/// the policy again: `version` and `generation` are its first two fields, so only that prefix differs. Falls
+/// back to serialising when the prefix is not the expected one.
+fn with_generation(policy: &Policy, unnumbered: Vec<u8>, generation: u64) -> Vec<u8> {
+    let prefix = format!("{{\"version\":{},\"generation\":0", policy.version);
+    match unnumbered.strip_prefix(prefix.as_bytes()) {
+        Some(rest) if rest.first() == Some(&b',') || rest.first() == Some(&b'}') => {
+            let head = format!("{{\"version\":{},\"generation\":{generation}", policy.version);
+            let mut out = Vec::with_capacity(head.len() + rest.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(rest);
+            out
+        }
+        _ => {
+            let mut p = policy.clone();
+            p.generation = generation;
+            p.to_bytes()
+        }
+    }
+}
+
 /// The policy last applied by every worker.
 #[derive(Debug, Clone)]
 struct Applied {
@@ -234,7 +265,8 @@ impl Pusher {
     /// Pushes `c.policy` if its content changed (or `force`), waits for every worker, logs the outcome.
     /// Returns whether every worker now holds `c.policy` (false: refused by the data plane).
     pub async fn push(&mut self, c: &Compiled, force: bool) -> Result<bool> {
-        let content = digest(&c.policy.to_bytes());
+        let unnumbered = without_generation(&c.policy);
+        let content = digest(&unnumbered);
         if !force && self.applied.as_ref().map(|a| a.content == content).unwrap_or(false) {
             tracing::debug!("policy unchanged");
             return Ok(true);
@@ -246,10 +278,9 @@ impl Pusher {
                 self.generation
             }
         };
-        let mut policy = c.policy.clone();
-        policy.generation = generation;
+        let policy = &c.policy;
         let started = Instant::now();
-        let sent = match self.client.put(policy.to_bytes()).await {
+        let sent = match self.client.put(with_generation(policy, unnumbered, generation)).await {
             Ok(d) => d,
             Err(PushError::Refused(msg)) => {
                 // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
@@ -291,5 +322,33 @@ impl Pusher {
         tracing::warn!("data plane does not hold our policy any more; pushing it again");
         self.push(c, true).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_spliced_into_the_unnumbered_bytes_equals_serialising_it() {
+        let mut p: Policy =
+            serde_json::from_str(include_str!("../../e2e/fixtures/policy/features.json")).expect("fixture");
+        assert!(p.rule_count() > 0);
+        let unnumbered = without_generation(&p);
+        assert!(p.generation != 0, "the fixture carries a generation");
+        assert!(unnumbered == Policy { generation: 0, ..p.clone() }.to_bytes());
+        for g in [0u64, 1, 7, 12345678901] {
+            let spliced = with_generation(&p, unnumbered.clone(), g);
+            p.generation = g;
+            assert_eq!(String::from_utf8(spliced).unwrap(), String::from_utf8(p.to_bytes()).unwrap());
+            assert_eq!(without_generation(&p), unnumbered, "the content digest ignores the generation");
+        }
+        // an empty policy, and bytes that do not start as expected (falls back to serialising)
+        let e = Policy::default();
+        assert_eq!(
+            with_generation(&e, without_generation(&e), 3),
+            Policy { generation: 3, ..Policy::default() }.to_bytes()
+        );
+        assert_eq!(with_generation(&p, b"{}".to_vec(), 9), Policy { generation: 9, ..p.clone() }.to_bytes());
     }
 }
