@@ -96,9 +96,36 @@ pub struct NginxArgs {
     /// Serve the metrics port in plain HTTP only (no TLS).
     #[arg(long, env = "ALB_METRICS_PLAIN_HTTP")]
     pub metrics_plain_http: bool,
+    /// DNS server of nginx's `resolver` (forward auth URLs with host names): `ADDR` or `ADDR:PORT`, IPv6 as
+    /// `[ADDR]:PORT` (repeatable, or comma-separated in the env variable). Default: the `nameserver` lines of
+    /// /etc/resolv.conf; none there and no flag → no resolver, forward auth URLs must use IP addresses.
+    #[arg(long = "resolver", env = "ALB_RESOLVER", value_delimiter = ',',
+          value_parser = crate::nginx::resolv::parse_flag)]
+    pub resolvers: Vec<crate::nginx::resolv::Nameserver>,
 }
 
 impl NginxArgs {
+    /// nginx's DNS servers: the `--resolver` flags, else /etc/resolv.conf's nameservers.
+    pub fn nameservers(&self) -> Vec<crate::nginx::resolv::Nameserver> {
+        if self.resolvers.is_empty() {
+            crate::nginx::resolv::system().to_vec()
+        } else {
+            self.resolvers.clone()
+        }
+    }
+
+    /// Records for the policy compiler whether nginx will have a resolver (before the first compilation).
+    fn record_resolver(&self) {
+        let ns = self.nameservers();
+        if ns.is_empty() {
+            tracing::warn!(
+                "no nameserver in {} and no --resolver: forward auth URLs must use IP addresses",
+                crate::nginx::resolv::RESOLV_CONF
+            );
+        }
+        crate::nginx::resolv::record_available(!ns.is_empty());
+    }
+
     /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.
     pub fn prepare(&self, listeners: Vec<HttpListener>) -> Result<(NginxBinary, ConfInput, String)> {
         let bin = NginxBinary::locate(self.nginx.as_deref())?;
@@ -129,11 +156,18 @@ impl NginxArgs {
             metrics_tls: !self.metrics_plain_http,
             http2: Default::default(),
             stream_listeners: Vec::new(),
+            resolvers: self.nameservers(),
         })
     }
 }
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Standalone(a) => a.nginx.record_resolver(),
+        Cmd::Controller(a) => a.nginx.record_resolver(),
+        Cmd::Dataplane { nginx, .. } => nginx.record_resolver(),
+        _ => {}
+    }
     match cli.cmd {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
         Cmd::Controller(args) => crate::controller::run(args).await,
