@@ -102,28 +102,34 @@ pub struct NginxArgs {
     #[arg(long = "resolver", env = "ALB_RESOLVER", value_delimiter = ',',
           value_parser = crate::nginx::resolv::parse_flag)]
     pub resolvers: Vec<crate::nginx::resolv::Nameserver>,
+    /// resolv.conf whose `nameserver` lines are the default `--resolver`s.
+    #[arg(long, env = "ALB_RESOLV_CONF", default_value = crate::nginx::resolv::RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
 }
 
 impl NginxArgs {
-    /// nginx's DNS servers: the `--resolver` flags, else /etc/resolv.conf's nameservers.
+    /// nginx's DNS servers: the `--resolver` flags, else the resolv.conf nameservers (as recorded at start-up).
     pub fn nameservers(&self) -> Vec<crate::nginx::resolv::Nameserver> {
-        if self.resolvers.is_empty() {
-            crate::nginx::resolv::system().to_vec()
-        } else {
-            self.resolvers.clone()
+        if !self.resolvers.is_empty() {
+            return self.resolvers.clone();
+        }
+        match crate::nginx::resolv::recorded() {
+            Some(ns) => ns.to_vec(),
+            None => crate::nginx::resolv::read_resolv_conf(&self.resolv_conf),
         }
     }
 
-    /// Records for the policy compiler whether nginx will have a resolver (before the first compilation).
+    /// Records nginx's nameservers for nginx.conf and the policy compiler, before the first compilation.
     fn record_resolver(&self) {
         let ns = self.nameservers();
         if ns.is_empty() {
             tracing::warn!(
-                "no nameserver in {} and no --resolver: forward auth URLs must use IP addresses",
-                crate::nginx::resolv::RESOLV_CONF
+                "no nameserver in {} and no --resolver: nginx gets no resolver, forward auth URLs must use IP \
+                 addresses",
+                self.resolv_conf.display()
             );
         }
-        crate::nginx::resolv::record_available(!ns.is_empty());
+        crate::nginx::resolv::record(ns);
     }
 
     /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.

@@ -745,9 +745,8 @@ pub fn auth_host_ok(hostport: &str, resolver_available: Option<bool>) -> Result<
     }
     if resolver_available == Some(false) {
         return Err(format!(
-            "host name {host:?} needs a DNS resolver, and nginx has none: no nameserver in {} and no --resolver \
-             flag (use an IP address or give --resolver)",
-            crate::nginx::resolv::RESOLV_CONF
+            "host name {host:?} needs a DNS resolver, and nginx has none: no nameserver in resolv.conf \
+             (--resolv-conf) and no --resolver flag (use an IP address or give --resolver)"
         ));
     }
     Ok(())

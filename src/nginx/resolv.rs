@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
-/// Where the system's nameservers are read from.
+/// Where the system's nameservers are read from by default (`--resolv-conf`).
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// One DNS server: an IP address and an optional port (nginx's default is 53).
@@ -78,22 +78,21 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<Nameserver>, Vec<String>) {
     (out, skipped)
 }
 
-/// The system's nameservers, read once per process (an unreadable file → none).
-pub fn system() -> &'static [Nameserver] {
-    static SYSTEM: OnceLock<Vec<Nameserver>> = OnceLock::new();
-    SYSTEM.get_or_init(|| match std::fs::read_to_string(RESOLV_CONF) {
+/// The nameservers of a resolv.conf file (unreadable → none), skipped lines reported as warnings.
+pub fn read_resolv_conf(path: &std::path::Path) -> Vec<Nameserver> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let (ns, skipped) = parse_resolv_conf(&text);
             for s in skipped {
-                tracing::warn!("{RESOLV_CONF}: ignoring nameserver {s:?}: not an IP address nginx can use");
+                tracing::warn!("{}: ignoring nameserver {s:?}: not an IP address nginx can use", path.display());
             }
             ns
         }
         Err(e) => {
-            tracing::warn!("cannot read {RESOLV_CONF}: {e}");
+            tracing::warn!("cannot read {}: {e}", path.display());
             Vec::new()
         }
-    })
+    }
 }
 
 /// The `resolver` directive arguments for nginx.conf, `None` without nameservers. Only ever built from parsed
@@ -110,17 +109,21 @@ pub fn directive(ns: &[Nameserver]) -> Option<String> {
     Some(parts.join(" "))
 }
 
-/// Whether this process's nginx has a `resolver`: recorded once at start-up (`cli::dispatch`) from the same
-/// flags that render nginx.conf, read by the policy compiler to refuse forward auth to host names without one.
-static AVAILABLE: OnceLock<bool> = OnceLock::new();
+/// This process's nginx nameservers, recorded once at start-up (`cli::dispatch`) before the first compilation:
+/// nginx.conf renders them and the policy compiler refuses forward auth to host names without any.
+static RECORDED: OnceLock<Vec<Nameserver>> = OnceLock::new();
 
-pub fn record_available(available: bool) {
-    let _ = AVAILABLE.set(available);
+pub fn record(ns: Vec<Nameserver>) {
+    let _ = RECORDED.set(ns);
+}
+
+pub fn recorded() -> Option<&'static [Nameserver]> {
+    RECORDED.get().map(|v| v.as_slice())
 }
 
 /// `Some(false)`: nginx has no resolver; `None`: unknown (no nginx in this process, e.g. `alb policy`).
 pub fn available() -> Option<bool> {
-    AVAILABLE.get().copied()
+    recorded().map(|ns| !ns.is_empty())
 }
 
 #[cfg(test)]

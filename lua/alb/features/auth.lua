@@ -287,7 +287,7 @@ local function compile_forward(f, path)
     end
     if is_name and not has_resolver then
         u.fail(path .. ".url", "host name " .. host .. " needs a resolver: nginx.conf has none (no nameserver in "
-            .. "/etc/resolv.conf and no --resolver flag); use an IP address or give --resolver")
+            .. "resolv.conf and no --resolver flag); use an IP address or give --resolver")
     end
     if rest == "" then
         rest = "/"
