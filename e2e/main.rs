@@ -11,6 +11,7 @@
 //! `metrics`: the Prometheus metrics server of the data plane (counters after known traffic, auth, clear).
 //! `canary`: ingress-nginx canary, affinity and load-balancing annotations on Ingresses (standalone).
 //! `annotations`: ingress-nginx/ALB Ingress annotations (standalone through nginx, Events through the API server).
+//! `resolver`: forward auth to host names through nginx's `resolver` (a DNS server inside the test).
 //! `controller_metrics`: the control plane's `alb_controller_*` metrics (admin `/metrics`), standalone and controller.
 
 mod harness;
@@ -28,5 +29,6 @@ mod l7;
 mod l7_limits;
 mod metrics;
 mod operator;
+mod resolver;
 mod standalone;
 mod tls;

@@ -96,9 +96,42 @@ pub struct NginxArgs {
     /// Serve the metrics port in plain HTTP only (no TLS).
     #[arg(long, env = "ALB_METRICS_PLAIN_HTTP")]
     pub metrics_plain_http: bool,
+    /// DNS server of nginx's `resolver` (forward auth URLs with host names): `ADDR` or `ADDR:PORT`, IPv6 as
+    /// `[ADDR]:PORT` (repeatable, or comma-separated in the env variable). Default: the `nameserver` lines of
+    /// /etc/resolv.conf; none there and no flag → no resolver, forward auth URLs must use IP addresses.
+    #[arg(long = "resolver", env = "ALB_RESOLVER", value_delimiter = ',',
+          value_parser = crate::nginx::resolv::parse_flag)]
+    pub resolvers: Vec<crate::nginx::resolv::Nameserver>,
+    /// resolv.conf whose `nameserver` lines are the default `--resolver`s.
+    #[arg(long, env = "ALB_RESOLV_CONF", default_value = crate::nginx::resolv::RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
 }
 
 impl NginxArgs {
+    /// nginx's DNS servers: the `--resolver` flags, else the resolv.conf nameservers (as recorded at start-up).
+    pub fn nameservers(&self) -> Vec<crate::nginx::resolv::Nameserver> {
+        if !self.resolvers.is_empty() {
+            return self.resolvers.clone();
+        }
+        match crate::nginx::resolv::recorded() {
+            Some(ns) => ns.to_vec(),
+            None => crate::nginx::resolv::read_resolv_conf(&self.resolv_conf),
+        }
+    }
+
+    /// Records nginx's nameservers for nginx.conf and the policy compiler, before the first compilation.
+    fn record_resolver(&self) {
+        let ns = self.nameservers();
+        if ns.is_empty() {
+            tracing::warn!(
+                "no nameserver in {} and no --resolver: nginx gets no resolver, forward auth URLs must use IP \
+                 addresses",
+                self.resolv_conf.display()
+            );
+        }
+        crate::nginx::resolv::record(ns);
+    }
+
     /// Locates nginx + Lua, prepares the runtime dir and token; returns what nginx.conf needs.
     pub fn prepare(&self, listeners: Vec<HttpListener>) -> Result<(NginxBinary, ConfInput, String)> {
         let bin = NginxBinary::locate(self.nginx.as_deref())?;
@@ -129,11 +162,18 @@ impl NginxArgs {
             metrics_tls: !self.metrics_plain_http,
             http2: Default::default(),
             stream_listeners: Vec::new(),
+            resolvers: self.nameservers(),
         })
     }
 }
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Standalone(a) => a.nginx.record_resolver(),
+        Cmd::Controller(a) => a.nginx.record_resolver(),
+        Cmd::Dataplane { nginx, .. } => nginx.record_resolver(),
+        _ => {}
+    }
     match cli.cmd {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
         Cmd::Controller(args) => crate::controller::run(args).await,

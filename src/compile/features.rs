@@ -666,6 +666,7 @@ fn forward(f: ForwardSpec, field: &str) -> Result<ForwardAuth, FeatureError> {
     if host.is_empty() || host.contains('$') {
         return Err(bad("url", format!("{:?} has no literal host", f.url)));
     }
+    auth_host_ok(host, crate::nginx::resolv::available()).map_err(|e| bad("url", format!("{:?}: {e}", f.url)))?;
     var_string_ok(&f.url).map_err(|e| bad("url", e))?;
     if !f.auth_headers_cm_ref.is_empty() {
         return Err(bad("auth_headers_cm_ref", "ConfigMap references are not supported yet".into()));
@@ -700,6 +701,55 @@ fn forward(f: ForwardSpec, field: &str) -> Result<ForwardAuth, FeatureError> {
         always_set_cookie: f.always_set_cookie.then_some(true),
         timeout_ms: None,
     })
+}
+
+/// The `host[:port]` of a forward auth URL: an IPv4 address, a bracketed IPv6 address or a host name (letters,
+/// digits, `-`, `.`), as `lua/alb/features/auth.lua` checks it. A host name needs nginx's `resolver`:
+/// `resolver_available == Some(false)` (this process's nginx has none) refuses it.
+pub fn auth_host_ok(hostport: &str, resolver_available: Option<bool>) -> Result<(), String> {
+    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
+        let (ip, after) = r.split_once(']').ok_or("has an unclosed [ in its host")?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("[{ip}] is not an IPv6 address"));
+        }
+        (None, after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { Some("") }))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(hostport), None),
+        }
+    };
+    if let Some(p) = port {
+        if !p.bytes().all(|c| c.is_ascii_digit()) || !matches!(p.parse::<u32>(), Ok(1..=65535)) {
+            return Err(format!("the port of {hostport:?} must be a number in 1..65535"));
+        }
+    }
+    let Some(host) = host else { return Ok(()) };
+    if host.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        return match host.parse::<std::net::Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{host:?} is not an IPv4 address")),
+        };
+    }
+    let name_ok = host.len() <= 253
+        && host.split('.').enumerate().all(|(i, l)| {
+            // one trailing dot (a fully qualified name) is allowed
+            (l.is_empty() && i > 0 && host.ends_with('.') && i == host.split('.').count() - 1)
+                || (!l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        });
+    if !name_ok {
+        return Err(format!("{host:?} is not a host name (letters, digits, - and . only) or an IP address"));
+    }
+    if resolver_available == Some(false) {
+        return Err(format!(
+            "host name {host:?} needs a DNS resolver, and nginx has none: no nameserver in resolv.conf \
+             (--resolv-conf) and no --resolver flag (use an IP address or give --resolver)"
+        ));
+    }
+    Ok(())
 }
 
 /// `<signin>?<param|rd>=$pass_access_scheme://$http_host$escaped_request_uri` unless the param is present.

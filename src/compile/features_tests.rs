@@ -229,6 +229,24 @@ fn forward_auth_url_checks_and_signin() {
         assert_eq!(reasons(&errs), vec!["InvalidAuth"], "{bad}");
         assert!(c["auth"]["basic"]["err"].is_string(), "{bad}: fails closed: {c}");
     }
+    for bad in [
+        "http://a@b/x",
+        "http://a b/x",
+        "http://a_b/x",
+        "http://1.2.3/x",
+        "http://a:0/",
+        "http://a:x/",
+        "http://[::1/",
+        "http://[zz]/",
+        "http://-a/",
+        "http://a..b/",
+        "http://a:/",
+    ] {
+        let rl = rule("r", "ft", json!({"config": {"auth": {"forward": {"url": bad}}}}));
+        let (c, errs) = translate_with(rl, None, &[]);
+        assert_eq!(reasons(&errs), vec!["InvalidAuth"], "{bad}");
+        assert!(c["auth"]["basic"]["err"].is_string(), "{bad}: fails closed: {c}");
+    }
     assert_eq!(signin_url("https://l/?rd=x", ""), "https://l/?rd=x");
     assert_eq!(
         signin_url("https://l/?a=1", "next"),
@@ -435,5 +453,31 @@ mod error_groups {
         assert_eq!(p["backend_groups"].as_array().unwrap().len(), 1);
         assert_eq!(p["backend_groups"][0]["name"], "a");
         assert_eq!(p["http"]["80"]["rules"][0]["config"]["error_pages"]["upstream"], "a");
+    }
+}
+
+#[test]
+fn forward_auth_host_names_need_a_resolver() {
+    for ok in [
+        "10.0.0.1",
+        "10.0.0.1:8080",
+        "[::1]",
+        "[fd00::1]:80",
+        "auth",
+        "oauth2-proxy.auth.svc.cluster.local",
+        "auth.e2e.test:9000",
+        "a.b.",
+    ] {
+        assert_eq!(auth_host_ok(ok, Some(true)), Ok(()), "{ok}");
+        assert_eq!(auth_host_ok(ok, None), Ok(()), "{ok}");
+    }
+    // IP literals never need a resolver
+    for ip in ["10.0.0.1:8080", "[::1]:80"] {
+        assert_eq!(auth_host_ok(ip, Some(false)), Ok(()), "{ip}");
+    }
+    let e = auth_host_ok("auth.svc:80", Some(false)).unwrap_err();
+    assert!(e.contains("\"auth.svc\"") && e.contains("resolver") && e.contains("--resolver"), "{e}");
+    for bad in ["a b", "a@b", "a_b", "1.2.3", "a:99999", "[::1]x", "[::1", ".a", "a..b", "-a.b", "a$b"] {
+        assert!(auth_host_ok(bad, Some(true)).is_err(), "{bad}");
     }
 }

@@ -2,6 +2,7 @@
 pub mod process;
 pub mod push;
 pub mod render;
+pub mod resolv;
 pub mod stream;
 
 use crate::cli::NginxArgs;

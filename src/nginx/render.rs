@@ -79,6 +79,9 @@ pub struct ConfInput {
     pub http2: Http2Syntax,
     /// tcp/udp Frontends, rendered into `stream {}` (`src/nginx/stream.rs`).
     pub stream_listeners: Vec<StreamListener>,
+    /// DNS servers of the `resolver` directive (`src/nginx/resolv.rs`); empty = no resolver, forward auth URLs
+    /// must then use IP addresses.
+    pub resolvers: Vec<super::resolv::Nameserver>,
 }
 
 impl ConfInput {
@@ -208,6 +211,7 @@ pub fn render(input: &ConfInput) -> Result<String> {
         "http2_listen_parameter": input.http2 == Http2Syntax::ListenParameter,
         "http2_directive": input.http2 == Http2Syntax::Directive,
         "stream_conf": stream_conf,
+        "resolver": super::resolv::directive(&input.resolvers).unwrap_or_default(),
     });
     hb.render("nginx", &data).context("rendering nginx.conf")
 }
@@ -233,6 +237,7 @@ mod tests {
             metrics_tls: false,
             http2: Http2Syntax::ListenParameter,
             stream_listeners: vec![],
+            resolvers: vec![],
         }
     }
 
@@ -350,6 +355,36 @@ mod tests {
         assert_eq!(Http2Syntax::for_version("openresty/1.27.1.2"), Http2Syntax::Directive);
         assert_eq!(Http2Syntax::for_version("openresty/1.21.4.3"), Http2Syntax::ListenParameter);
         assert_eq!(Http2Syntax::for_version(""), Http2Syntax::ListenParameter);
+    }
+
+    #[test]
+    fn resolver_line_only_with_nameservers() {
+        let conf = render(&input()).unwrap();
+        assert!(!conf.contains("\n    resolver "), "no nameserver, no resolver line");
+        assert!(conf.contains("require(\"alb.features.auth\").init({ resolver = false })"));
+
+        let mut i = input();
+        let p = |s: &str| super::super::resolv::parse_flag(s).unwrap();
+        i.resolvers = vec![p("127.0.0.1:5353"), p("10.96.0.10")];
+        let conf = render(&i).unwrap();
+        assert!(conf.contains("\n    resolver 127.0.0.1:5353 10.96.0.10 valid=30s ipv6=off;\n"), "{conf}");
+        assert!(conf.contains("resolver_timeout 5s;"));
+        assert!(conf.contains("require(\"alb.features.auth\").init({ resolver = true })"));
+        // the directive sits in the http block
+        assert!(conf.find("http {").unwrap() < conf.find("resolver 127").unwrap());
+        assert!(conf.find("resolver 127").unwrap() < conf.find("init_by_lua_block").unwrap());
+
+        i.resolvers = vec![p("fd00::10")];
+        assert!(render(&i).unwrap().contains("resolver [fd00::10] valid=30s;"));
+
+        // hostile resolv.conf content: only parsed addresses get through
+        let (ns, _) = super::super::resolv::parse_resolv_conf(
+            "nameserver 10.0.0.1;\nnameserver 10.0.0.2 ;include /etc/passwd;\nnameserver }\nnameserver a\"b\n",
+        );
+        i.resolvers = ns;
+        let conf = render(&i).unwrap();
+        assert!(conf.contains("resolver 10.0.0.2 valid=30s ipv6=off;"), "{conf}");
+        assert!(!conf.contains("passwd") && !conf.contains("10.0.0.1") && !conf.contains("a\"b"));
     }
 
     #[test]

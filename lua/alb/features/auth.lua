@@ -19,6 +19,7 @@ local sub = string.sub
 local find = string.find
 local lower = string.lower
 local match = string.match
+local gmatch = string.gmatch
 local concat = table.concat
 local band = bit.band
 local bor = bit.bor
@@ -194,15 +195,115 @@ end
 
 local METHODS = { GET = true, POST = true, PUT = true, HEAD = true, DELETE = true, PATCH = true, OPTIONS = true }
 
+-- nginx.conf has a `resolver` (--resolver or /etc/resolv.conf's nameservers): set by init() from nginx.conf
+local has_resolver = false
+
+--- init{resolver = bool}: init_by_lua, from nginx.conf (src/nginx/render.rs)
+function _M.init(opts)
+    has_resolver = opts and opts.resolver == true or false
+end
+
+-- letters, digits and "-" in labels of 1..63 (not starting with "-"), one optional trailing "."
+local function valid_name(h)
+    if #h > 253 then
+        return false
+    end
+    if sub(h, -1) == "." then
+        h = sub(h, 1, -2)
+    end
+    if h == "" then
+        return false
+    end
+    for label in gmatch(h .. ".", "([^.]*)%.") do
+        if label == "" or #label > 63 or byte(label, 1) == 45 or find(label, "[^%w-]") then
+            return false
+        end
+    end
+    return true
+end
+
+-- "host[:port]" of a forward auth URL → host, port (number or nil), is_name; or nil, problem. Same rules as the
+-- compiler (src/compile/features.rs auth_host_ok).
+local function check_hostport(hp)
+    local host, port
+    if byte(hp, 1) == 91 then -- "["
+        local ip, rest = match(hp, "^%[([%x:.]+)%](.*)$")
+        if not ip or not find(ip, ":", 1, true) then
+            return nil, "[...] must hold an IPv6 address"
+        end
+        if rest ~= "" then
+            port = match(rest, "^:(%d+)$")
+            if not port then
+                return nil, "has a bad port"
+            end
+        end
+        host = ip
+    else
+        host, port = match(hp, "^([^:]+):(%d+)$")
+        if not host then
+            host = hp
+            if find(host, ":", 1, true) then
+                return nil, "has a bad port"
+            end
+        end
+    end
+    if port then
+        port = tonumber(port)
+        if not port or port < 1 or port > 65535 then
+            return nil, "port must be in 1..65535"
+        end
+    end
+    if match(host, "^[%d.]+$") then
+        local a, b, c, d = match(host, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+        if not a or tonumber(a) > 255 or tonumber(b) > 255 or tonumber(c) > 255 or tonumber(d) > 255 then
+            return nil, host .. " is not an IPv4 address"
+        end
+        return host, port, false
+    end
+    if find(host, ":", 1, true) then
+        return host, port, false -- bracketed IPv6
+    end
+    if not valid_name(host) then
+        return nil, host .. " is not a host name (letters, digits, - and . only) or an IP address"
+    end
+    return host, port, true
+end
+_M.check_hostport = check_hostport
+
 local function compile_forward(f, path)
     if not u.is_object(f) then
         u.fail(path, "must be an object")
     end
-    if type(f.url) ~= "string" or not (find(f.url, "^https?://[^/$?]")) then
+    local scheme, hostport, rest
+    if type(f.url) == "string" then
+        scheme, hostport, rest = match(f.url, "^(https?)://([^/?]*)(.*)$")
+    end
+    if not scheme or hostport == "" or find(hostport, "$", 1, true) then
         u.fail(path .. ".url", "must be an http:// or https:// URL with a literal host")
     end
+    local host, port, is_name = check_hostport(hostport)
+    if not host then
+        u.fail(path .. ".url", "host " .. port)
+    end
+    if is_name and not has_resolver then
+        u.fail(path .. ".url", "host name " .. host .. " needs a resolver: nginx.conf has none (no nameserver in "
+            .. "resolv.conf and no --resolver flag); use an IP address or give --resolver")
+    end
+    if rest == "" then
+        rest = "/"
+    elseif byte(rest, 1) == 63 then -- "?"
+        rest = "/" .. rest
+    end
+    u.var_string(f.url, path .. ".url")
     local c = {
-        url = u.var_string(f.url, path .. ".url"),
+        url = f.url,
+        scheme = scheme,
+        host = host,
+        port = port or (scheme == "https" and 443 or 80),
+        hostport = hostport,
+        -- TLS SNI: the host name; none for an IP address
+        sni = is_name and host or nil,
+        path = u.var_string(rest, path .. ".url"),
         method = u.opt_string(f.method, path .. ".method") or "GET",
         upstream_headers = u.string_list(f.upstream_headers, path .. ".upstream_headers"),
         always_set_cookie = u.opt_bool(f.always_set_cookie, path .. ".always_set_cookie") or false,
@@ -290,34 +391,9 @@ end
 local SKIP = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true, ["keep-alive"] = true,
     upgrade = true, expect = true, te = true, ["proxy-connection"] = true }
 
-local function parse_url(url)
-    local scheme, rest = match(url, "^(https?)://(.*)$")
-    if not scheme then
-        return nil
-    end
-    local hostport, path = match(rest, "^([^/?]*)(.*)$")
-    if path == "" then
-        path = "/"
-    elseif byte(path, 1) == 63 then -- "?"
-        path = "/" .. path
-    end
-    local host, port = match(hostport, "^%[(.+)%]:?(%d*)$")
-    if not host then
-        host, port = match(hostport, "^([^:]+):?(%d*)$")
-    end
-    if not host or host == "" then
-        return nil
-    end
-    port = tonumber(port) or (scheme == "https" and 443 or 80)
-    return scheme, host, port, path, hostport
-end
-
 local function auth_request(f)
-    local url = u.resolve(f.url)
-    local scheme, host, port, path, hostport = parse_url(url)
-    if not scheme then
-        return nil, "build"
-    end
+    local host, port, hostport = f.host, f.port, f.hostport
+    local path = u.resolve(f.path)
     local hdrs = {}
     for k, v in pairs(ngx.req.get_headers(200)) do
         if not SKIP[k] then
@@ -358,14 +434,14 @@ local function auth_request(f)
 
     local sock = ngx.socket.tcp()
     sock:settimeouts(f.timeout, f.timeout, f.timeout)
+    -- a host name is resolved by nginx's `resolver` (nginx.conf); a failure is a connect failure
     local ok, err = sock:connect(host, port)
     if not ok then
         ngx.log(ngx.ERR, "alb: forward auth connect ", host, ":", port, ": ", err)
         return nil, "send"
     end
-    if scheme == "https" then
-        local sni = (not match(host, "^[%d.]+$") and not find(host, ":", 1, true)) and host or nil
-        ok, err = sock:sslhandshake(nil, sni, false)
+    if f.scheme == "https" then
+        ok, err = sock:sslhandshake(nil, f.sni, false)
         if not ok then
             ngx.log(ngx.ERR, "alb: forward auth TLS ", host, ":", port, ": ", err)
             sock:close()
@@ -381,7 +457,7 @@ local function auth_request(f)
     status_line, err = sock:receive("*l")
     local status = status_line and tonumber(match(status_line, "^HTTP/%d%.%d (%d%d%d)"))
     if not status then
-        ngx.log(ngx.ERR, "alb: forward auth ", url, ": bad answer: ", tostring(status_line or err))
+        ngx.log(ngx.ERR, "alb: forward auth ", f.url, ": bad answer: ", tostring(status_line or err))
         sock:close()
         return nil, "send"
     end
@@ -416,9 +492,6 @@ end
 local function forward(f)
     local status, rh = auth_request(f)
     if not status then
-        if rh == "build" then
-            return alb_error(500, "AuthFail : build-auth-request-fail")
-        end
         return alb_error(500, "AuthFail : send-auth-request-fail")
     end
     local cookies = rh["set-cookie"]
