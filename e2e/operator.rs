@@ -642,21 +642,40 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
         let local = if target == 1938 { admin } else { target };
         assert_eq!(local == mport, port_name == "https-metrics");
         let path = ep["path"].as_str().unwrap();
-        let (status, text) = wait_for(&format!("{port_name} {path}"), Duration::from_secs(5), || {
-            http_get(local, path, "Authorization: Bearer x\r\n")
+        let scheme = ep["scheme"].as_str().unwrap_or("http");
+        let (status, text) = wait_for(&format!("{port_name} {scheme} {path}"), Duration::from_secs(5), || {
+            if scheme == "https" {
+                // As Prometheus with the endpoint's tlsConfig: the certificate is self-signed.
+                assert_eq!(ep["tlsConfig"]["insecureSkipVerify"], true, "{ep}");
+                curl_https(local, path)
+            } else {
+                http_get(local, path, "Authorization: Bearer x\r\n")
+            }
         });
+        assert_eq!(status, 200, "{port_name}: {text}");
         if port_name == "https-metrics" {
-            assert_eq!(status, 200, "{text}");
+            assert_eq!(scheme, "https", "the data plane metrics are scraped as the original: HTTPS");
             assert!(text.contains("nginx_http_connections"), "{text}");
         } else {
-            // The controller's metrics arrive with their own issue; the admin server answers on that port.
-            assert!(status == 200 || status == 404, "{text}");
+            assert!(text.contains("alb_controller_build_info"), "{text}");
             assert_eq!(http_get(local, "/readyz", "").map(|r| r.0), Some(200));
         }
     }
     drop(ctl);
     drop(nginx_proc);
     backend.terminate();
+}
+
+/// `curl -sk` with a Bearer header against `https://127.0.0.1:port{path}`: (status, body) once it answers.
+fn curl_https(port: u16, path: &str) -> Option<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-H", "Authorization: Bearer x", "-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = stdout.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
 }
 
 fn patch_alb(c: &Cluster, ns: &str, alb: &str, patch: &str) {
