@@ -5,7 +5,8 @@
 use crate::compile::Snapshot;
 use crate::crd::{Frontend, Rule};
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -166,11 +167,13 @@ fn typed(path: &Path, docs: Vec<Value>) -> (Snapshot, IngressObjects, Vec<Proble
         }
         let what = format!("document {} ({kind} {name:?})", i + 1);
         let res: Result<(), serde_json::Error> = match (api.as_str(), kind.as_str()) {
-            ("crd.alauda.io/v1", "Frontend") => serde_json::from_value::<Frontend>(doc).map(|o| snap.frontends.push(o)),
-            ("crd.alauda.io/v1", "Rule") => serde_json::from_value::<Rule>(doc).map(|o| snap.rules.push(o)),
-            ("v1", "Service") => serde_json::from_value(doc).map(|o| snap.services.push(o)),
+            ("crd.alauda.io/v1", "Frontend") => {
+                serde_json::from_value::<Frontend>(doc).map(|o| snap.frontends.push(o.into()))
+            }
+            ("crd.alauda.io/v1", "Rule") => serde_json::from_value::<Rule>(doc).map(|o| snap.rules.push(o.into())),
+            ("v1", "Service") => serde_json::from_value(doc).map(|o: Service| snap.services.push(o.into())),
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                serde_json::from_value(doc).map(|o| snap.endpoint_slices.push(o))
+                serde_json::from_value(doc).map(|o: EndpointSlice| snap.endpoint_slices.push(o.into()))
             }
             ("networking.k8s.io/v1", "Ingress") => serde_json::from_value(doc).map(|o| ing.ingresses.push(o)),
             ("networking.k8s.io/v1", "IngressClass") => {
@@ -178,7 +181,7 @@ fn typed(path: &Path, docs: Vec<Value>) -> (Snapshot, IngressObjects, Vec<Proble
             }
             ("v1", "Namespace") => serde_json::from_value(doc).map(|o| ing.namespaces.push(o)),
             ("v1", "Secret") => serde_json::from_value(doc).map(|o| match tls_secret(o) {
-                Ok(s) => snap.secrets.push(s),
+                Ok(s) => snap.secrets.push(s.into()),
                 Err(t) => problems.push(Problem {
                     file: path.to_path_buf(),
                     message: format!(

@@ -7,6 +7,7 @@
 
 use crate::cli::NginxArgs;
 use crate::compile::{CompileOptions, Compiled, Snapshot};
+use crate::crd::Frontend;
 use crate::ingress::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
 use crate::manifests::{ManifestDir, Problem};
 use crate::metrics::{Metrics, Reload};
@@ -14,6 +15,7 @@ use crate::nginx::process::Nginx;
 use crate::nginx::push::{PolicyClient, Pusher};
 use crate::nginx::render::{HttpListener, StreamListener};
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Service;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -103,16 +105,19 @@ pub fn snapshot_with_ingresses(
         only_alb
             .is_none_or(|alb| f.metadata.labels.as_ref().and_then(|l| l.get(&label)).map(String::as_str) == Some(alb))
     });
+    // The translation reads owned objects (the controller's Ingress sync shares its code).
+    let services: Vec<Service> = snap.services.iter().map(|s| (**s).clone()).collect();
+    let ours: Vec<Frontend> = ours.iter().map(|f| (**f).clone()).collect();
     let world = IngressWorld {
         ingresses: &objs.ingresses,
         namespaces: &objs.namespaces,
-        services: &snap.services,
+        services: &services,
         frontends: &ours,
     };
     let (frontends, rules, warnings) = crate::ingress::translate_all(cfg, &world);
     snap.frontends = others;
-    snap.frontends.extend(frontends);
-    snap.rules.extend(rules);
+    snap.frontends.extend(frontends.into_iter().map(Arc::new));
+    snap.rules.extend(rules.into_iter().map(Arc::new));
     (snap, problems, warnings)
 }
 

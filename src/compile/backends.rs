@@ -18,7 +18,10 @@ pub struct Lookup<'a> {
 }
 
 impl<'a> Lookup<'a> {
-    pub fn new(services: &'a [Service], slices: &'a [EndpointSlice]) -> Lookup<'a> {
+    pub fn new(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Lookup<'a> {
         let mut l = Lookup { services: HashMap::new(), slices: HashMap::new() };
         for s in services {
             let m = &s.metadata;

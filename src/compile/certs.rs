@@ -341,8 +341,8 @@ pub struct CertMap {
 /// The certificate map of the accepted https Frontends (`(Frontend, port)`) and of the accepted Rules on them
 /// (`(Rule, port)`), plus the fallback certificate when `fallback` is set, with a [`Reject`] for every
 /// certificate that cannot serve.
-pub fn build(
-    secrets: &[Secret],
+pub fn build<'s>(
+    secrets: impl IntoIterator<Item = &'s Secret>,
     frontends: &[(&Frontend, u16)],
     rules: &[(&Rule, u16)],
     fallback: Option<&TlsFallback>,
@@ -350,7 +350,11 @@ pub fn build(
 ) -> CertMap {
     let tls_type = |s: &&Secret| s.type_.as_deref().is_none_or(|t| t == "kubernetes.io/tls");
     let resolver = Resolver {
-        secrets: secrets.iter().filter(tls_type).map(|s| ((ns_of(&s.metadata), name_of(&s.metadata)), s)).collect(),
+        secrets: secrets
+            .into_iter()
+            .filter(tls_type)
+            .map(|s| ((ns_of(&s.metadata), name_of(&s.metadata)), s))
+            .collect(),
         now,
         next_change: Default::default(),
     };

@@ -43,10 +43,10 @@ fn err(field: impl Into<String>, reason: &'static str, problem: impl Into<String
 pub struct SecretIndex<'a>(HashMap<(&'a str, &'a str), &'a Secret>);
 
 impl<'a> SecretIndex<'a> {
-    pub fn new(secrets: &'a [Secret]) -> SecretIndex<'a> {
+    pub fn new(secrets: impl IntoIterator<Item = &'a Secret>) -> SecretIndex<'a> {
         SecretIndex(
             secrets
-                .iter()
+                .into_iter()
                 .map(|s| {
                     let m = &s.metadata;
                     ((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")), s)

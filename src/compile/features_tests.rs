@@ -363,22 +363,22 @@ fn error_pages_codes_and_service() {
 }
 
 mod error_groups {
-    use crate::compile::testutil::{frontend, rule, service, slice, ALB};
+    use crate::compile::testutil::{arcs, frontend, rule, service, slice, ALB};
     use crate::compile::{compile, CompileOptions, Snapshot};
     use serde_json::{json, Value};
 
     fn snapshot(rules: Vec<crate::crd::Rule>) -> Snapshot {
         Snapshot {
-            frontends: vec![frontend("ft", 80, "http", None)],
-            rules,
-            services: vec![
+            frontends: arcs(vec![frontend("ft", 80, "http", None)]),
+            rules: arcs(rules),
+            services: arcs(vec![
                 service("default", "web", &[("http", 80, json!(8080))]),
                 service("default", "errors", &[("http", 80, json!(9090))]),
-            ],
-            endpoint_slices: vec![
+            ]),
+            endpoint_slices: arcs(vec![
                 slice("default", "web", "web-1", &[("http", 8080)], &[("10.0.0.1", None)]),
                 slice("default", "errors", "errors-1", &[("http", 9090)], &[("10.0.0.9", None)]),
-            ],
+            ]),
             secrets: vec![],
             tls_fallback: None,
         }

@@ -22,16 +22,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything the compiler reads.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub frontends: Vec<Frontend>,
-    pub rules: Vec<Rule>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub frontends: Vec<Arc<Frontend>>,
+    pub rules: Vec<Arc<Rule>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// `kubernetes.io/tls` Secrets (certificates of https Frontends and Rules).
-    pub secrets: Vec<Secret>,
+    pub secrets: Vec<Arc<Secret>>,
     /// The ALB's `DEFAULT_SSL_STRATEGY` certificate fallback (`certs.rs`), when its strategy is Always or Both.
     pub tls_fallback: Option<certs::TlsFallback>,
 }
@@ -258,7 +259,8 @@ impl Ctx<'_> {
 
     /// Accepted Frontends (namespace, name) → port.
     fn frontends(&mut self, snapshot: &Snapshot, listeners: &mut Vec<Listener>) -> HashMap<(String, String), u16> {
-        let mut fts: Vec<&Frontend> = snapshot.frontends.iter().filter(|f| self.selected(&f.metadata)).collect();
+        let mut fts: Vec<&Frontend> =
+            snapshot.frontends.iter().map(|f| &**f).filter(|f| self.selected(&f.metadata)).collect();
         fts.sort_by(|a, b| (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata))));
         let mut claimed: HashMap<(u16, bool), String> = HashMap::new();
         let mut accepted = HashMap::new();
@@ -371,7 +373,8 @@ impl Ctx<'_> {
         known: &BTreeSet<(String, String)>,
     ) {
         let ft_label = crd::label_frontend(&self.opts.domain);
-        let mut rules: Vec<&Rule> = snapshot.rules.iter().filter(|r| self.selected(&r.metadata)).collect();
+        let mut rules: Vec<&Rule> =
+            snapshot.rules.iter().map(|r| &**r).filter(|r| self.selected(&r.metadata)).collect();
         rules.sort_by(|a, b| {
             (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata)))
         });
@@ -436,7 +439,11 @@ impl Ctx<'_> {
                 name: name.into(),
                 namespace: ns.into(),
             };
-            let frontend = snapshot.frontends.iter().find(|f| ns_of(&f.metadata) == ns && name_of(&f.metadata) == ft);
+            let frontend = snapshot
+                .frontends
+                .iter()
+                .map(|f| &**f)
+                .find(|f| ns_of(&f.metadata) == ns && name_of(&f.metadata) == ft);
             let input = features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
             let (mut config, errs) = features::rule_config(&input);
             for e in errs {
@@ -472,6 +479,7 @@ impl Ctx<'_> {
         let mut fts: Vec<(&Frontend, u16)> = snapshot
             .frontends
             .iter()
+            .map(|f| &**f)
             .filter(|f| self.selected(&f.metadata))
             .filter_map(|f| https.get(&(ns_of(&f.metadata), name_of(&f.metadata))).map(|p| (f, *p)))
             .collect();
@@ -493,13 +501,14 @@ impl Ctx<'_> {
         let mut rules: Vec<(&Rule, u16)> = snapshot
             .rules
             .iter()
+            .map(|r| &**r)
             .filter(|r| self.selected(&r.metadata))
             .filter_map(|r| accepted_rules.get(&(ns_of(&r.metadata), name_of(&r.metadata))).map(|p| (r, *p)))
             .collect();
         rules.sort_by(|a, b| {
             (ns_of(&a.0.metadata), name_of(&a.0.metadata)).cmp(&(ns_of(&b.0.metadata), name_of(&b.0.metadata)))
         });
-        certs::build(&snapshot.secrets, &fts, &rules, snapshot.tls_fallback.as_ref(), now)
+        certs::build(snapshot.secrets.iter().map(|s| &**s), &fts, &rules, snapshot.tls_fallback.as_ref(), now)
     }
 }
 
@@ -508,12 +517,12 @@ impl Ctx<'_> {
 pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut ctx = Ctx {
         opts,
-        lookup: Lookup::new(&snapshot.services, &snapshot.endpoint_slices),
+        lookup: Lookup::new(snapshot.services.iter().map(|s| &**s), snapshot.endpoint_slices.iter().map(|s| &**s)),
         rejects: Vec::new(),
         groups: BTreeMap::new(),
         group_owner: HashMap::new(),
         ports: BTreeMap::new(),
-        secrets: features::SecretIndex::new(&snapshot.secrets),
+        secrets: features::SecretIndex::new(snapshot.secrets.iter().map(|s| &**s)),
         stream: Vec::new(),
         stream_fts: BTreeSet::new(),
         grpc_ports: BTreeSet::new(),

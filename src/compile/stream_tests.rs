@@ -44,8 +44,8 @@ fn svc_with(name: &str, proto: &str, port: i32, eps: &[(&str, i32)]) -> (Service
 fn snap(parts: Vec<(Service, Vec<EndpointSlice>)>) -> Snapshot {
     let mut s = Snapshot::default();
     for (svc, sl) in parts {
-        s.services.push(svc);
-        s.endpoint_slices.extend(sl);
+        s.services.push(Arc::new(svc));
+        s.endpoint_slices.extend(sl.into_iter().map(Arc::new));
     }
     s
 }
@@ -64,7 +64,7 @@ fn tcp_frontend_gets_weighted_backends_and_timeouts() {
                                  {"name": "two", "namespace": NS, "port": 80, "weight": 75}]})),
     );
     ft.spec.config = Some(json!({"timeout": {"proxy_connect_timeout_ms": 1500, "proxy_read_timeout_ms": 30000}}));
-    s.frontends.push(ft);
+    s.frontends.push(Arc::new(ft));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     assert!(c.listeners.is_empty() && c.policy.http.is_empty() && c.policy.backend_groups.is_empty());
@@ -81,28 +81,28 @@ fn tcp_frontend_gets_weighted_backends_and_timeouts() {
 #[test]
 fn udp_frontend_matches_udp_service_ports_only() {
     let mut s = snap(vec![svc_with("dns", "UDP", 53, &[("10.0.0.5", 5353)]), svc_with("web", "TCP", 53, &[])]);
-    s.frontends.push(frontend(
+    s.frontends.push(Arc::new(frontend(
         "alb-dev-00053-udp",
         53,
         "udp",
         Some(json!({"services": [{"name": "dns", "namespace": NS, "port": 53}]})),
-    ));
+    )));
     // a udp Frontend on a TCP-only Service port: the group does not resolve
-    s.frontends.push(frontend(
+    s.frontends.push(Arc::new(frontend(
         "alb-dev-00054-udp",
         54,
         "udp",
         Some(json!({"services": [{"name": "web", "namespace": NS, "port": 53}]})),
-    ));
+    )));
     // and a tcp Frontend to the UDP Service port neither
-    s.frontends.push(frontend(
+    s.frontends.push(Arc::new(frontend(
         "alb-dev-00055",
         55,
         "tcp",
         Some(json!({"services": [{"name": "dns", "namespace": NS, "port": 53}]})),
-    ));
+    )));
     // udp timeouts are not applied (the timeout plugin is tcp only)
-    s.frontends[0].spec.config = Some(json!({"timeout": {"proxy_read_timeout_ms": 5}}));
+    Arc::make_mut(&mut s.frontends[0]).spec.config = Some(json!({"timeout": {"proxy_read_timeout_ms": 5}}));
     let c = compile(&s, &opts());
     let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
     assert_eq!(
@@ -129,8 +129,8 @@ fn rules_cannot_attach_to_l4_frontends_and_bad_timeouts_are_reported() {
         Some(json!({"services": [{"name": "one", "namespace": NS, "port": 80}]})),
     );
     ft.spec.config = Some(json!({"timeout": {"proxy_connect_timeout_ms": -1}}));
-    s.frontends.push(ft);
-    s.rules.push(rule_ns("r", "alb-dev-09000", json!([url("EQ", "/")]), "one"));
+    s.frontends.push(Arc::new(ft));
+    s.rules.push(Arc::new(rule_ns("r", "alb-dev-09000", json!([url("EQ", "/")]), "one")));
     let c = compile(&s, &opts());
     let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
     assert_eq!(
@@ -147,20 +147,25 @@ fn rules_cannot_attach_to_l4_frontends_and_bad_timeouts_are_reported() {
 #[test]
 fn grpc_frontends_and_backend_protocols() {
     let mut s = snap(vec![svc_with("g", "TCP", 80, &[("10.0.0.1", 50051)])]);
-    s.frontends.push(frontend("alb-dev-09000", 9000, "grpc", Some(json!({"services": [{"name": "g", "port": 80}]}))));
-    s.frontends.push(frontend("alb-dev-00080", 80, "http", None));
+    s.frontends.push(Arc::new(frontend(
+        "alb-dev-09000",
+        9000,
+        "grpc",
+        Some(json!({"services": [{"name": "g", "port": 80}]})),
+    )));
+    s.frontends.push(Arc::new(frontend("alb-dev-00080", 80, "http", None)));
     let mut tls = frontend("alb-dev-09443", 9443, "grpc", None);
     tls.spec.certificate_name = "cpaas-system/missing".into();
-    s.frontends.push(tls);
+    s.frontends.push(Arc::new(tls));
     let mut https = rule_ns("tls-up", "alb-dev-09000", json!([url("EQ", "/a")]), "g");
     https.spec.backend_protocol = "HTTPS".into();
-    s.rules.push(https);
+    s.rules.push(Arc::new(https));
     let mut g = rule_ns("grpc-on-http", "alb-dev-00080", json!([url("STARTS_WITH", "/pkg.Svc/")]), "g");
     g.spec.backend_protocol = "GRPCS".into();
-    s.rules.push(g);
+    s.rules.push(Arc::new(g));
     let mut bad = rule_ns("bad", "alb-dev-00080", json!([url("EQ", "/b")]), "g");
     bad.spec.backend_protocol = "quic".into();
-    s.rules.push(bad);
+    s.rules.push(Arc::new(bad));
     let c = compile(&s, &opts());
     let ls: Vec<_> = c.listeners.iter().map(|l| (l.port, l.protocol, l.tls)).collect();
     assert_eq!(ls, vec![(80, Protocol::Http, false), (9000, Protocol::Grpc, false), (9443, Protocol::Grpc, true)]);

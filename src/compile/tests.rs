@@ -15,16 +15,16 @@ fn web_sg() -> Value {
 /// Frontend alb-dev-00080 (http, default backend web), Services web/api with one endpoint each.
 fn base() -> Snapshot {
     Snapshot {
-        frontends: vec![frontend("alb-dev-00080", 80, "http", Some(web_sg()))],
+        frontends: arcs(vec![frontend("alb-dev-00080", 80, "http", Some(web_sg()))]),
         rules: vec![],
-        services: vec![
+        services: arcs(vec![
             service("default", "web", &[("http", 80, json!(8080))]),
             service("default", "api", &[("", 80, json!(8081))]),
-        ],
-        endpoint_slices: vec![
+        ]),
+        endpoint_slices: arcs(vec![
             slice("default", "web", "web-abc", &[("http", 8080)], &[("10.0.0.1", Some(true))]),
             slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None)]),
-        ],
+        ]),
         secrets: vec![],
         tls_fallback: None,
     }
@@ -41,14 +41,14 @@ fn url(op: &str, v: &str) -> Value {
 #[test]
 fn compiles_a_port() {
     let mut s = base();
-    s.rules.push(rule(
+    s.rules.push(Arc::new(rule(
         "shop-api",
         "alb-dev-00080",
         json!({"priority": 5, "backendProtocol": "HTTPS",
                "dslx": [{"type": "HOST", "values": [["EQ", "shop.example.com"]]}, url("STARTS_WITH", "/api")],
                "serviceGroup": {"services": [{"name": "api", "namespace": "default", "port": 80}]},
                "source": {"type": "ingress", "namespace": "shop", "name": "ing"}}),
-    ));
+    )));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     assert_eq!(
@@ -97,7 +97,7 @@ fn compiles_a_port() {
 #[test]
 fn rule_without_service_group_has_no_upstream_and_source_defaults_to_rule() {
     let mut s = base();
-    s.rules.push(rule("redir", "alb-dev-00080", json!({"dslx": [url("EQ", "/old")]})));
+    s.rules.push(Arc::new(rule("redir", "alb-dev-00080", json!({"dslx": [url("EQ", "/old")]}))));
     let c = compile(&s, &opts());
     let r = &c.policy.http["80"].rules[0];
     assert_eq!(r.upstream, None);
@@ -147,8 +147,8 @@ fn every_validation_error_rejects_only_its_rule() {
     ];
     for (d, reason, field) in cases {
         let mut s = base();
-        s.rules.push(rule_to("bad", "alb-dev-00080", 1, d.clone(), "api", 80));
-        s.rules.push(rule_to("good", "alb-dev-00080", 1, json!([url("EQ", "/good")]), "api", 80));
+        s.rules.push(Arc::new(rule_to("bad", "alb-dev-00080", 1, d.clone(), "api", 80)));
+        s.rules.push(Arc::new(rule_to("good", "alb-dev-00080", 1, json!([url("EQ", "/good")]), "api", 80)));
         let c = compile(&s, &opts());
         assert_eq!(c.rejects.len(), 1, "{d}: {:?}", c.rejects);
         let r = &c.rejects[0];
@@ -166,7 +166,7 @@ fn every_validation_error_rejects_only_its_rule() {
 #[test]
 fn reject_display() {
     let mut s = base();
-    s.rules.push(rule_to("bad-regex", "alb-dev-00080", 1, json!([url("REGEX", "(")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("bad-regex", "alb-dev-00080", 1, json!([url("REGEX", "(")]), "api", 80)));
     let c = compile(&s, &opts());
     let shown = c.rejects[0].to_string();
     assert!(
@@ -180,8 +180,8 @@ fn reject_display() {
 #[test]
 fn null_and_empty_dslx() {
     let mut s = base();
-    s.rules.push(rule("null", "alb-dev-00080", json!({"dslx": null})));
-    s.rules.push(rule("empty", "alb-dev-00080", json!({"dslx": []})));
+    s.rules.push(Arc::new(rule("null", "alb-dev-00080", json!({"dslx": null}))));
+    s.rules.push(Arc::new(rule("empty", "alb-dev-00080", json!({"dslx": []}))));
     let c = compile(&s, &opts());
     assert_eq!(c.rejects.len(), 1);
     assert_eq!((c.rejects[0].name.as_str(), c.rejects[0].reason.as_str()), ("null", "MissingDslx"));
@@ -195,16 +195,16 @@ fn null_and_empty_dslx() {
 #[test]
 fn unknown_frontend() {
     let mut s = base();
-    s.frontends.push(frontend("alb-dev-00443", 0, "https", None));
-    s.rules.push(rule_to("ok", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
-    s.rules.push(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80));
-    s.rules.push(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80));
+    s.frontends.push(Arc::new(frontend("alb-dev-00443", 0, "https", None)));
+    s.rules.push(Arc::new(rule_to("ok", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80)));
     let mut nolabel = rule_to("nolabel", "x", 1, json!([url("EQ", "/")]), "api", 80);
     nolabel.metadata.labels.as_mut().unwrap().remove("alb2.cpaas.io/frontend");
-    s.rules.push(nolabel);
+    s.rules.push(Arc::new(nolabel));
     let mut other_ns = rule_to("other-ns", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
     other_ns.metadata.namespace = Some("elsewhere".into());
-    s.rules.push(other_ns);
+    s.rules.push(Arc::new(other_ns));
     let c = compile(&s, &opts());
     let rule_rejects: Vec<_> = c
         .rejects
@@ -231,10 +231,10 @@ fn other_albs_are_ignored_silently() {
     let mut s = base();
     let mut ft = frontend("other-00080", 81, "http", None);
     ft.metadata.labels = Some([("alb2.cpaas.io/name".to_string(), "other".to_string())].into());
-    s.frontends.push(ft);
+    s.frontends.push(Arc::new(ft));
     let mut rl = rule_to("theirs", "other-00080", 1, json!([url("EQ", "/")]), "api", 80);
     rl.metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/name".into(), "other".into());
-    s.rules.push(rl);
+    s.rules.push(Arc::new(rl));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     assert_eq!(c.listeners.len(), 1);
@@ -249,7 +249,7 @@ fn other_albs_are_ignored_silently() {
 fn custom_domain_labels() {
     let mut s = base();
     for ft in &mut s.frontends {
-        ft.metadata.labels = Some([("alb2.example.org/name".to_string(), ALB.to_string())].into());
+        Arc::make_mut(ft).metadata.labels = Some([("alb2.example.org/name".to_string(), ALB.to_string())].into());
     }
     let mut rl = rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
     rl.metadata.labels = Some(
@@ -259,7 +259,7 @@ fn custom_domain_labels() {
         ]
         .into(),
     );
-    s.rules.push(rl);
+    s.rules.push(Arc::new(rl));
     assert!(compile(&s, &opts()).listeners.is_empty(), "cpaas.io labels are not looked at");
     let c = compile(&s, &CompileOptions { domain: "example.org".into(), ..opts() });
     assert_eq!(rule_names(&c, "80"), vec!["r", "alb-dev-00080"]);
@@ -268,9 +268,9 @@ fn custom_domain_labels() {
 #[test]
 fn service_and_port_not_found() {
     let mut s = base();
-    s.rules.push(rule_to("no-svc", "alb-dev-00080", 1, json!([url("EQ", "/a")]), "missing", 80));
-    s.rules.push(rule_to("no-port", "alb-dev-00080", 1, json!([url("EQ", "/b")]), "api", 8443));
-    s.rules.push(rule_to("fine", "alb-dev-00080", 1, json!([url("EQ", "/c")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("no-svc", "alb-dev-00080", 1, json!([url("EQ", "/a")]), "missing", 80)));
+    s.rules.push(Arc::new(rule_to("no-port", "alb-dev-00080", 1, json!([url("EQ", "/b")]), "api", 8443)));
+    s.rules.push(Arc::new(rule_to("fine", "alb-dev-00080", 1, json!([url("EQ", "/c")]), "api", 80)));
     let c = compile(&s, &opts());
     let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
     assert_eq!(
@@ -286,9 +286,9 @@ fn service_and_port_not_found() {
 #[test]
 fn frontend_default_backend_missing_keeps_listener() {
     let mut s = base();
-    s.frontends[0].spec.service_group =
+    Arc::make_mut(&mut s.frontends[0]).spec.service_group =
         Some(serde_json::from_value(json!({"services": [{"name": "gone", "port": 80}]})).unwrap());
-    s.rules.push(rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80)));
     let c = compile(&s, &opts());
     assert_eq!(c.rejects.len(), 1);
     let r = &c.rejects[0];
@@ -304,15 +304,15 @@ fn frontend_default_backend_missing_keeps_listener() {
 #[test]
 fn frontend_port_and_protocol_checks() {
     let mut s = base();
-    s.frontends.push(frontend("a-dup", 80, "http", None)); // sorts before alb-dev-00080: it wins the port
-    s.frontends.push(frontend("zero", 0, "http", None));
-    s.frontends.push(frontend("big", 70000, "http", None));
-    s.frontends.push(frontend("tls", 443, "https", None));
-    s.frontends.push(frontend("grpc", 9000, "grpc", None));
-    s.frontends.push(frontend("tcp", 9001, "tcp", None));
-    s.frontends.push(frontend("udp", 9001, "udp", None)); // same number as tcp: no conflict
-    s.frontends.push(frontend("weird", 9002, "quic", None));
-    s.frontends.push(frontend("http2", 8080, "http", None));
+    s.frontends.push(Arc::new(frontend("a-dup", 80, "http", None))); // sorts before alb-dev-00080: it wins the port
+    s.frontends.push(Arc::new(frontend("zero", 0, "http", None)));
+    s.frontends.push(Arc::new(frontend("big", 70000, "http", None)));
+    s.frontends.push(Arc::new(frontend("tls", 443, "https", None)));
+    s.frontends.push(Arc::new(frontend("grpc", 9000, "grpc", None)));
+    s.frontends.push(Arc::new(frontend("tcp", 9001, "tcp", None)));
+    s.frontends.push(Arc::new(frontend("udp", 9001, "udp", None))); // same number as tcp: no conflict
+    s.frontends.push(Arc::new(frontend("weird", 9002, "quic", None)));
+    s.frontends.push(Arc::new(frontend("http2", 8080, "http", None)));
     let c = compile(&s, &opts());
     let got: Vec<_> = c.rejects.iter().map(|r| (r.name.as_str(), r.reason.as_str(), r.field.as_str())).collect();
     assert_eq!(
@@ -342,28 +342,42 @@ fn ordering() {
     let mut s = base();
     let host = |h: &str| json!({"type": "HOST", "values": [["EQ", h]]});
     // priority beats complexity
-    s.rules.push(rule_to("p1-simple", "alb-dev-00080", 1, json!([url("STARTS_WITH", "/")]), "api", 80));
-    s.rules.push(rule_to("p2-complex", "alb-dev-00080", 2, json!([host("a.com"), url("EQ", "/x")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("p1-simple", "alb-dev-00080", 1, json!([url("STARTS_WITH", "/")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to(
+        "p2-complex",
+        "alb-dev-00080",
+        2,
+        json!([host("a.com"), url("EQ", "/x")]),
+        "api",
+        80,
+    )));
     // Equal complexity: STARTS_WITH "/ab" → 1000+3+2 = 1005; REGEX "/abcd" → 1000+5 = 1005; the JSON length
     // decides ("STARTS_WITH" makes the first leaf longer) before the name would.
-    s.rules.push(rule_to("p3-sw", "alb-dev-00080", 3, json!([url("STARTS_WITH", "/ab")]), "api", 80));
-    s.rules.push(rule_to("p3-re", "alb-dev-00080", 3, json!([url("REGEX", "/abcd")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("p3-sw", "alb-dev-00080", 3, json!([url("STARTS_WITH", "/ab")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("p3-re", "alb-dev-00080", 3, json!([url("REGEX", "/abcd")]), "api", 80)));
     // full tie: name decides.
-    s.rules.push(rule_to("p4-b", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80));
-    s.rules.push(rule_to("p4-a", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("p4-b", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("p4-a", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80)));
     // Go escaping makes "<" count 6 bytes: "/<" (len 2) is longer than "/abc" in JSON.
-    s.rules.push(rule_to(
+    s.rules.push(Arc::new(rule_to(
         "p5-plain",
         "alb-dev-00080",
         5,
         json!([{"type": "METHOD", "values": [["EQ", "GETX"]]}]),
         "api",
         80,
-    ));
-    s.rules.push(rule_to("p5-lt", "alb-dev-00080", 5, json!([{"type": "METHOD", "values": [["EQ", "<"]]}]), "api", 80));
+    )));
+    s.rules.push(Arc::new(rule_to(
+        "p5-lt",
+        "alb-dev-00080",
+        5,
+        json!([{"type": "METHOD", "values": [["EQ", "<"]]}]),
+        "api",
+        80,
+    )));
     // higher complexity first within a priority
-    s.rules.push(rule_to("p6-url", "alb-dev-00080", 6, json!([url("EQ", "/x")]), "api", 80));
-    s.rules.push(rule_to("p6-host", "alb-dev-00080", 6, json!([host("a.com")]), "api", 80));
+    s.rules.push(Arc::new(rule_to("p6-url", "alb-dev-00080", 6, json!([url("EQ", "/x")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("p6-host", "alb-dev-00080", 6, json!([host("a.com")]), "api", 80)));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     let rules = &c.policy.http["80"].rules;
@@ -397,16 +411,16 @@ fn ordering() {
 #[test]
 fn first_match_semantics() {
     let mut s = base();
-    s.rules.push(rule_to("api", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/api")]), "api", 80));
-    s.rules.push(rule_to(
+    s.rules.push(Arc::new(rule_to("api", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/api")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to(
         "api-shop",
         "alb-dev-00080",
         5,
         json!([{"type": "HOST", "values": [["EQ", "shop.com"]]}, url("STARTS_WITH", "/api")]),
         "api",
         80,
-    ));
-    s.rules.push(rule_to("exact", "alb-dev-00080", 5, json!([url("EQ", "/api/v1")]), "api", 80));
+    )));
+    s.rules.push(Arc::new(rule_to("exact", "alb-dev-00080", 5, json!([url("EQ", "/api/v1")]), "api", 80)));
     let c = compile(&s, &opts());
     let pick = |req: Req| {
         let rules = &c.policy.http["80"].rules;
@@ -433,13 +447,18 @@ fn group_name_collision_is_rejected() {
     a.metadata.namespace = Some("ns-a".into());
     let mut b = a.clone();
     b.metadata.namespace = Some("ns-b".into());
-    s.rules = vec![a, b];
+    s.rules = arcs(vec![a, b]);
     let mut fa = frontend("alb-dev-00080", 80, "http", None);
     fa.metadata.namespace = Some("ns-a".into());
     let mut fb = frontend("alb-dev-00081", 81, "http", None);
     fb.metadata.namespace = Some("ns-b".into());
-    s.rules[1].metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/frontend".into(), "alb-dev-00081".into());
-    s.frontends = vec![fa, fb];
+    Arc::make_mut(&mut s.rules[1])
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("alb2.cpaas.io/frontend".into(), "alb-dev-00081".into());
+    s.frontends = arcs(vec![fa, fb]);
     let c = compile(&s, &CompileOptions { alb_name: None, ..opts() });
     assert_eq!(c.rejects.len(), 1, "{:?}", c.rejects);
     assert_eq!((c.rejects[0].namespace.as_str(), c.rejects[0].reason.as_str()), ("ns-b", "DuplicateBackendGroup"));
@@ -448,9 +467,9 @@ fn group_name_collision_is_rejected() {
 #[test]
 fn rules_with_the_same_backends_share_one_group() {
     let mut s = base();
-    s.rules.push(rule_to("a-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a")]), "api", 80));
-    s.rules.push(rule_to("b-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/b")]), "api", 80));
-    s.rules.push(rule_to("c-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/c")]), "web", 80));
+    s.rules.push(Arc::new(rule_to("a-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("b-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/b")]), "api", 80)));
+    s.rules.push(Arc::new(rule_to("c-rule", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/c")]), "web", 80)));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
     let up = |name: &str| {

@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
 pub struct Req {
@@ -140,6 +141,11 @@ pub const NS: &str = "cpaas-system";
 pub const ALB: &str = "alb-dev";
 
 /// http Frontend `name` on `port` of ALB `alb-dev` in `cpaas-system`.
+/// Objects as a [`super::Snapshot`] holds them (shared with the controller's caches).
+pub fn arcs<T>(v: Vec<T>) -> Vec<Arc<T>> {
+    v.into_iter().map(Arc::new).collect()
+}
+
 pub fn frontend(name: &str, port: i32, protocol: &str, service_group: Option<Value>) -> Frontend {
     serde_json::from_value(json!({
         "apiVersion": "crd.alauda.io/v1", "kind": "Frontend",

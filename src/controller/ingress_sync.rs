@@ -30,6 +30,31 @@ const NAME_ATTEMPTS: u32 = 5;
 /// Ingresses whose writes (Frontends, Rules, Events, status) are in flight at once.
 const WRITE_CONCURRENCY: usize = 16;
 
+/// What one Ingress's writes report besides the plan: its warnings, and its ports for `status.loadBalancer`.
+struct Reports {
+    warnings: Vec<IngressWarning>,
+    ports: Vec<(u16, &'static str)>,
+}
+
+type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+
+/// The planned Ingresses' write futures, made one at a time. (An iterator type of its own, boxed futures: with a
+/// closure and its unboxed future in the stream's type the spawned task fails the higher-ranked `Send` check.)
+struct Writes<'a> {
+    sync: &'a IngressSync,
+    cfg: &'a AlbIngressConfig,
+    addresses: &'a [String],
+    work: std::vec::IntoIter<(&'a Ingress, (String, String), Reports, Plan)>,
+}
+
+impl<'a> Iterator for Writes<'a> {
+    type Item = WriteFuture<'a>;
+    fn next(&mut self) -> Option<WriteFuture<'a>> {
+        let (ing, key, reports, plan) = self.work.next()?;
+        Some(Box::pin(self.sync.sync_one(self.cfg, self.addresses, ing, key, reports, plan)))
+    }
+}
+
 /// What was reported for one Ingress: the generation `Synced` was sent for, and its warnings.
 type Reported = (Option<i64>, Vec<IngressWarning>);
 
@@ -248,13 +273,14 @@ impl IngressSync {
         let namespaces = cloned(&self.stores.namespaces);
         let services = cloned(&self.stores.services);
         let frontends = cloned(&self.stores.frontends);
-        let rules = cloned(&self.stores.rules);
+        // Rules are not copied: only each Ingress's own Rules are, below.
+        let rules = self.stores.rules.state();
         let world =
             IngressWorld { ingresses: &ingresses, namespaces: &namespaces, services: &services, frontends: &frontends };
 
         // Each Ingress's Rules, found through one index instead of a scan of every Rule per Ingress.
         let mut by_source: HashMap<(String, String), Vec<&Rule>> = HashMap::new();
-        for r in &rules {
+        for r in rules.iter().map(|r| &**r) {
             if let Some(src) = source_of(&cfg.domain, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
                 by_source.entry(src).or_default().push(r);
             }
@@ -278,8 +304,11 @@ impl IngressSync {
                     }
                 }
             }
+            // In namespace/name order, as the pure planner's tests feed them (the store's order is arbitrary).
+            mine.sort_by_key(|r| ns_name(&r.metadata));
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
-            work.push((ing, key, exp, plan));
+            // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
+            work.push((ing, key, Reports { warnings: exp.warnings, ports: exp.ports }, plan));
         }
         drop(by_source);
         // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
@@ -301,12 +330,8 @@ impl IngressSync {
         // The writes of different Ingresses are independent: run them side by side (a 409 from two Ingresses
         // creating the same Frontend or Rule name is handled as before).
         let this = &*self;
-        // (The futures are collected first: with a `.map(closure)` in the stream's type the spawned task
-        // fails the compiler's higher-ranked `Send` check.)
-        let mut calls = Vec::with_capacity(work.len());
-        for (ing, key, exp, plan) in work {
-            calls.push(this.sync_one(&cfg, &addresses, ing, key, exp, plan));
-        }
+        // The futures are made as the stream pulls them (a few KiB each, so not 10,000 at once).
+        let calls = Writes { sync: this, cfg: &cfg, addresses: &addresses, work: work.into_iter() };
         let outcomes: Vec<Outcome> = futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY).collect().await;
         let mut again = waiting_for_frontends;
         let mut first_error = None;
@@ -348,7 +373,9 @@ impl IngressSync {
             }
         }
         for (ns, name) in orphans.difference(&claimed) {
-            let plan = ingress::cleanup(&cfg, ns, name, &rules, &frontends);
+            let theirs: Vec<Rule> =
+                rules.iter().filter(|r| ingress::plan::is_rule_of(&cfg, r, ns, name)).map(|r| (**r).clone()).collect();
+            let plan = ingress::cleanup(&cfg, ns, name, &theirs, &frontends);
             if plan.is_empty() {
                 continue;
             }
@@ -378,7 +405,7 @@ impl IngressSync {
         addresses: &[String],
         ing: &Ingress,
         key: (String, String),
-        exp: ingress::Expected,
+        exp: Reports,
         plan: Plan,
     ) -> Outcome {
         let changed = !plan.is_empty();

@@ -167,8 +167,10 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
 
     // Cancelled on SIGINT/SIGTERM: every task watches this.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (changes_tx, changes_rx) = watch::channel(0u64);
-    let stores = Arc::new(stores::Stores::start(client.clone(), &args, changes_tx));
+    let (policy_tx, policy_rx) = watch::channel(0u64);
+    let (ingress_tx, ingress_rx) = watch::channel(0u64);
+    let changes = stores::Changes { policy: policy_tx, ingress: ingress_tx };
+    let stores = Arc::new(stores::Stores::start(client.clone(), &args, changes));
 
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
@@ -206,12 +208,12 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         args: args.clone(),
         identity,
         compiled: compiled_rx,
-        changes: changes_rx.clone(),
+        changes: ingress_rx,
         metrics: metrics.clone(),
     };
     let leader_work = tokio::spawn(leader::supervise(leader_rx, move || work.clone().run()));
 
-    let render = render_loop::RenderLoop::new(&args, stores.clone(), changes_rx, compiled_tx, ready, metrics)?;
+    let render = render_loop::RenderLoop::new(&args, stores.clone(), policy_rx, compiled_tx, ready, metrics)?;
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -24,8 +24,8 @@ const HEALTH_PERIOD: Duration = Duration::from_millis(500);
 /// A compiled policy and the Frontend/Rule objects it was compiled from (for their statuses).
 pub struct Published {
     pub compiled: Compiled,
-    pub frontends: Vec<crate::crd::Frontend>,
-    pub rules: Vec<crate::crd::Rule>,
+    pub frontends: Vec<Arc<crate::crd::Frontend>>,
+    pub rules: Vec<Arc<crate::crd::Rule>>,
 }
 
 pub struct RenderLoop {

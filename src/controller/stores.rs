@@ -40,7 +40,7 @@ pub struct Stores {
     /// referenced Secret, so no other Secret of the cluster is cached.
     auth_secrets: std::sync::Mutex<BTreeMap<(String, String), SecretWatch>>,
     client: Client,
-    changes: watch::Sender<u64>,
+    changes: Changes,
     pub namespaces: Store<Namespace>,
     pub ingresses: Store<Ingress>,
     pub ingress_classes: Store<IngressClass>,
@@ -68,12 +68,41 @@ fn trim<K: Resource>(kind: &str, obj: &mut K) {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Spawns a reflector for `api` filtered by `cfg`; every applied change bumps `changes`.
+/// Who is woken by a change of a kind: the render loop (`policy`: what the compiler reads) and the leader's
+/// Ingress sync (`ingress`: what the translation reads). An Ingress edit does not compile the policy, an
+/// EndpointSlice change does not run an Ingress pass.
+#[derive(Clone)]
+pub struct Changes {
+    pub policy: watch::Sender<u64>,
+    pub ingress: watch::Sender<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Wakes {
+    Policy,
+    Ingress,
+    Both,
+}
+
+impl Changes {
+    fn bump(&self, wakes: Wakes) {
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        if matches!(wakes, Wakes::Policy | Wakes::Both) {
+            bump(&self.policy);
+        }
+        if matches!(wakes, Wakes::Ingress | Wakes::Both) {
+            bump(&self.ingress);
+        }
+    }
+}
+
+/// Spawns a reflector for `api` filtered by `cfg`; every applied change bumps the channels `wakes` names.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     kind: &'static str,
-    changes: watch::Sender<u64>,
+    changes: Changes,
+    wakes: Wakes,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -93,7 +122,7 @@ where
                         tracing::info!("watch of {kind} is back");
                         failing = false;
                     }
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                    changes.bump(wakes);
                 }
                 Err(e) => {
                     // Logged at every (backed-off) retry: the operator wants to see the API server is away.
@@ -107,32 +136,33 @@ where
 }
 
 impl Stores {
-    pub fn start(client: Client, args: &ControllerArgs, changes: watch::Sender<u64>) -> Stores {
+    pub fn start(client: Client, args: &ControllerArgs, changes: Changes) -> Stores {
         let ns = args.alb_namespace.as_str();
         let mine = format!("{}={}", crate::crd::label_name(&args.domain), args.alb_name);
         let all = watcher::Config::default;
         let mut tasks = Vec::new();
         let mut go = |t| tasks.push(t);
+        let c = || changes.clone();
         let (frontends, t) =
-            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", changes.clone());
+            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", c(), Wakes::Both);
         go(t);
-        let (rules, t) = reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", changes.clone());
+        let (rules, t) = reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", c(), Wakes::Both);
         go(t);
-        let (services, t) = reflect(Api::all(client.clone()), all(), "Service", changes.clone());
+        let (services, t) = reflect(Api::all(client.clone()), all(), "Service", c(), Wakes::Both);
         go(t);
-        let (endpoint_slices, t) = reflect(Api::all(client.clone()), all(), "EndpointSlice", changes.clone());
+        let (endpoint_slices, t) = reflect(Api::all(client.clone()), all(), "EndpointSlice", c(), Wakes::Policy);
         go(t);
-        let (secrets, t) =
-            reflect(Api::all(client.clone()), all().fields("type=kubernetes.io/tls"), "Secret", changes.clone());
+        let tls = all().fields("type=kubernetes.io/tls");
+        let (secrets, t) = reflect(Api::all(client.clone()), tls, "Secret", c(), Wakes::Policy);
         go(t);
-        let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", changes.clone());
+        let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", c(), Wakes::Ingress);
         go(t);
-        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", changes.clone());
+        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", c(), Wakes::Ingress);
         go(t);
-        let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", changes.clone());
+        let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", c(), Wakes::Ingress);
         go(t);
         let by_name = format!("metadata.name={}", args.alb_name);
-        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), all().fields(&by_name), "ALB2", changes.clone());
+        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), all().fields(&by_name), "ALB2", c(), Wakes::Both);
         go(t);
         Stores {
             frontends,
@@ -188,11 +218,14 @@ impl Stores {
     /// What the compiler reads, as of now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            frontends: cloned(&self.frontends),
-            rules: cloned(&self.rules),
-            services: cloned(&self.services),
-            endpoint_slices: cloned(&self.endpoint_slices),
-            secrets: cloned(&self.secrets).into_iter().chain(self.auth_secret_objects()).collect(),
+            frontends: shared(&self.frontends),
+            rules: shared(&self.rules),
+            services: shared(&self.services),
+            endpoint_slices: shared(&self.endpoint_slices),
+            secrets: shared(&self.secrets)
+                .into_iter()
+                .chain(self.auth_secret_objects().into_iter().map(Arc::new))
+                .collect(),
             tls_fallback: None,
         }
     }
@@ -201,7 +234,8 @@ impl Stores {
     /// watches of Secrets no longer referenced; waits (up to 2 s) for new ones to be listed so that the next
     /// compile does not report a Secret as missing only because its watch has just started.
     pub async fn sync_auth_secret_watches(&self) {
-        let wanted = auth_secret_refs(&cloned(&self.rules), &cloned(&self.frontends));
+        let (rules, frontends) = (self.rules.state(), self.frontends.state());
+        let wanted = auth_secret_refs(rules.iter().map(|r| &**r), frontends.iter().map(|f| &**f));
         let mut fresh = Vec::new();
         if let Ok(mut watches) = self.auth_secrets.lock() {
             watches.retain(|key, (_, task)| {
@@ -221,6 +255,7 @@ impl Stores {
                     cfg,
                     "Secret (basic auth)",
                     self.changes.clone(),
+                    Wakes::Policy,
                 );
                 fresh.push(store.clone());
                 watches.insert((ns, name), (store, task));
@@ -269,7 +304,10 @@ impl Drop for Stores {
 }
 
 /// `ns/name` (or `name`, in the object's namespace) of `spec.config.auth.basic.secret` of Rules and Frontends.
-fn auth_secret_refs(rules: &[Rule], frontends: &[Frontend]) -> BTreeSet<(String, String)> {
+fn auth_secret_refs<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    frontends: impl IntoIterator<Item = &'a Frontend>,
+) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     let mut add = |ns: Option<&String>, cfg: Option<&serde_json::Value>| {
         let Some(r) = cfg.and_then(|c| c.pointer("/auth/basic/secret")).and_then(|v| v.as_str()) else { return };
@@ -285,6 +323,17 @@ fn auth_secret_refs(rules: &[Rule], frontends: &[Frontend]) -> BTreeSet<(String,
         add(f.metadata.namespace.as_ref(), f.spec.config.as_ref());
     }
     out
+}
+
+/// The store's objects, shared with the store (no copies) and sorted by namespace/name (deterministic input for
+/// the pure functions).
+pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
+    let mut v: Vec<Arc<K>> = store.state();
+    v.sort_by(|a, b| {
+        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+    });
+    v
 }
 
 /// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
