@@ -33,6 +33,10 @@ pub enum Cmd {
         /// Label base domain.
         #[arg(long, default_value = "cpaas.io")]
         domain: String,
+        /// Compile N more times and print the compile time (min / median / max, the objects already in
+        /// memory) to stderr instead of the policy (profiling).
+        #[arg(long, value_name = "N")]
+        time: Option<u32>,
         #[command(flatten)]
         ingress: crate::standalone::IngressArgs,
     },
@@ -178,7 +182,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Standalone(args) => crate::standalone::run(args).await,
         Cmd::Controller(args) => crate::controller::run(args).await,
         Cmd::Operator(args) => crate::operator::run(args).await,
-        Cmd::Policy { manifests, alb_name, domain, ingress } => print_policy(&manifests, alb_name, domain, &ingress),
+        Cmd::Policy { manifests, alb_name, domain, time, ingress } => {
+            print_policy(&manifests, alb_name, domain, time, &ingress)
+        }
         Cmd::Dataplane { nginx, http_ports } => crate::nginx::dataplane(nginx, http_ports).await,
         Cmd::Crds { out_dir } => write_crds(out_dir.as_deref()),
         Cmd::EchoServer { listen, name } => crate::echo::run(listen, name).await,
@@ -189,6 +195,7 @@ fn print_policy(
     dir: &std::path::Path,
     alb_name: Option<String>,
     domain: String,
+    time: Option<u32>,
     ingress: &crate::standalone::IngressArgs,
 ) -> Result<()> {
     let mut m = crate::manifests::ManifestDir::new(dir);
@@ -198,7 +205,29 @@ fn print_policy(
     snap.tls_fallback = crate::compile::certs::TlsFallback::of(&cfg);
     problems.extend(more.iter().map(|p| p.to_string()));
     problems.extend(warnings.iter().map(|w| w.to_string()));
-    let compiled = crate::compile::compile(&snap, &crate::compile::CompileOptions { alb_name, domain, generation: 0 });
+    let opts = crate::compile::CompileOptions { alb_name, domain, generation: 0 };
+    if let Some(n) = time {
+        let mut ms: Vec<f64> = (0..n.max(1))
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let c = crate::compile::compile(&snap, &opts);
+                let took = t.elapsed().as_secs_f64() * 1000.0;
+                drop(c);
+                took
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let rules = crate::compile::compile(&snap, &opts).policy.http.values().map(|p| p.rules.len()).sum::<usize>();
+        eprintln!(
+            "compile of {rules} rules: min {:.1} ms, median {:.1} ms, max {:.1} ms ({} runs)",
+            ms[0],
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            ms.len()
+        );
+        return Ok(());
+    }
+    let compiled = crate::compile::compile(&snap, &opts);
     for p in problems {
         eprintln!("warning: {p}");
     }

@@ -32,9 +32,13 @@ impl PartialOrd for SortKey {
     }
 }
 
-/// Sort `(key, item)` pairs into match order.
-pub fn sort<T>(entries: &mut [(SortKey, T)]) {
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+/// Sort `(key, item)` pairs into match order (stable). The keys are sorted through a permutation: moving the
+/// items themselves (a few hundred bytes each) in a stable sort of 10,000 Rules cost more than comparing.
+pub fn sort<T>(entries: &mut Vec<(SortKey, T)>) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0));
+    let mut slots: Vec<Option<(SortKey, T)>> = entries.drain(..).map(Some).collect();
+    entries.extend(order.into_iter().filter_map(|i| slots[i].take()));
 }
 
 #[cfg(test)]
