@@ -526,11 +526,20 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
     let ns = c.namespace("op-pod");
     let alb = format!("{ns}-alb");
     let mport = free_port();
+    let iport = free_port();
     let rendered = install_chart(
         c,
         &ns,
         &alb,
-        &["replicas=1", "networkMode=container", &format!("metricsPort={mport}"), "prometheus.serviceMonitor=true"],
+        &[
+            "replicas=1",
+            "networkMode=container",
+            &format!("metricsPort={mport}"),
+            "prometheus.serviceMonitor=true",
+            &format!("ingressHTTPPort={iport}"),
+            "ingressHTTPSPort=0",
+            "projects[0]=ALL_ALL",
+        ],
     );
     let _op = Operator::start(c, &ns, &rendered);
     let dep = deployment(c, &ns, &alb);
@@ -590,10 +599,14 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
     });
     assert!(http_get(mport, "/healthz", "").is_none(), "the metrics port stays closed until the real conf");
     let admin = free_port();
+    // The controller runs as the pod would: as the ServiceAccount the operator made, with only the rights of the
+    // Role and ClusterRole it made (a missing rule shows up here as a 403 and a route that never works).
+    let sa = pod["serviceAccountName"].as_str().unwrap().to_string();
+    let sa_kubeconfig = c.service_account_kubeconfig(&ns, &sa, &root.join("sa-kubeconfig"));
     let ctl = spawn(
         "alb2",
         &[
-            ("KUBECONFIG", c.kubeconfig.display().to_string()),
+            ("KUBECONFIG", sa_kubeconfig.display().to_string()),
             ("ALB_API_PORT", api_port.to_string()),
             ("ALB_ADMIN_PORT", admin.to_string()),
             ("ALB_WORKERS", "1".into()),
@@ -624,6 +637,31 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
     wait_for("traffic through the pod", Duration::from_secs(10), || {
         http_get(port, "/hello", "").filter(|r| r.0 == 200 && r.1.contains("pod-be")).map(|_| ())
     });
+    // An Ingress of the ALB's class: the leader writes a Frontend and a Rule, the Rule's condition, the Ingress
+    // status and an Event, all as the ServiceAccount.
+    c.apply(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ing, namespace: {ns}}}\nspec:\n  ingressClassName: {alb}\n  rules:\n  - http:\n      paths:\n      - {{path: /ing, pathType: Prefix, backend: {{service: {{name: be, port: {{number: 80}}}}}}}}\n"
+    ));
+    wait_for("traffic through the Ingress", Duration::from_secs(30), || {
+        http_get(iport, "/ing/x", "").filter(|r| r.0 == 200 && r.1.contains("pod-be")).map(|_| ())
+    });
+    wait_for("the Ingress status and its Synced Event", Duration::from_secs(15), || {
+        let ing = c.get_json(&["ingress", "ing", "-n", &ns]);
+        let ports = ing["status"]["loadBalancer"]["ingress"][0]["ports"].clone();
+        let events = c.get_json(&["events", "-n", &ns, "--field-selector", "involvedObject.name=ing"]);
+        let synced = events["items"].as_array().is_some_and(|e| e.iter().any(|e| e["reason"] == "Synced"));
+        (ports.is_array() && synced).then_some(())
+    });
+    wait_for("the Ingress's Rule is Accepted", Duration::from_secs(15), || {
+        let rules = c.get_json(&["rules", "-n", &ns]);
+        rules["items"].as_array()?.iter().find(|r| r["spec"]["source"]["name"] == "ing").and_then(|r| {
+            let conds = r["status"]["conditions"].as_array()?;
+            conds.iter().any(|k| k["type"] == "Accepted" && k["status"] == "True").then_some(())
+        })
+    });
+    let denied: Vec<String> =
+        ctl.logs().into_iter().filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden")).collect();
+    assert!(denied.is_empty(), "the ServiceAccount's rights fall short: {denied:#?}");
 
     // Metrics as the chart's ServiceMonitor says: its endpoints name ports of the operator's monitor Service.
     let sm = find(&rendered, "ServiceMonitor", &alb);

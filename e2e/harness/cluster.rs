@@ -208,6 +208,25 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A kubeconfig (written to `path`) that authenticates as ServiceAccount `ns/sa` with a token from the
+    /// TokenRequest API, as a pod of that ServiceAccount would: what the RBAC rules given to it allow, nothing more.
+    pub fn service_account_kubeconfig(&self, ns: &str, sa: &str, path: &Path) -> PathBuf {
+        let out = self.kubectl(&["create", "token", sa, "-n", ns, "--duration", "2h"]);
+        let token = last_line(&out, &format!("kubectl create token {sa}"));
+        let admin: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).expect("read kubeconfig")).expect("yaml");
+        let cluster = &admin["clusters"][0]["cluster"];
+        let server = cluster["server"].as_str().expect("server");
+        let ca = cluster["certificate-authority-data"].as_str().expect("certificate-authority-data");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- \
+             name: c\n  context:\n    cluster: c\n    user: {sa}\n    namespace: {ns}\ncurrent-context: c\n"
+        );
+        std::fs::write(path, text).expect("write the ServiceAccount kubeconfig");
+        path.to_path_buf()
+    }
+
     /// `kubectl apply -f -`.
     pub fn apply(&self, yaml: &str) -> String {
         self.kubectl_stdin(&["apply", "-f", "-"], yaml)
