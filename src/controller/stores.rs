@@ -82,15 +82,50 @@ enum Wakes {
     Policy,
     Ingress,
     Both,
+    /// Frontend, Rule, ALB2: both, but not the render loop when only the status changed (their CRDs have a status
+    /// subresource, so `metadata.generation` moves with the spec; labels and annotations are compared too). The
+    /// status writer's own condition patches then do not compile the policy again.
+    BothSpec,
+}
+
+/// What of a Frontend, Rule or ALB2 the compiler reads besides its spec (which `generation` stands for).
+fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let generation = meta.generation?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Per object of a `BothSpec` kind: the fingerprint last seen, to tell status-only changes.
+#[derive(Default)]
+struct SpecMemory(std::collections::HashMap<(String, String), u64>);
+
+impl SpecMemory {
+    /// Records `meta`; true when the compiler-relevant part is unchanged since the last event of the object.
+    fn unchanged(&mut self, meta: &kube::core::ObjectMeta) -> bool {
+        let key = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        match spec_fingerprint(meta) {
+            Some(fp) => self.0.insert(key, fp) == Some(fp),
+            None => {
+                self.0.remove(&key);
+                false
+            }
+        }
+    }
+
+    fn forget(&mut self, meta: &kube::core::ObjectMeta) {
+        self.0.remove(&(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()));
+    }
 }
 
 impl Changes {
     fn bump(&self, wakes: Wakes) {
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
-        if matches!(wakes, Wakes::Policy | Wakes::Both) {
+        if matches!(wakes, Wakes::Policy | Wakes::Both | Wakes::BothSpec) {
             bump(&self.policy);
         }
-        if matches!(wakes, Wakes::Ingress | Wakes::Both) {
+        if matches!(wakes, Wakes::Ingress | Wakes::Both | Wakes::BothSpec) {
             bump(&self.ingress);
         }
     }
@@ -113,16 +148,32 @@ where
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
+        let mut memory = SpecMemory::default();
+        let spec_only = matches!(wakes, Wakes::BothSpec);
         while let Some(event) = stream.next().await {
             match event {
                 // A (re)list is applied to the store atomically at InitDone: signal then.
-                Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
+                Ok(watcher::Event::Init) => memory.0.clear(),
+                Ok(watcher::Event::InitApply(o)) => {
+                    if spec_only {
+                        memory.unchanged(o.meta());
+                    }
+                }
+                Ok(event) => {
                     if failing {
                         tracing::info!("watch of {kind} is back");
                         failing = false;
                     }
-                    changes.bump(wakes);
+                    let status_only = spec_only
+                        && match &event {
+                            watcher::Event::Apply(o) => memory.unchanged(o.meta()),
+                            watcher::Event::Delete(o) => {
+                                memory.forget(o.meta());
+                                false
+                            }
+                            _ => false,
+                        };
+                    changes.bump(if status_only { Wakes::Ingress } else { wakes });
                 }
                 Err(e) => {
                     // Logged at every (backed-off) retry: the operator wants to see the API server is away.
@@ -144,9 +195,10 @@ impl Stores {
         let mut go = |t| tasks.push(t);
         let c = || changes.clone();
         let (frontends, t) =
-            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", c(), Wakes::Both);
+            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", c(), Wakes::BothSpec);
         go(t);
-        let (rules, t) = reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", c(), Wakes::Both);
+        let (rules, t) =
+            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", c(), Wakes::BothSpec);
         go(t);
         let (services, t) = reflect(Api::all(client.clone()), all(), "Service", c(), Wakes::Both);
         go(t);
@@ -162,7 +214,8 @@ impl Stores {
         let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", c(), Wakes::Ingress);
         go(t);
         let by_name = format!("metadata.name={}", args.alb_name);
-        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), all().fields(&by_name), "ALB2", c(), Wakes::Both);
+        let albs_cfg = all().fields(&by_name);
+        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), albs_cfg, "ALB2", c(), Wakes::BothSpec);
         go(t);
         Stores {
             frontends,
@@ -432,5 +485,40 @@ mod auth_ref_tests {
         .unwrap();
         let refs: Vec<(String, String)> = auth_secret_refs(&[rule, other], &[ft]).into_iter().collect();
         assert_eq!(refs, vec![("a".into(), "users".into()), ("b".into(), "admins".into())]);
+    }
+}
+
+#[cfg(test)]
+mod spec_memory_tests {
+    use super::SpecMemory;
+    use kube::core::ObjectMeta;
+
+    fn meta(generation: Option<i64>, label: &str, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some("ns".into()),
+            name: Some("r".into()),
+            generation,
+            resource_version: Some(rv.into()),
+            labels: Some([("l".to_string(), label.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_status_changes_are_unchanged() {
+        let mut m = SpecMemory::default();
+        assert!(!m.unchanged(&meta(Some(1), "a", "1")), "first sight is a change");
+        // a status patch: new resourceVersion, same generation, labels and annotations
+        assert!(m.unchanged(&meta(Some(1), "a", "2")));
+        assert!(!m.unchanged(&meta(Some(2), "a", "3")), "spec change");
+        assert!(!m.unchanged(&meta(Some(2), "b", "4")), "label change");
+        let mut annotated = meta(Some(2), "b", "5");
+        annotated.annotations = Some([("alb.rule.cpaas.io/x".to_string(), "y".to_string())].into());
+        assert!(!m.unchanged(&annotated), "annotation change");
+        // without a generation nothing can be told: always a change
+        assert!(!m.unchanged(&meta(None, "b", "6")));
+        assert!(!m.unchanged(&meta(None, "b", "7")));
+        m.forget(&meta(Some(2), "b", "8"));
+        assert!(!m.unchanged(&meta(Some(2), "b", "9")), "forgotten: a change again");
     }
 }
