@@ -207,17 +207,14 @@ fn print_policy(
     problems.extend(warnings.iter().map(|w| w.to_string()));
     let opts = crate::compile::CompileOptions { alb_name, domain, generation: 0 };
     if let Some(n) = time {
-        let mut ms: Vec<f64> = (0..n.max(1))
-            .map(|_| {
-                let t = std::time::Instant::now();
-                let c = crate::compile::compile(&snap, &opts);
-                let took = t.elapsed().as_secs_f64() * 1000.0;
-                drop(c);
-                took
-            })
-            .collect();
+        let (mut ms, mut rules) = (Vec::new(), 0);
+        for _ in 0..n.max(1) {
+            let t = std::time::Instant::now();
+            let c = crate::compile::compile(&snap, &opts);
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            rules = c.policy.http.values().map(|p| p.rules.len()).sum::<usize>();
+        }
         ms.sort_by(f64::total_cmp);
-        let rules = crate::compile::compile(&snap, &opts).policy.http.values().map(|p| p.rules.len()).sum::<usize>();
         eprintln!(
             "compile of {rules} rules: min {:.1} ms, median {:.1} ms, max {:.1} ms ({} runs)",
             ms[0],

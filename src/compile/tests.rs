@@ -359,22 +359,9 @@ fn ordering() {
     s.rules.push(Arc::new(rule_to("p4-b", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80)));
     s.rules.push(Arc::new(rule_to("p4-a", "alb-dev-00080", 4, json!([url("EQ", "/same")]), "api", 80)));
     // Go escaping makes "<" count 6 bytes: "/<" (len 2) is longer than "/abc" in JSON.
-    s.rules.push(Arc::new(rule_to(
-        "p5-plain",
-        "alb-dev-00080",
-        5,
-        json!([{"type": "METHOD", "values": [["EQ", "GETX"]]}]),
-        "api",
-        80,
-    )));
-    s.rules.push(Arc::new(rule_to(
-        "p5-lt",
-        "alb-dev-00080",
-        5,
-        json!([{"type": "METHOD", "values": [["EQ", "<"]]}]),
-        "api",
-        80,
-    )));
+    let method = |v: &str| json!([{"type": "METHOD", "values": [["EQ", v]]}]);
+    s.rules.push(Arc::new(rule_to("p5-plain", "alb-dev-00080", 5, method("GETX"), "api", 80)));
+    s.rules.push(Arc::new(rule_to("p5-lt", "alb-dev-00080", 5, method("<"), "api", 80)));
     // higher complexity first within a priority
     s.rules.push(Arc::new(rule_to("p6-url", "alb-dev-00080", 6, json!([url("EQ", "/x")]), "api", 80)));
     s.rules.push(Arc::new(rule_to("p6-host", "alb-dev-00080", 6, json!([host("a.com")]), "api", 80)));

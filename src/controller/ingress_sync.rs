@@ -68,10 +68,6 @@ struct Outcome {
     error: Option<SyncError>,
 }
 
-fn same(a: &Rule, b: &Rule) -> bool {
-    a.metadata.namespace == b.metadata.namespace && a.metadata.name == b.metadata.name
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{verb} {kind} {ns}/{name}: {source}")]
@@ -294,16 +290,16 @@ impl IngressSync {
             let key = ns_name(&ing.metadata);
             claimed.insert(key.clone());
             let exp = ingress::expected(&cfg, &world, ing);
-            // Label values are cut at 63 characters: look under both keys, keep what is_rule_of accepts.
+            // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
+            // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
-            let mut mine: Vec<Rule> = Vec::new();
-            for k in if short == key { vec![&key] } else { vec![&key, &short] } {
-                for r in by_source.get(k).into_iter().flatten() {
-                    if ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1) && !mine.iter().any(|m| same(m, r)) {
-                        mine.push((*r).clone());
-                    }
-                }
-            }
+            let keys = if short == key { vec![&key] } else { vec![&key, &short] };
+            let mut mine: Vec<Rule> = keys
+                .into_iter()
+                .flat_map(|k| by_source.get(k).into_iter().flatten())
+                .filter(|r| ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1))
+                .map(|r| (*r).clone())
+                .collect();
             // In namespace/name order, as the pure planner's tests feed them (the store's order is arbitrary).
             mine.sort_by_key(|r| ns_name(&r.metadata));
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);

@@ -153,7 +153,7 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 // A (re)list is applied to the store atomically at InitDone: signal then.
-                Ok(watcher::Event::Init) => memory.0.clear(),
+                Ok(watcher::Event::Init) => memory = SpecMemory::default(),
                 Ok(watcher::Event::InitApply(o)) => {
                     if spec_only {
                         memory.unchanged(o.meta());
@@ -391,12 +391,7 @@ pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Ar
 
 /// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
 pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-    let mut v: Vec<K> = store.state().iter().map(|o| (**o).clone()).collect();
-    v.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-    });
-    v
+    shared(store).iter().map(|o| (**o).clone()).collect()
 }
 
 async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Store<K>) {
