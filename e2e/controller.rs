@@ -504,7 +504,19 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
     wait_for("routed through the sidecar", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
     ctl.proc.wait_log("nginx reloaded: listeners changed", Duration::from_secs(1));
     let digest = |s: &serde_json::Value| s["stored"]["digest"].as_str().unwrap_or("").to_string();
-    let before = digest(&dp.status());
+    // The policy once the first controller has settled (the leader may still push after the first route works,
+    // e.g. when its last writes come back through the watches): unchanged for 1 s.
+    let mut before = digest(&dp.status());
+    let t = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = digest(&dp.status());
+        if now == before {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "the first controller's policy does not settle");
+        before = now;
+    }
     let pids = stable_pids(dp.runtime.path());
 
     let stop = Arc::new(AtomicBool::new(false));
