@@ -14,6 +14,7 @@ local gsub = string.gsub
 local match = string.match
 local tonumber = tonumber
 local tostring = tostring
+local floor = math.floor
 local ngx = ngx
 local ngx_var = ngx.var
 local re_find = ngx.re.find
@@ -466,6 +467,45 @@ end
 
 local compile
 
+-- AND / OR of fns[i..j] as a tree of closures of at most three operands: no loop in the request path (a loop
+-- that exits on its first pass never gets hot enough for LuaJIT to compile it, and a trace that meets such a loop
+-- is aborted: rewrite() would then run interpreted)
+local function all_of(fns, i, j)
+    local n = j - i + 1
+    if n <= 0 then
+        return function() return true end
+    elseif n == 1 then
+        return fns[i]
+    elseif n == 2 then
+        local a, b = fns[i], fns[i + 1]
+        return function(c) return a(c) and b(c) end
+    elseif n == 3 then
+        local a, b, d = fns[i], fns[i + 1], fns[i + 2]
+        return function(c) return a(c) and b(c) and d(c) end
+    end
+    local m = i + floor(n / 2) - 1
+    local a, b = all_of(fns, i, m), all_of(fns, m + 1, j)
+    return function(c) return a(c) and b(c) end
+end
+
+local function any_of(fns, i, j)
+    local n = j - i + 1
+    if n <= 0 then
+        return function() return false end
+    elseif n == 1 then
+        return fns[i]
+    elseif n == 2 then
+        local a, b = fns[i], fns[i + 1]
+        return function(c) return a(c) or b(c) end
+    elseif n == 3 then
+        local a, b, d = fns[i], fns[i + 1], fns[i + 2]
+        return function(c) return a(c) or b(c) or d(c) end
+    end
+    local m = i + floor(n / 2) - 1
+    local a, b = any_of(fns, i, m), any_of(fns, m + 1, j)
+    return function(c) return a(c) or b(c) end
+end
+
 local function compile_bool(e, op)
     local fns = {}
     for i = 2, #e do
@@ -475,42 +515,7 @@ local function compile_bool(e, op)
         end
         fns[#fns + 1] = f
     end
-    local n = #fns
-    if op == "AND" then
-        if n == 0 then
-            return function() return true end
-        elseif n == 1 then
-            return fns[1]
-        elseif n == 2 then
-            local a, b = fns[1], fns[2]
-            return function(c) return a(c) and b(c) end
-        end
-        return function(c)
-            for i = 1, n do
-                if not fns[i](c) then
-                    return false
-                end
-            end
-            return true
-        end
-    else
-        if n == 0 then
-            return function() return false end
-        elseif n == 1 then
-            return fns[1]
-        elseif n == 2 then
-            local a, b = fns[1], fns[2]
-            return function(c) return a(c) or b(c) end
-        end
-        return function(c)
-            for i = 1, n do
-                if fns[i](c) then
-                    return true
-                end
-            end
-            return false
-        end
-    end
+    return (op == "AND" and all_of or any_of)(fns, 1, #fns)
 end
 
 compile = function(e)

@@ -8,7 +8,8 @@
 --   #<id>                   series text `<name>{<labels>}` (escaped, as exposed)
 --   <id>                    counter value
 --   <id>:<i> / <id>:s       histogram bucket i (NOT cumulative; i = 1..#BOUNDS, #BOUNDS+1 = +Inf) / sum
--- A request only adds to a per-worker Lua table (~8 dict incr per request would cost ~2 us, most of the
+-- A request reads one nginx variable ($alb_log, a map of the seven variables it needs) and only adds to a
+-- per-worker Lua table (~8 dict incr per request would cost ~2 us, most of the
 -- metrics cost); a timer (FLUSH_INTERVAL) adds the table to the dict with incr-with-init, so a scrape lags by
 -- at most that interval. A scrape adds up the ids that carry the same text (two workers register the same
 -- series independently) and makes buckets cumulative; `_count` is the sum of the buckets, so an observation
@@ -35,8 +36,6 @@ local sort = table.sort
 local floor = math.floor
 local concat = table.concat
 local now = ngx.now
-local start_time = ngx.req.start_time
-local get_method = ngx.req.get_method
 local log = ngx.log
 local ERR, WARN, NOTICE = ngx.ERR, ngx.WARN, ngx.NOTICE
 
@@ -259,19 +258,28 @@ end
 
 local last_err_log = 0
 
+--- true when the clear generation moved (every cache is stale); the log phase checks it per request too
+local function check_gen()
+    local g = shm:get(GEN) or 0
+    if g == cur_gen then
+        return false
+    end
+    cur_gen = g
+    nomatch = {}
+    return true
+end
+
 --- adds this worker's counts to the dict (timer, and the scrape of this worker); counts made before a
 --- /clear are dropped (their series are gone)
 local function flush()
     local b = buf
     if next(b) == nil then
+        check_gen()
         return
     end
     buf = {}
-    local g = shm:get(GEN) or 0
-    if g ~= cur_gen then
-        cur_gen = g
-        nomatch = {}
-        return
+    if check_gen() then
+        return -- counted before this worker saw the /clear: their series are gone
     end
     for k, v in pairs(b) do
         local _, err = shm:incr(k, v, 0)
@@ -313,23 +321,33 @@ local function upstream_time(s)
     return v
 end
 
---- the rule a request matched; after error_page's internal redirect (`@alb_error`) ngx.ctx is gone and the
---- rule is found again from $alb_rule (its position, set by phase.rewrite) in the current policy
-local function matched_rule(ctx, port)
+local router -- alb.router, loaded on first use (it requires alb.features, which requires this module)
+
+--- the rule a request matched. After error_page's internal redirect (`@alb_error`) ngx.ctx is gone: a rule with
+--- features left its position in $alb_rule (phase.rewrite); any other rule did not change the request, so
+--- matching it again against the current policy finds it (only requests that went upstream: `went_upstream`).
+local function matched_rule(ctx, port, went_upstream)
     local rule = ctx.alb_rule
     if rule then
         return rule
     end
-    local id = ngx_var.alb_rule
-    if not id or id == "" then
-        return nil
-    end
     local st = init.state
     local p = st and st.routes[port]
-    return p and p.rules[tonumber(id)]
+    if not p then
+        return nil
+    end
+    local id = ngx_var.alb_rule
+    if id and id ~= "" then
+        return p.rules[tonumber(id)]
+    end
+    if not went_upstream then
+        return nil
+    end
+    router = router or require("alb.router")
+    return (router.match(st.routes, port, {}))
 end
 
---- rule id to keep in $alb_rule (phase.rewrite, matched requests that go upstream)
+--- rule id to keep in $alb_rule (phase.rewrite, matched requests with features that go upstream)
 function _M.rule_id(rule)
     local c = rule.metrics
     if c then
@@ -338,11 +356,17 @@ function _M.rule_id(rule)
     return tostring(rule.i)
 end
 
---- log phase of the HTTP listeners
-function _M.log()
+local match = string.match
+-- $alb_log (nginx.conf: a map of the variables below, evaluated in the log phase): one FFI variable read
+-- instead of seven (status, method, sizes, times, upstream address), split by one pattern
+local LOG_FIELDS = "^(%d*)|([^|]*)|(%d*)|(%d*)|([^|]*)|([^|]*)|(.*)$"
+
+--- log phase of the HTTP listeners: `port` is the listener's (nginx.conf passes it)
+function _M.log(port)
     if not shm then
         return
     end
+    -- one shared-dict read: a /clear answered by another worker is seen by the very next request (exact counts)
     local g = shm:get(GEN) or 0
     if g ~= cur_gen then
         cur_gen = g -- cleared: every cache and count from before is stale (rule caches are checked below)
@@ -350,12 +374,15 @@ function _M.log()
         buf = {}
     end
     local ctx = ngx.ctx
-    local port = ngx_var.server_port or ""
-    local rule = matched_rule(ctx, port)
+    local st, method, rlen, bsent, rtime, utime, uaddr = match(ngx_var.alb_log or "", LOG_FIELDS)
+    if not st then
+        return
+    end
+    local rule = matched_rule(ctx, port, uaddr ~= "")
     local c
     if rule then
         c = rule.metrics
-        if not c or c.gen ~= g then
+        if not c or c.gen ~= cur_gen then
             c = rule_cache(rule, port)
         end
     else
@@ -365,17 +392,13 @@ function _M.log()
             nomatch[port] = c
         end
     end
-    local status = ngx.status or 0
-    local method = get_method() or ""
+    local status = tonumber(st) or 0
     local e = status_keys(c, status, method)
     incr(e[1], 1)
-    incr(e[2], tonumber(ngx_var.request_length) or 0)
-    incr(e[3], tonumber(ngx_var.bytes_sent) or 0)
-    -- $request_time without the variable: both are millisecond times, keep them on the millisecond
-    local t = floor((now() - start_time()) * 1000 + 0.5) / 1000
-    if t < 0 then
-        t = 0
-    end
+    incr(e[2], tonumber(rlen) or 0)
+    incr(e[3], tonumber(bsent) or 0)
+    -- $request_time: milliseconds, as "0.003"
+    local t = tonumber(rtime) or 0
     local d = c.duration
     if not d then
         d = hist_keys(M_DURATION, c.base .. c.src)
@@ -384,9 +407,9 @@ function _M.log()
     incr(d[bucket(t)], 1)
     incr(d.s, t)
     if rule then
-        local u = upstream_entry(c, ngx_var.upstream_addr or "")
+        local u = upstream_entry(c, uaddr)
         incr(upstream_status_key(c, u, status, method), 1)
-        local ut = upstream_time(ngx_var.upstream_response_time)
+        local ut = upstream_time(utime)
         d = u.duration
         incr(d[bucket(ut)], 1)
         incr(d.s, ut)
@@ -445,6 +468,9 @@ local function clear()
             shm:delete(keys[i])
         end
     end
+    -- this worker starts over now, the others at their next flush (within FLUSH_INTERVAL)
+    buf = {}
+    check_gen()
 end
 
 --- text exposition of everything in the dict (plus the scrape-time gauges)

@@ -38,18 +38,24 @@ local function alb_error(status, reason)
 end
 _M.alb_error = alb_error
 
-function _M.rewrite()
+--- rewrite phase of `location /` of an HTTP listener. nginx.conf passes the listener's port (the policy's key,
+--- a string) and `grpc` on a grpc Frontend: no nginx variable is read for either (each read is an FFI call).
+function _M.rewrite(port, grpc_listener)
     local st = init.state
     if not st then
         return alb_error(404, "InvalidUpstream : no policy")
     end
     local c = {}
-    local rule, reason = match(st.routes, ngx_var.server_port, c)
+    local rule, reason = match(st.routes, port, c)
     if not rule then
         return alb_error(404, reason)
     end
     local ctx = ngx.ctx
     ctx.alb_rule = rule
+    ctx.alb_port = port
+    if grpc_listener then
+        ctx.alb_grpc = true
+    end
     -- rule features (docs/policy.md "Rule config (v1)"): redirect and CORS preflight come first
     local f = rule.features
     if f and f.early then
@@ -64,12 +70,13 @@ function _M.rewrite()
         return alb_error(500, rule.no_balancer)
     end
     ctx.alb_bal = b
-    if metrics.enabled then
-        -- ngx.ctx does not survive error_page's redirect to @alb_error: the log phase finds the rule from this
+    if f and metrics.enabled then
+        -- ngx.ctx does not survive error_page's redirect to @alb_error: the log phase finds the rule from this.
+        -- Only rules with features can have changed the request (URL, host); the log phase matches the others
+        -- again (metrics.log), which saves this variable write on every request.
         ngx_var.alb_rule = rule_id(rule)
     end
     local scheme = rule.scheme
-    local grpc_listener = ngx_var.alb_grpc_location == "1"
     if grpc_listener then
         -- a grpc listener: http/https rules (a policy not made by our compiler) mean grpc/grpcs
         scheme = GRPC_SCHEME[scheme] or "grpc"
@@ -83,7 +90,7 @@ function _M.rewrite()
     if rule.grpc and not grpc_listener then
         -- grpc/grpcs backend on an http(s) listener: only @grpc has grpc_pass; ngx.ctx is lost on exec, the
         -- rule is found again from $alb_grpc_rule
-        ngx_var.alb_grpc_rule = ngx_var.server_port .. ":" .. rule.i
+        ngx_var.alb_grpc_rule = port .. ":" .. rule.i
         return ngx.exec("@grpc")
     end
 end
@@ -102,6 +109,8 @@ function _M.grpc_rewrite()
     local ctx = ngx.ctx
     ctx.alb_rule = rule
     ctx.alb_bal = b
+    ctx.alb_port = port
+    ctx.alb_grpc = true
 end
 
 function _M.balance()
@@ -182,7 +191,15 @@ function _M.header_filter()
         .. " byte data from backend"
 end
 
--- log phase (server level, only when the metrics server is enabled): Prometheus counters
-_M.log = metrics.log
+--- log phase (server level, every request of the listener whatever location answered it): releases a
+--- config.limit.connections slot, counts the metrics (when the metrics server is enabled)
+local features_log = features.log
+local metrics_log = metrics.log
+function _M.log(port)
+    features_log()
+    if metrics.enabled then
+        metrics_log(port)
+    end
+end
 
 return _M

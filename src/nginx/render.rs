@@ -294,15 +294,20 @@ mod tests {
         let hook = conf[server..].find("log_by_lua_block").unwrap();
         let loc = conf[server..].find("location /").unwrap();
         assert!(hook < loc);
+        // what the log phase counts comes from one variable, and the listener's port is passed, not read
+        assert!(conf.contains("map $status $alb_log {"));
+        assert!(conf[server..].contains("require(\"alb.phase\").log(\"80\")"));
+        assert!(conf[server..].contains("require(\"alb.phase\").rewrite(\"80\")"));
 
         let mut i = input();
         i.metrics_port = 0;
         let conf = render(&i).unwrap();
         assert!(!conf.contains("1936"));
         assert!(!conf.contains("alb_metrics"));
-        // the server-level log hook stays (config.limit.connections), without the metrics call
-        assert!(!conf.contains("require(\"alb.phase\").log()"));
-        assert!(!conf.contains("$alb_rule"));
+        // the server-level log hook stays (config.limit.connections; Lua skips the metrics when they are off),
+        // the variable the metrics read is gone
+        assert!(conf.contains("require(\"alb.phase\").log(\"80\")"));
+        assert!(!conf.contains("$alb_log"));
     }
 
     #[test]

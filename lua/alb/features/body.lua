@@ -35,8 +35,9 @@ function _M.run(b)
     if ngx_var.http_transfer_encoding == nil and ngx.req.http_version() < 2 then
         return -- HTTP/1.x without Content-Length or Transfer-Encoding: no body
     end
-    local rule = ngx.ctx.alb_rule
-    if (rule and rule.grpc) or ngx_var.alb_grpc_location == "1" then
+    local ctx = ngx.ctx
+    local rule = ctx.alb_rule
+    if (rule and rule.grpc) or ctx.alb_grpc then
         return -- gRPC streams are not buffered (a client stream would stall until its end)
     end
     read_body()

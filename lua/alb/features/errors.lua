@@ -53,13 +53,14 @@ local init, metrics, features
 
 --- end of features.early: hand the request to @alb_ep (never returns), unless grpc or no upstream
 function _M.enter()
-    local rule = ngx.ctx.alb_rule
-    if not rule or not rule.upstream or rule.grpc or ngx_var.alb_grpc_location == "1" then
+    local ctx = ngx.ctx
+    local rule = ctx.alb_rule
+    if not rule or not rule.upstream or rule.grpc or ctx.alb_grpc then
         return
     end
     init = init or require("alb.init")
     local st = init.state
-    ngx_var.alb_ep_rule = tostring(st.version) .. ":" .. tostring(ngx_var.server_port) .. ":" .. rule.i
+    ngx_var.alb_ep_rule = tostring(st.version) .. ":" .. tostring(ctx.alb_port) .. ":" .. rule.i
     return ngx.exec("@alb_ep")
 end
 
@@ -72,17 +73,18 @@ local function find()
         return nil, st
     end
     local p = st.routes[port]
-    return p and p.rules[tonumber(i)], st
+    return p and p.rules[tonumber(i)], st, port
 end
 
 --- rewrite phase of @alb_ep: what phase.rewrite does after the match, for a rule with error pages
 function _M.rewrite()
-    local rule, st = find()
+    local rule, st, port = find()
     if not rule then
         return u.alb_error(500, "InvalidBalancer : rule of error_pages not found")
     end
     local ctx = ngx.ctx
     ctx.alb_rule = rule
+    ctx.alb_port = port
     metrics = metrics or require("alb.metrics")
     if metrics.enabled then
         ngx_var.alb_rule = metrics.rule_id(rule)

@@ -70,10 +70,11 @@ function _M.compile(l, path)
 end
 
 local function key_prefix(l)
-    local rule = ngx.ctx.alb_rule
+    local ctx = ngx.ctx
+    local rule = ctx.alb_rule
     local src = rule and rule.source
     local ns = type(src) == "table" and type(src.namespace) == "string" and src.namespace or ""
-    local p = tostring(ngx_var.server_port) .. "|" .. ns .. "/" .. tostring(rule and rule.name) .. "|"
+    local p = tostring(ctx.alb_port or ngx_var.server_port) .. "|" .. ns .. "/" .. tostring(rule and rule.name) .. "|"
     l.prefix = p
     return p
 end
