@@ -354,3 +354,88 @@ fn indexed_router_equals_first_match_scan() {
     assert!(by_header > 100, "requests reach the rules filed under header values: {by_header}");
     assert!(matched > 1000, "the random requests mostly match something: {matched}");
 }
+
+/// docs/policy.md "Rule keys": a rule that comes again with its key is neither validated by the policy API nor
+/// compiled by the workers again; a changed rule (new key) or a rule without a key is, and routes as pushed.
+#[test]
+fn unchanged_rule_keys_are_not_validated_or_compiled_again() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let groups = vec![group("a", &[(&a, 1)]), group("b", &[(&b, 1)])];
+    let keyed = |name: &str, prefix: &str, up: &str, key: &str| {
+        let mut r = rule(name, json!(["STARTS_WITH", "URL", prefix]), up);
+        r["key"] = json!(key);
+        r
+    };
+    let put = |p: &Value| -> (u64, String) {
+        let r = dp.api("PUT", "/policy", Some(&dp.token.clone()), &serde_json::to_vec(p).unwrap());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let digest = v["digest"].as_str().unwrap().to_string();
+        dp.wait_applied(&digest);
+        (v["checked"].as_u64().unwrap(), digest)
+    };
+    let compiled = |digest: &str| -> Vec<u64> {
+        let s = dp.status();
+        let ws = s["workers"].as_array().unwrap();
+        assert_eq!(ws.len(), 2, "{s}");
+        ws.iter()
+            .map(|w| {
+                assert_eq!(w["digest"], digest, "{s}");
+                w["compiled"].as_u64().unwrap()
+            })
+            .collect()
+    };
+
+    let p1 = policy(
+        port,
+        vec![keyed("r1", "/one", "a", "k1"), keyed("r2", "/two", "a", "k2"), keyed("r3", "/", "a", "k3")],
+        groups.clone(),
+    );
+    let (checked, d) = put(&p1);
+    assert_eq!(checked, 3, "a fresh data plane checks every rule");
+    assert_eq!(compiled(&d), vec![3, 3]);
+    assert_eq!(get(port, "/two", &[]).backend(), "a");
+
+    // r2 changed (new key): only r2 is checked and compiled; it routes to its new backend, the others as before
+    let p2 = policy(
+        port,
+        vec![keyed("r1", "/one", "a", "k1"), keyed("r2", "/two", "b", "k2b"), keyed("r3", "/", "a", "k3")],
+        groups.clone(),
+    );
+    let (checked, d) = put(&p2);
+    assert_eq!(checked, 1);
+    assert_eq!(compiled(&d), vec![1, 1]);
+    assert_eq!(get(port, "/two", &[]).backend(), "b");
+    assert_eq!(get(port, "/one", &[]).backend(), "a");
+    assert_eq!(get(port, "/else", &[]).backend(), "a");
+
+    // a rule without a key is always checked and compiled; keyed rules moved to other positions are reused
+    let p3 = policy(
+        port,
+        vec![
+            keyed("r2", "/two", "b", "k2b"),
+            rule("r0", json!(["STARTS_WITH", "URL", "/zero"]), "b"),
+            keyed("r1", "/one", "a", "k1"),
+            keyed("r3", "/", "a", "k3"),
+        ],
+        groups,
+    );
+    let (checked, d) = put(&p3);
+    assert_eq!(checked, 1);
+    assert_eq!(compiled(&d), vec![1, 1]);
+    assert_eq!(get(port, "/zero", &[]).backend(), "b");
+    assert_eq!(get(port, "/one", &[]).backend(), "a");
+    assert_eq!(get(port, "/two", &[]).backend(), "b");
+
+    // a bad rule with a new key is still refused, naming it; the policy in place keeps serving
+    let mut bad = p3.clone();
+    bad["http"][port.to_string()]["rules"][0] = keyed("r2", "/two", "b", "k2c");
+    bad["http"][port.to_string()]["rules"][0]["match"] = json!(["REGEX", "URL", "(unclosed"]);
+    let r = dp.api("PUT", "/policy", Some(&dp.token.clone()), &serde_json::to_vec(&bad).unwrap());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("r2"), "{}", r.body);
+    assert_eq!(dp.status()["stored"]["digest"], d.as_str());
+    assert_eq!(get(port, "/two", &[]).backend(), "b");
+}

@@ -76,6 +76,10 @@ pub struct HttpRule {
     /// Per-rule features, docs/policy.md "Rule config (v1)".
     #[serde(default)]
     pub config: RuleConfig,
+    /// Content key (docs/policy.md "Rule keys"): 16 hex digits, FNV-1a 64 of this rule's JSON without `key`,
+    /// set by [`Policy::set_rule_keys`]. The data plane reuses what it compiled for an equal key on the same port.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,9 +142,35 @@ impl Policy {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Sets every rule's `key` from its content (the JSON of the rule without `key`). Equal keys mean
+    /// byte-identical rules, which lets the data plane skip validating and compiling unchanged rules.
+    pub fn set_rule_keys(&mut self) {
+        let mut buf = Vec::with_capacity(1024);
+        for port in self.http.values_mut() {
+            for rule in &mut port.rules {
+                rule.key.clear();
+                buf.clear();
+                // Serialising plain data structures into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut buf, &*rule);
+                rule.key = format!("{:016x}", fnv1a64(&buf));
+            }
+        }
+    }
+
     pub fn rule_count(&self) -> usize {
         self.http.values().map(|p| p.rules.len()).sum()
     }
+}
+
+/// FNV-1a, 64 bits: a fixed, fast content hash (not a defence against crafted collisions: only the controller
+/// writes policies).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]
@@ -174,6 +204,33 @@ mod tests {
         let basic: Policy = serde_json::from_str(&fixture("basic.json")).unwrap();
         assert_eq!(basic.version, POLICY_VERSION);
         assert_eq!(basic.rule_count(), 8);
+    }
+
+    /// Equal rules get equal keys, whatever their position or port; any change of content changes the key;
+    /// the key is not part of what it hashes (setting keys twice gives the same keys).
+    #[test]
+    fn rule_keys_follow_the_content() {
+        let mut p: Policy = serde_json::from_str(&fixture("basic.json")).unwrap();
+        let first = p.http.values().next().unwrap().rules[0].clone();
+        let port = p.http.keys().next().unwrap().clone();
+        let rules = &mut p.http.get_mut(&port).unwrap().rules;
+        rules.push(first.clone());
+        let mut changed = first.clone();
+        changed.upstream = Some("another-group".into());
+        rules.push(changed);
+        p.set_rule_keys();
+        let keys = |p: &Policy| -> Vec<String> { p.http[&port].rules.iter().map(|r| r.key.clone()).collect() };
+        let k = keys(&p);
+        let n = k.len();
+        assert!(k.iter().all(|x| x.len() == 16 && x.bytes().all(|b| b.is_ascii_hexdigit())), "{k:?}");
+        assert_eq!(k[0], k[n - 2], "a copy of rule 0 has its key");
+        assert_ne!(k[0], k[n - 1], "another upstream, another key");
+        let distinct: std::collections::BTreeSet<_> = k[..n - 2].iter().collect();
+        assert_eq!(distinct.len(), n - 2, "the fixture's rules all differ: {k:?}");
+        p.set_rule_keys();
+        assert_eq!(keys(&p), k);
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     /// Fields that serialise with a default value may be absent from the fixture: compare without them.

@@ -156,9 +156,10 @@ local function put_policy()
     if not ok then
         return fail(400, "invalid JSON: " .. tostring(doc))
     end
-    local valid
-    valid, err = schema.validate(doc)
+    local valid, keys, n_checked
+    valid, keys, n_checked = schema.validate(doc)
     if not valid then
+        err = keys
         log(NOTICE, "alb: policy refused: ", err)
         return fail(400, err)
     end
@@ -171,9 +172,10 @@ local function put_policy()
         log(ERR, "alb: ", msg)
         return fail(status, msg)
     end
+    schema.remember(keys)
     log(NOTICE, "alb: stored policy version ", v, " digest ", digest, " generation ", generation, " (",
-        #body, " bytes)")
-    return json(200, { digest = digest, version = v })
+        #body, " bytes, ", n_checked, " rules checked)")
+    return json(200, { digest = digest, version = v, checked = n_checked })
 end
 
 local function get_policy()

@@ -73,6 +73,8 @@ local function write_ack(dict, st, err)
         pid = ngx.worker.pid(),
         digest = st and st.digest or cjson.null,
         version = st and st.version or cjson.null,
+        -- rules this worker compiled for that policy (the others reused, docs/policy.md "Rule keys")
+        compiled = st and st.compiled or cjson.null,
     }
     if err then
         ack.error = err
@@ -106,7 +108,7 @@ local function apply(premature)
     if not ok or type(doc) ~= "table" then
         err = "cannot decode stored policy: " .. tostring(doc)
     else
-        routes, err = router.build(doc.http)
+        routes, err = router.build(doc.http, _M.state and _M.state.routes)
         if routes then
             local okb, res = pcall(balancer.build, doc.backend_groups, _M.state and _M.state.balancers)
             if okb then
@@ -136,6 +138,7 @@ local function apply(premature)
         digest = digest,
         generation = generation,
         routes = routes,
+        compiled = router.compiled,
         balancers = bals,
         certificates = cert_count,
     }
@@ -144,7 +147,8 @@ local function apply(premature)
     write_ack(dict, _M.state)
     ngx.update_time()
     log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
-        " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms")
+        " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms (",
+        router.compiled, " rules compiled, the others reused)")
 end
 _M.apply = apply
 

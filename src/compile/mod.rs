@@ -362,6 +362,7 @@ impl Ctx<'_> {
             upstream: Some(group),
             backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
             config,
+            key: String::new(),
         };
         self.ports.entry(port).or_default().push((key, rule));
     }
@@ -465,6 +466,7 @@ impl Ctx<'_> {
                 upstream,
                 backend_protocol: self.backend_protocol("Rule", meta, &rl.spec.backend_protocol, port),
                 config,
+                key: String::new(),
             };
             self.ports.entry(port).or_default().push((key, rule));
         }
@@ -553,6 +555,7 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         certificates,
     };
     dedupe_groups(&mut policy);
+    policy.set_rule_keys();
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
     Compiled { policy, listeners, rejects: ctx.rejects, stream, certificates_change_at: cert_map.next_change }

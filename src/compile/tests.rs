@@ -61,9 +61,15 @@ fn compiles_a_port() {
             tls: false
         }]
     );
-    let p = serde_json::to_value(&c.policy).unwrap();
+    let mut p = serde_json::to_value(&c.policy).unwrap();
     assert_eq!(p["version"], 1);
     assert_eq!(p["generation"], 7);
+    // every rule has a content key, 16 hex digits (src/policy.rs rule_keys_follow_the_content checks them)
+    for r in p["http"]["80"]["rules"].as_array_mut().unwrap() {
+        let key = r.as_object_mut().unwrap().remove("key").unwrap();
+        let key = key.as_str().unwrap();
+        assert!(key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    }
     assert_eq!(
         p["http"]["80"]["rules"][0],
         json!({
