@@ -18,6 +18,11 @@ mod tls;
 use anyhow::Result;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: compiling a policy allocates and frees many small objects, and glibc's
+/// malloc (with its free-chunk consolidation) took ~45 % of a 10,000-rule compile (perf, `alb policy --time`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
