@@ -156,10 +156,9 @@ local function put_policy()
     if not ok then
         return fail(400, "invalid JSON: " .. tostring(doc))
     end
-    local valid, keys, n_checked
-    valid, keys, n_checked = schema.validate(doc)
+    local valid, n_checked = schema.validate(doc, init.state and init.state.routes)
     if not valid then
-        err = keys
+        err = n_checked
         log(NOTICE, "alb: policy refused: ", err)
         return fail(400, err)
     end
@@ -172,7 +171,6 @@ local function put_policy()
         log(ERR, "alb: ", msg)
         return fail(status, msg)
     end
-    schema.remember(keys)
     log(NOTICE, "alb: stored policy version ", v, " digest ", digest, " generation ", generation, " (",
         #body, " bytes, ", n_checked, " rules checked)")
     return json(200, { digest = digest, version = v, checked = n_checked })

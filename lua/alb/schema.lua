@@ -185,15 +185,11 @@ local function check_certificates(certs)
     return true
 end
 
--- "<port> <key>" of every rule of the last policy this worker validated and stored (docs/policy.md "Rule keys"):
--- a rule that comes again with the same key on the same port is byte-identical, by contract, and is not checked
--- again (a 10,000-rule policy where one rule changed checks one rule)
-local checked = {}
-
---- validate(doc) -> true, keys, checked or nil, err. `doc` is the decoded JSON; `keys` is what to pass to
---- remember() once the policy is stored; `checked` the number of rules checked (the others were unchanged).
-function _M.validate(doc)
-    local keys = {}
+--- validate(doc, routes) -> true, checked or nil, err. `doc` is the decoded JSON; `routes` (optional) what this
+--- worker applied (alb/router.lua): a rule whose key it compiled on that port came in a policy that was validated
+--- when it was stored, and is byte-identical by contract (docs/policy.md "Rule keys"), so it is not checked again.
+--- `checked`: the number of rules checked.
+function _M.validate(doc, routes)
     local n_checked = 0
     if not is_object(doc) or next(doc) == nil then
         return nil, "policy must be a JSON object"
@@ -225,17 +221,15 @@ function _M.validate(doc)
             if absent(rules) or not is_array(rules) then
                 return nil, "http[\"" .. port .. "\"].rules must be an array"
             end
+            local known = routes and routes[port]
+            known = known and known.compiled
             for i = 1, #rules do
                 local r = rules[i]
                 local key = type(r) == "table" and r.key
-                local ck = type(key) == "string" and key ~= "" and port .. " " .. key or nil
                 local ok, err = true, nil
-                if not (ck and checked[ck]) then
+                if not (known and type(key) == "string" and known[key]) then
                     ok, err = check_rule(r)
                     n_checked = n_checked + 1
-                end
-                if ok and ck then
-                    keys[ck] = true
                 end
                 if not ok then
                     local name = type(rules[i]) == "table" and type(rules[i].name) == "string"
@@ -268,12 +262,7 @@ function _M.validate(doc)
             seen[groups[i].name] = true
         end
     end
-    return true, keys, n_checked
-end
-
---- remember(keys): the rules of the policy just stored count as checked
-function _M.remember(keys)
-    checked = keys or {}
+    return true, n_checked
 end
 
 return _M
