@@ -470,40 +470,36 @@ local compile
 -- AND / OR of fns[i..j] as a tree of closures of at most three operands: no loop in the request path (a loop
 -- that exits on its first pass never gets hot enough for LuaJIT to compile it, and a trace that meets such a loop
 -- is aborted: rewrite() would then run interpreted)
-local function all_of(fns, i, j)
-    local n = j - i + 1
-    if n <= 0 then
-        return function() return true end
-    elseif n == 1 then
-        return fns[i]
-    elseif n == 2 then
-        local a, b = fns[i], fns[i + 1]
+local function always() return true end
+local function never() return false end
+
+local function pair(is_and, a, b)
+    if is_and then
         return function(c) return a(c) and b(c) end
-    elseif n == 3 then
-        local a, b, d = fns[i], fns[i + 1], fns[i + 2]
-        return function(c) return a(c) and b(c) and d(c) end
     end
-    local m = i + floor(n / 2) - 1
-    local a, b = all_of(fns, i, m), all_of(fns, m + 1, j)
-    return function(c) return a(c) and b(c) end
+    return function(c) return a(c) or b(c) end
 end
 
-local function any_of(fns, i, j)
+local function triple(is_and, a, b, d)
+    if is_and then
+        return function(c) return a(c) and b(c) and d(c) end
+    end
+    return function(c) return a(c) or b(c) or d(c) end
+end
+
+local function tree(is_and, fns, i, j)
     local n = j - i + 1
     if n <= 0 then
-        return function() return false end
+        return is_and and always or never
     elseif n == 1 then
         return fns[i]
     elseif n == 2 then
-        local a, b = fns[i], fns[i + 1]
-        return function(c) return a(c) or b(c) end
+        return pair(is_and, fns[i], fns[i + 1])
     elseif n == 3 then
-        local a, b, d = fns[i], fns[i + 1], fns[i + 2]
-        return function(c) return a(c) or b(c) or d(c) end
+        return triple(is_and, fns[i], fns[i + 1], fns[i + 2])
     end
     local m = i + floor(n / 2) - 1
-    local a, b = any_of(fns, i, m), any_of(fns, m + 1, j)
-    return function(c) return a(c) or b(c) end
+    return pair(is_and, tree(is_and, fns, i, m), tree(is_and, fns, m + 1, j))
 end
 
 local function compile_bool(e, op)
@@ -515,7 +511,7 @@ local function compile_bool(e, op)
         end
         fns[#fns + 1] = f
     end
-    return (op == "AND" and all_of or any_of)(fns, 1, #fns)
+    return tree(op == "AND", fns, 1, #fns)
 end
 
 compile = function(e)
