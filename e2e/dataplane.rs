@@ -163,6 +163,11 @@ fn error_reasons() {
     assert_eq!(r.status, 404);
     assert!(r.reason().starts_with("BackendError : read "), "{r:?}");
     assert!(r.body.contains("\"backend\":\"a\""), "backend body passes through: {}", r.body);
+    // the reason header is for backend errors only (nginx.conf's $alb_backend_error map since `location /` has
+    // no Lua header filter)
+    let r = get(port, "/status/200", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-alb-err-reason").is_none(), "{r:?}");
     p["http"][other.to_string()] = json!({"rules": []});
     dp.push(&p);
     let r = get(other, "/", &[]);
