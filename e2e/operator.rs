@@ -660,7 +660,7 @@ fn pod_processes_as_specified_serve_traffic_and_metrics() {
         })
     });
     let denied: Vec<String> =
-        ctl.logs().into_iter().filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden")).collect();
+        ctl.logs().into_iter().filter(|l| has_403(l) || l.to_lowercase().contains("forbidden")).collect();
     assert!(denied.is_empty(), "the ServiceAccount's rights fall short: {denied:#?}");
 
     // Metrics as the chart's ServiceMonitor says: its endpoints name ports of the operator's monitor Service.
@@ -964,4 +964,23 @@ fn operator_gateway_class_with_and_without_the_gateway_api() {
     });
     drop(op);
     c.down();
+}
+
+/// A 403 status in a log line: "403" as a word of its own (not digits of a timestamp such as `.811403Z`, which
+/// once failed the check above, or of a hex digest).
+fn has_403(l: &str) -> bool {
+    let b = l.as_bytes();
+    l.match_indices("403").any(|(i, _)| {
+        let before = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.');
+        let after = i + 3 >= b.len() || !b[i + 3].is_ascii_alphanumeric();
+        before && after
+    })
+}
+
+#[test]
+fn a_403_is_a_word_not_digits_of_a_timestamp() {
+    assert!(has_403("ApiError: Forbidden (403)"));
+    assert!(has_403("status 403 from the API server"));
+    assert!(!has_403("2026-12-02T06:27:00.811403Z  INFO policy v4 applied"));
+    assert!(!has_403("digest 7a403bc"));
 }
