@@ -156,9 +156,10 @@ local function put_policy()
     if not ok then
         return fail(400, "invalid JSON: " .. tostring(doc))
     end
-    local valid, n_checked = schema.validate(doc, init.state and init.state.routes)
+    -- true and the number of rules checked, or nil and the reason
+    local valid, res = schema.validate(doc, init.state and init.state.routes)
     if not valid then
-        err = n_checked
+        err = res
         log(NOTICE, "alb: policy refused: ", err)
         return fail(400, err)
     end
@@ -172,8 +173,8 @@ local function put_policy()
         return fail(status, msg)
     end
     log(NOTICE, "alb: stored policy version ", v, " digest ", digest, " generation ", generation, " (",
-        #body, " bytes, ", n_checked, " rules checked)")
-    return json(200, { digest = digest, version = v, checked = n_checked })
+        #body, " bytes, ", res, " rules checked)")
+    return json(200, { digest = digest, version = v, checked = res })
 end
 
 local function get_policy()

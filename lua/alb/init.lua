@@ -85,6 +85,21 @@ local function write_ack(dict, st, err)
     end
 end
 
+--- rule.header_filter: requests of the rule need the Lua header filter (phase.rewrite hands them to @alb_hf):
+--- response headers, CORS or auth cookies, or an affinity cookie of its backend group. Set once per policy here,
+--- where the rules and the balancers of the same policy are both known, not per request.
+local function mark_header_filters(routes, bals)
+    for _, p in pairs(routes) do
+        local rules = p.rules
+        for i = 1, #rules do
+            local r = rules[i]
+            local b = r.upstream and bals[r.upstream]
+            local aff = b and b.affinity
+            r.header_filter = (r.features ~= nil and r.features.filter) or (aff ~= nil and aff.kind == "cookie")
+        end
+    end
+end
+
 --- apply the stored policy if it changed since this worker last applied one
 local function apply(premature)
     if premature then
@@ -126,6 +141,9 @@ local function apply(premature)
         else
             routes, err = nil, "certificates: " .. tostring(c)
         end
+    end
+    if routes then
+        mark_header_filters(routes, bals)
     end
     if not routes then
         failed_version = v

@@ -258,7 +258,7 @@ end
 
 local last_err_log = 0
 
---- true when the clear generation moved (every cache is stale); the log phase checks it per request too
+--- true when the clear generation moved (every cache is stale): checked per request (log) and per flush
 local function check_gen()
     local g = shm:get(GEN) or 0
     if g == cur_gen then
@@ -366,11 +366,9 @@ function _M.log(port)
     if not shm then
         return
     end
-    -- one shared-dict read: a /clear answered by another worker is seen by the very next request (exact counts)
-    local g = shm:get(GEN) or 0
-    if g ~= cur_gen then
-        cur_gen = g -- cleared: every cache and count from before is stale (rule caches are checked below)
-        nomatch = {}
+    -- one shared-dict read: a /clear answered by another worker is seen by the very next request (exact counts);
+    -- every cache and count from before is stale (rule caches are checked below)
+    if check_gen() then
         buf = {}
     end
     local ctx = ngx.ctx

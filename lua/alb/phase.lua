@@ -38,17 +38,6 @@ local function alb_error(status, reason)
 end
 _M.alb_error = alb_error
 
---- does a request of `rule` need the header filter (response headers, CORS, auth cookies, an affinity cookie)?
-local function needs_filter(rule, st)
-    local f = rule.features
-    if f and f.filter then
-        return true
-    end
-    local b = rule.upstream and st.balancers[rule.upstream]
-    local aff = b and b.affinity
-    return aff ~= nil and aff.kind == "cookie"
-end
-
 --- rewrite phase of `location /` of an HTTP listener, and of `@alb_hf` (`filtered`). nginx.conf passes the
 --- listener's port (the policy's key, a string) and `grpc` on a grpc Frontend: no nginx variable is read for
 --- either (each read is an FFI call). `location /` has no header_filter_by_lua (a Lua phase costs ~1-2 us per
@@ -64,7 +53,7 @@ function _M.rewrite(port, grpc_listener, filtered)
     if not rule then
         return alb_error(404, reason)
     end
-    if not filtered and not grpc_listener and not rule.grpc and needs_filter(rule, st) then
+    if rule.header_filter and not filtered and not grpc_listener and not rule.grpc then
         return ngx.exec("@alb_hf")
     end
     local ctx = ngx.ctx
