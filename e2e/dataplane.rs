@@ -3,6 +3,7 @@
 use crate::harness::{get, Backend, Dataplane};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn group(name: &str, backends: &[(&Backend, u32)]) -> Value {
     json!({"name": name, "mode": "http", "session_affinity_policy": "", "session_affinity_attribute": "",
@@ -443,4 +444,149 @@ fn unchanged_rule_keys_are_not_validated_or_compiled_again() {
     assert!(r.body.contains("r2"), "{}", r.body);
     assert_eq!(dp.status()["stored"]["digest"], d.as_str());
     assert_eq!(get(port, "/two", &[]).backend(), "b");
+}
+
+/// Policy deltas (docs/policy.md "Policy deltas") through the real policy API and nginx: a delta patches what the
+/// workers hold (changed rules compiled, the rest reused by key, groups replaced, added and removed), a delta whose
+/// base is not the stored policy or whose chain is full is answered 409, a bad one 400 with the previous policy
+/// still serving; GET /policy and /policy/deltas give the chain; workers started by a HUP (holding nothing)
+/// decode the whole policy and every delta after it; a whole policy starts a new chain.
+#[test]
+fn policy_deltas_patch_what_the_workers_hold() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let ps = port.to_string();
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let token = dp.token.clone();
+    let keyed = |name: &str, prefix: &str, up: &str, key: &str| {
+        let mut r = rule(name, json!(["STARTS_WITH", "URL", prefix]), up);
+        r["key"] = json!(key);
+        r
+    };
+    let p1 = policy(
+        port,
+        vec![keyed("r1", "/one", "a", "k1"), keyed("r2", "/two", "a", "k2"), keyed("r3", "/", "a", "k3")],
+        vec![group("a", &[(&a, 1)]), group("b", &[(&b, 1)])],
+    );
+    let d1 = dp.push(&p1);
+    let hex = |n: u8| format!("{:040x}", n);
+    let patch = |d: &Value| dp.api("PATCH", "/policy", Some(&token), &serde_json::to_vec(d).unwrap());
+    let compiled = |digest: &str| -> Vec<u64> {
+        let s = dp.status();
+        let ws = s["workers"].as_array().unwrap();
+        ws.iter()
+            .map(|w| {
+                assert_eq!(w["digest"], digest, "{s}");
+                w["compiled"].as_u64().unwrap()
+            })
+            .collect()
+    };
+
+    // one rule changed: only it travels, only it is checked and compiled
+    let d2 = hex(2);
+    let r = patch(&json!({"version": 1, "generation": 2, "base": d1, "digest": d2,
+        "http": {&ps: ["k1", keyed("r2", "/two", "b", "k2b"), "k3"]}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["checked"], 1, "{}", r.body);
+    assert_eq!(r.json()["delta"], true, "{}", r.body);
+    dp.wait_applied(&d2);
+    assert_eq!(compiled(&d2), vec![1, 1]);
+    assert_eq!(dp.status()["stored"]["generation"], 2);
+    assert_eq!(get(port, "/two", &[]).backend(), "b");
+    assert_eq!(get(port, "/one", &[]).backend(), "a");
+    assert_eq!(get(port, "/else", &[]).backend(), "a");
+
+    // refused, and the policy in place keeps serving: a base that is not the stored policy (409), a key the
+    // base does not have on that port, a bad rule, a bad group, a bad digest (400)
+    let r = patch(&json!({"version": 1, "base": d1, "digest": hex(3), "http": {&ps: ["k1"]}}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("is not the stored policy"), "{}", r.body);
+    let r = patch(&json!({"version": 1, "base": d2, "digest": hex(3), "http": {&ps: ["k1", "k2", "k3"]}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("key k2 is not a rule of the base"), "{}", r.body);
+    let mut bad = keyed("r9", "/nine", "a", "k9");
+    bad["match"] = json!(["REGEX", "URL", "(unclosed"]);
+    let r = patch(&json!({"version": 1, "base": d2, "digest": hex(3), "http": {&ps: [bad, "k3"]}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("r9"), "{}", r.body);
+    let r = patch(&json!({"version": 1, "base": d2, "digest": hex(3),
+        "backend_groups": [{"name": "a", "backends": [{"address": "not-an-ip", "port": 1, "weight": 1}]}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = patch(&json!({"version": 1, "base": d2, "digest": "nope"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(dp.status()["stored"]["digest"], d2.as_str());
+    assert_eq!(get(port, "/two", &[]).backend(), "b");
+
+    // groups: "a" now points at backend c, "b" goes (its rule with it), "n" is new with a rule of its own
+    let d3 = hex(3);
+    let r = patch(&json!({"version": 1, "generation": 3, "base": d2, "digest": d3,
+        "http": {&ps: ["k1", keyed("rn", "/new", "n", "kn"), "k3"]},
+        "backend_groups": [group("a", &[(&c, 1)]), group("n", &[(&b, 1)])],
+        "backend_groups_removed": ["b"]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    dp.wait_applied(&d3);
+    assert_eq!(get(port, "/one", &[]).backend(), "c");
+    assert_eq!(get(port, "/new", &[]).backend(), "b");
+    assert_eq!(get(port, "/two", &[]).backend(), "c", "r2 is gone, the catch-all of group a answers");
+
+    // the chain: the whole policy and the deltas after it
+    let r = dp.api("GET", "/policy", Some(&token), b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-ALB-Policy-Deltas"), Some("2"), "{:?}", r.headers);
+    assert_eq!(r.header("X-ALB-Policy-Digest"), Some(d1.as_str()));
+    assert_eq!(r.json(), p1);
+    let chain = dp.api("GET", "/policy/deltas", Some(&token), b"").json();
+    assert_eq!(chain["base"], d1.as_str());
+    let ds: Vec<&str> = chain["deltas"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap()).collect();
+    assert_eq!(ds, vec![d2.as_str(), d3.as_str()]);
+
+    // new workers (HUP) hold nothing: they decode the whole policy and apply both deltas
+    let pids = dp.pids();
+    let workers_before: Vec<i64> =
+        dp.status()["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
+    let hup = std::process::Command::new("kill").args(["-HUP", &pids[0].to_string()]).status().unwrap();
+    assert!(hup.success(), "HUP the master");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = dp.status();
+        let ws = s["workers"].as_array().unwrap();
+        let fresh = ws.iter().filter(|w| !workers_before.contains(&w["pid"].as_i64().unwrap_or(0))).count();
+        if fresh == 2 && ws.iter().all(|w| w["digest"] == d3.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "new workers did not apply the chain: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(compiled(&d3), vec![3, 3], "fresh workers compile every rule");
+    assert_eq!(get(port, "/one", &[]).backend(), "c");
+    assert_eq!(get(port, "/new", &[]).backend(), "b");
+
+    // the chain is full once the deltas add up to more than the whole policy: 409, then a whole PUT starts over
+    let mut base = d3.clone();
+    let mut full = false;
+    let mut in_hosts = vec![json!("IN"), json!("HOST")];
+    in_hosts.extend((0..400).map(|i| json!(format!("host-{i}.chain.test"))));
+    for n in 10..120u8 {
+        let d = hex(n);
+        let mut big = keyed("rx", &format!("/x{n}"), "a", &format!("kx{n}"));
+        big["match"] = json!(["AND", ["STARTS_WITH", "URL", format!("/x{n}")], in_hosts.clone()]);
+        let r = patch(&json!({"version": 1, "base": base, "digest": d,
+            "http": {&ps: ["k1", keyed("rn", "/new", "n", "kn"), big, "k3"]}}));
+        if r.status == 409 {
+            assert!(r.body.contains("send it whole"), "{}", r.body);
+            full = true;
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        base = d;
+    }
+    assert!(full, "the chain never filled");
+    dp.wait_applied(&base);
+    let d4 = dp.push(&p1);
+    let r = dp.api("GET", "/policy", Some(&token), b"");
+    assert_eq!(r.header("X-ALB-Policy-Deltas"), None, "{:?}", r.headers);
+    assert_eq!(r.header("X-ALB-Policy-Digest"), Some(d4.as_str()));
+    assert_eq!(dp.api("GET", "/policy/deltas", Some(&token), b"").json()["deltas"], json!([]));
+    assert_eq!(get(port, "/two", &[]).backend(), "a");
+    assert_eq!(get(port, "/one", &[]).backend(), "a");
 }

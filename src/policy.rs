@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub mod config;
+pub mod delta;
 pub use config::RuleConfig;
 
 /// Schema version understood by `lua/alb/schema.lua`.

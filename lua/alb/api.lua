@@ -1,11 +1,12 @@
 -- Policy API (docs/policy.md "Policy API"), served on 127.0.0.1:<api port> by content_by_lua.
---   PUT /policy   GET /policy   GET /status   GET /healthz (no token)
+--   PUT /policy   PATCH /policy (a delta)   GET /policy   GET /policy/deltas   GET /status   GET /healthz (no token)
 --   GET|POST /debug/match   index lookup vs linear scan in the answering worker (token protected)
 local cjson = require("cjson")
 local init = require("alb.init")
 local schema = require("alb.schema")
 local router = require("alb.router")
 local expr = require("alb.expr")
+local delta = require("alb.delta")
 local bit = require("bit")
 
 local ngx = ngx
@@ -19,6 +20,8 @@ local ERR, NOTICE = ngx.ERR, ngx.NOTICE
 
 local _M = {
     MAX_BODY = 64 * 1024 * 1024,
+    -- the deltas stored after a whole policy may add up to its size, and at least this much
+    MIN_CHAIN = 256 * 1024,
 }
 
 local function respond(status, body, ctype)
@@ -97,6 +100,37 @@ local function lock(dict)
     return nil, "timed out waiting for another push"
 end
 
+local function unlock_with(dict, status, msg)
+    dict:delete("lock")
+    return nil, status, msg
+end
+
+-- sets keys[i] = vals[i]; on failure deletes them all and returns status, message
+local function set_all(dict, keys, vals, size)
+    for i = 1, #keys do
+        local ok, err = dict:safe_set(keys[i], vals[i])
+        if not ok then
+            for j = 1, #keys do
+                dict:delete(keys[j])
+            end
+            return err == "no memory" and 507 or 500,
+                fmt("cannot store the policy (%d bytes) in shared dict %s: %s%s", size, init.DICT, err,
+                    err == "no memory" and " (policy_dict_size too small)" or "")
+        end
+    end
+end
+
+-- deletes versions first..last (a replaced whole policy and the deltas after it)
+local function drop_chain(dict, first, last)
+    for u = first, last do
+        dict:delete("body:" .. u)
+        dict:delete("delta:" .. u)
+        dict:delete("digest:" .. u)
+        dict:delete("generation:" .. u)
+    end
+end
+
+-- a whole policy: becomes version old + 1 and the new start of the chain
 local function store(dict, body, digest, generation)
     local ok, err = lock(dict)
     if not ok then
@@ -104,35 +138,22 @@ local function store(dict, body, digest, generation)
     end
     local old = dict:get("version")
     local v = (old or 0) + 1
-    local keys = { "body:" .. v, "digest:" .. v, "generation:" .. v }
-    local vals = { body, digest, generation }
-    local status, msg
-    for i = 1, 3 do
-        ok, err = dict:safe_set(keys[i], vals[i])
-        if not ok then
-            status = err == "no memory" and 507 or 500
-            msg = fmt("cannot store the policy (%d bytes) in shared dict %s: %s%s", #body, init.DICT, err,
-                err == "no memory" and " (policy_dict_size too small)" or "")
-            break
-        end
-    end
-    if not status then
-        ok, err = dict:safe_set("version", v)
-        if not ok then
-            status, msg = 500, "cannot store the policy version: " .. tostring(err)
-        end
-    end
+    local status, msg = set_all(dict, { "body:" .. v, "digest:" .. v, "generation:" .. v },
+        { body, digest, generation }, #body)
     if status then
-        for i = 1, 3 do
-            dict:delete(keys[i])
-        end
-        dict:delete("lock")
-        return nil, status, msg
+        return unlock_with(dict, status, msg)
+    end
+    -- `full` before `version`: a reader that sees the new version finds its body
+    local first = dict:get("full") or old
+    dict:set("full", v)
+    dict:set("full_bytes", #body)
+    dict:set("chain_bytes", 0)
+    ok, err = dict:safe_set("version", v)
+    if not ok then
+        return unlock_with(dict, 500, "cannot store the policy version: " .. tostring(err))
     end
     if old then
-        dict:delete("body:" .. old)
-        dict:delete("digest:" .. old)
-        dict:delete("generation:" .. old)
+        drop_chain(dict, first or old, old)
     end
     dict:delete("lock")
     return v
@@ -177,6 +198,83 @@ local function put_policy()
     return json(200, { digest = digest, version = v, checked = res })
 end
 
+-- a delta (docs/policy.md "Policy deltas"): stored after the stored policy when it applies to it. The answering
+-- worker first brings itself to the stored version and applies the delta to what it holds: a key that the base
+-- does not have on that port refuses the delta here, not later in every worker.
+local function store_delta(dict, d, body)
+    local ok, err = lock(dict)
+    if not ok then
+        return nil, 503, "cannot lock policy store: " .. tostring(err)
+    end
+    local old = dict:get("version")
+    if not old then
+        return unlock_with(dict, 409, "no policy stored: send it whole")
+    end
+    local stored = dict:get("digest:" .. old)
+    if stored ~= d.base then
+        return unlock_with(dict, 409, fmt("base %s is not the stored policy (%s): send it whole", d.base,
+            tostring(stored)))
+    end
+    local chain = (dict:get("chain_bytes") or 0) + #body
+    local limit = math.max(dict:get("full_bytes") or 0, _M.MIN_CHAIN)
+    if chain > limit then
+        return unlock_with(dict, 409, fmt("the deltas after the last whole policy would reach %d bytes, more "
+            .. "than %d (the whole policy's size, at least %d): send it whole", chain, limit, _M.MIN_CHAIN))
+    end
+    init.apply()
+    local st = init.state
+    if not st or st.version ~= old or not st.doc then
+        return unlock_with(dict, 409, "this worker could not apply the stored policy: send it whole")
+    end
+    local patched
+    patched, err = delta.patch(st.doc, d)
+    if not patched then
+        return unlock_with(dict, 400, err)
+    end
+    local v = old + 1
+    local generation = type(d.generation) == "number" and d.generation or 0
+    local status, msg = set_all(dict, { "delta:" .. v, "digest:" .. v, "generation:" .. v },
+        { body, d.digest, generation }, #body)
+    if status then
+        return unlock_with(dict, status, msg)
+    end
+    dict:set("chain_bytes", chain)
+    ok, err = dict:safe_set("version", v)
+    if not ok then
+        return unlock_with(dict, 500, "cannot store the policy version: " .. tostring(err))
+    end
+    dict:delete("lock")
+    return v
+end
+
+local function patch_policy()
+    local body, err = read_body()
+    if not body or body == "" then
+        return fail(err and 500 or 400, err or "empty body")
+    end
+    if #body > _M.MAX_BODY then
+        return fail(413, "delta larger than 64 MiB")
+    end
+    local ok, d = pcall(cjson.decode, body)
+    if not ok then
+        return fail(400, "invalid JSON: " .. tostring(d))
+    end
+    local valid, res = schema.validate_delta(d, init.state and init.state.routes)
+    if not valid then
+        log(NOTICE, "alb: policy delta refused: ", res)
+        return fail(400, res)
+    end
+    local dict = ngx.shared[init.DICT]
+    local v, status, msg = store_delta(dict, d, body)
+    if not v then
+        log(status >= 500 and ERR or NOTICE, "alb: policy delta not stored: ", msg)
+        return fail(status, msg)
+    end
+    log(NOTICE, "alb: stored policy version ", v, " digest ", d.digest, " generation ", d.generation, " (delta of ",
+        #body, " bytes, ", res, " rules checked)")
+    return json(200, { digest = d.digest, version = v, checked = res, delta = true })
+end
+
 local function get_policy()
     local dict = ngx.shared[init.DICT]
     for _ = 1, 3 do
@@ -184,11 +282,39 @@ local function get_policy()
         if not v then
             return fail(404, "no policy stored")
         end
-        local body = dict:get("body:" .. v)
+        local full = dict:get("full") or v
+        local body = dict:get("body:" .. full)
         if body then
-            ngx.header["X-ALB-Policy-Digest"] = dict:get("digest:" .. v)
-            ngx.header["X-ALB-Policy-Version"] = v
+            ngx.header["X-ALB-Policy-Digest"] = dict:get("digest:" .. full)
+            ngx.header["X-ALB-Policy-Version"] = full
+            if v > full then
+                ngx.header["X-ALB-Policy-Deltas"] = v - full
+            end
             return respond(200, body)
+        end
+    end
+    return fail(503, "policy is being replaced, retry")
+end
+
+local function get_deltas()
+    local dict = ngx.shared[init.DICT]
+    for _ = 1, 3 do
+        local v = dict:get("version")
+        if not v then
+            return fail(404, "no policy stored")
+        end
+        local full = dict:get("full") or v
+        local base = dict:get("digest:" .. full)
+        local out, whole = {}, base ~= nil
+        for u = full + 1, v do
+            out[#out + 1] = dict:get("delta:" .. u)
+            if not out[#out] then
+                whole = false
+                break
+            end
+        end
+        if whole and dict:get("full") == full then
+            return respond(200, fmt('{"base":"%s","deltas":[%s]}', base, concat(out, ",")))
         end
     end
     return fail(503, "policy is being replaced, retry")
@@ -278,7 +404,8 @@ local function debug_match()
 end
 
 local ROUTES = {
-    ["/policy"] = { PUT = put_policy, GET = get_policy },
+    ["/policy"] = { PUT = put_policy, PATCH = patch_policy, GET = get_policy },
+    ["/policy/deltas"] = { GET = get_deltas },
     ["/status"] = { GET = get_status },
     ["/debug/match"] = { GET = debug_match, POST = debug_match, PUT = debug_match },
 }

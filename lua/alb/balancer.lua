@@ -60,8 +60,29 @@ local function new_balancer(name, g, keys, nodes, sig)
     return b
 end
 
---- build(groups_json, old) -> map name -> balancer; reuses the objects of `old` whose content is unchanged.
-function _M.build(groups, old)
+-- one group's balancer: `prev` (the group's balancer before) when the content did not change
+local function build_one(name, g, prev)
+    local nodes, keys = {}, {}
+    local bs = type(g.backends) == "table" and g.backends or {}
+    for _, be in ipairs(bs) do
+        local key = be.address .. "|" .. be.port
+        if not nodes[key] then
+            keys[#keys + 1] = key
+        end
+        nodes[key] = { addr = be.address, port = be.port, weight = be.weight }
+    end
+    sort(keys)
+    local sig = signature(g, keys, nodes)
+    if prev and prev.sig == sig then
+        return prev
+    end
+    return new_balancer(name, g, keys, nodes, sig)
+end
+
+--- build(groups_json, old, touched) -> map name -> balancer; reuses the objects of `old` whose content is
+--- unchanged. `touched` (optional, a policy delta was applied): the set of group names that changed; any other
+--- group of `old` is reused as is, without comparing its content.
+function _M.build(groups, old, touched)
     old = old or {}
     local out = {}
     if type(groups) ~= "table" then
@@ -69,22 +90,11 @@ function _M.build(groups, old)
     end
     for _, g in ipairs(groups) do
         local name = g.name
-        local nodes, keys = {}, {}
-        local bs = type(g.backends) == "table" and g.backends or {}
-        for _, be in ipairs(bs) do
-            local key = be.address .. "|" .. be.port
-            if not nodes[key] then
-                keys[#keys + 1] = key
-            end
-            nodes[key] = { addr = be.address, port = be.port, weight = be.weight }
-        end
-        sort(keys)
-        local sig = signature(g, keys, nodes)
         local prev = old[name]
-        if prev and prev.sig == sig then
+        if touched and prev and not touched[name] then
             out[name] = prev
         else
-            out[name] = new_balancer(name, g, keys, nodes, sig)
+            out[name] = build_one(name, g, prev)
         end
     end
     return out

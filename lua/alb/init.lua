@@ -1,17 +1,21 @@
--- Process-level setup and per-worker policy application (docs/policy.md "Policy API").
+-- Process-level setup and per-worker policy application (docs/policy.md "Policy API", "Policy deltas").
 --
 -- Shared dict `alb_policy` layout (written by alb/api.lua under a lock, read here):
 --   version              number, version of the stored policy (absent: nothing stored)
---   body:<v>             raw policy JSON of version v
---   digest:<v>           sha1 hex of body:<v>
+--   full                 number F <= version: the last version stored whole
+--   body:<F>             raw policy JSON of version F (and full_bytes: its size)
+--   delta:<v>            raw delta JSON of version v, for F < v <= version (each applies to version v - 1)
+--   chain_bytes          total size of the deltas after F
+--   digest:<v>           sha1 hex of policy v's bytes (for a delta: the digest the controller gave)
 --   generation:<v>       controller generation of version v
---   ack:<worker id>      JSON {id, pid, digest, version} of what that worker applied
--- Versioned keys are written before `version` moves and deleted after, so a reader that finds
--- `body:<version>` gone simply retries on its next tick.
+--   ack:<worker id>      JSON {id, pid, digest, version, compiled} of what that worker applied
+-- Versioned keys are written before `version` moves and the chain is deleted after a whole policy replaced it,
+-- so a reader that finds a piece gone simply retries on its next tick.
 local cjson = require("cjson")
 local router = require("alb.router")
 local balancer = require("alb.balancer")
 local alb_ssl = require("alb.ssl")
+local delta = require("alb.delta")
 
 local ngx = ngx
 local log = ngx.log
@@ -35,6 +39,7 @@ end
 --- init{token_file=, api_port=}: init_by_lua (master). Fails nginx start when the token cannot be read.
 local PRELOAD = {
     "alb.api", "alb.phase", "alb.router", "alb.balancer", "alb.expr", "alb.schema", "alb.metrics", "alb.ssl",
+    "alb.delta",
     "alb.features", "alb.features.util", "alb.features.affinity", "alb.features.auth", "alb.features.cors",
     "alb.features.headers", "alb.features.redirect", "alb.features.rewrite", "alb.features.access",
     "alb.features.limit", "alb.features.body", "alb.features.errors",
@@ -100,6 +105,48 @@ local function mark_header_filters(routes, bals)
     end
 end
 
+-- The policy of version `v` as a decoded table: patched from what this worker holds when `v` is a delta of the
+-- chain after it, else decoded from the last whole policy and patched with every delta after that.
+-- Returns doc, touched (nil: decoded whole, rebuild everything; else what the deltas changed), err.
+local function load(dict, v)
+    local full = dict:get("full")
+    if not full or full > v then
+        return nil, nil, "superseded"
+    end
+    local st = _M.state
+    local doc, from, touched
+    if st and st.doc and st.version >= full and st.version < v then
+        doc, from, touched = st.doc, st.version + 1, { groups = {} }
+    else
+        local body = dict:get("body:" .. full)
+        if not body then
+            return nil, nil, "superseded"
+        end
+        local ok, res = pcall(cjson.decode, body)
+        if not ok or type(res) ~= "table" then
+            return nil, nil, "cannot decode stored policy: " .. tostring(res)
+        end
+        doc, from = res, full + 1
+    end
+    for u = from, v do
+        local body = dict:get("delta:" .. u)
+        if not body then
+            return nil, nil, "superseded"
+        end
+        local ok, d = pcall(cjson.decode, body)
+        if not ok or type(d) ~= "table" then
+            return nil, nil, "cannot decode stored delta " .. u .. ": " .. tostring(d)
+        end
+        local err
+        doc, err = delta.patch(doc, d, touched)
+        if not doc then
+            return nil, nil, "delta " .. u .. ": " .. err
+        end
+    end
+    return doc, touched
+end
+_M.load = load
+
 --- apply the stored policy if it changed since this worker last applied one
 local function apply(premature)
     if premature then
@@ -110,22 +157,24 @@ local function apply(premature)
     if not v or v == applied_version or v == failed_version then
         return
     end
-    local body = dict:get("body:" .. v)
     local digest = dict:get("digest:" .. v)
     local generation = dict:get("generation:" .. v)
-    if not body or not digest then
+    if not digest then
         return -- superseded while reading; next tick
     end
     ngx.update_time()
     local t0 = ngx.now()
-    local ok, doc = pcall(cjson.decode, body)
-    local routes, bals, err
-    if not ok or type(doc) ~= "table" then
-        err = "cannot decode stored policy: " .. tostring(doc)
-    else
-        routes, err = router.build(doc.http, _M.state and _M.state.routes)
+    local doc, touched, err = load(dict, v)
+    if err == "superseded" then
+        return
+    end
+    local prev = _M.state
+    local routes, bals
+    if doc then
+        routes, err = router.build(doc.http, prev and prev.routes)
         if routes then
-            local okb, res = pcall(balancer.build, doc.backend_groups, _M.state and _M.state.balancers)
+            local okb, res = pcall(balancer.build, doc.backend_groups, prev and prev.balancers,
+                touched and touched.groups)
             if okb then
                 bals = res
             else
@@ -134,7 +183,8 @@ local function apply(premature)
         end
     end
     local certs, cert_pems, cert_count
-    if routes then
+    local same_certs = touched and not touched.certs and prev
+    if routes and not same_certs then
         local okc, c, p, n = pcall(alb_ssl.build, doc.certificates)
         if okc then
             certs, cert_pems, cert_count = c, p, n
@@ -148,25 +198,29 @@ local function apply(premature)
     if not routes then
         failed_version = v
         log(ERR, "alb: worker ", ngx.worker.id(), " cannot apply policy version ", v, ": ", err)
-        write_ack(dict, _M.state, err)
+        write_ack(dict, prev, err)
         return
     end
     _M.state = {
         version = v,
         digest = digest,
         generation = generation,
+        doc = doc,
         routes = routes,
         compiled = router.compiled,
         balancers = bals,
-        certificates = cert_count,
+        certificates = same_certs and prev.certificates or cert_count,
     }
-    alb_ssl.activate(certs, cert_pems)
+    if not same_certs then
+        alb_ssl.activate(certs, cert_pems)
+    end
     applied_version = v
     write_ack(dict, _M.state)
     ngx.update_time()
     log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
         " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms (",
-        router.compiled, " rules compiled, the others reused)")
+        router.compiled, " rules compiled, the others reused; ", touched and "patched with deltas" or "decoded whole",
+        ")")
 end
 _M.apply = apply
 

@@ -185,12 +185,65 @@ local function check_certificates(certs)
     return true
 end
 
---- validate(doc, routes) -> true, checked or nil, err. `doc` is the decoded JSON; `routes` (optional) what this
---- worker applied (alb/router.lua): a rule whose key it compiled on that port came in a policy that was validated
---- when it was stored, and is byte-identical by contract (docs/policy.md "Rule keys"), so it is not checked again.
---- `checked`: the number of rules checked.
-function _M.validate(doc, routes)
-    local n_checked = 0
+local function check_port_key(port)
+    local pn = tonumber(port)
+    if type(port) ~= "string" or not port:match("^%d+$") or pn < 1 or pn > 65535 then
+        return nil, "http: invalid port key \"" .. tostring(port) .. "\""
+    end
+    return true
+end
+
+-- rules of one port (a policy's `rules`, or a delta's list where a string is the key of a rule of the base):
+-- checks every rule object whose key this worker has not compiled on that port. Returns the number checked.
+local function check_rules(port, rules, routes, keys_allowed)
+    local known = routes and routes[port]
+    known = known and known.compiled
+    local n = 0
+    for i = 1, #rules do
+        local r = rules[i]
+        local ok, err = true, nil
+        if type(r) == "string" and keys_allowed then
+            if r == "" then
+                ok, err = nil, "a rule key must not be empty"
+            end
+        else
+            local key = type(r) == "table" and r.key
+            if not (known and type(key) == "string" and known[key]) then
+                ok, err = check_rule(r)
+                n = n + 1
+            end
+        end
+        if not ok then
+            local name = type(r) == "table" and type(r.name) == "string" and r.name or "?"
+            return nil, fmt("port %s rule %d (%q): %s", port, i - 1, name, err)
+        end
+    end
+    return n
+end
+
+local function check_groups(groups, what)
+    if absent(groups) then
+        return true
+    end
+    if not is_array(groups) then
+        return nil, what .. " must be an array"
+    end
+    local seen = {}
+    for i = 1, #groups do
+        local ok, err = check_group(groups[i])
+        if not ok then
+            local name = type(groups[i]) == "table" and type(groups[i].name) == "string" and groups[i].name or "?"
+            return nil, fmt("%s[%d] (%q): %s", what, i - 1, name, err)
+        end
+        if seen[groups[i].name] then
+            return nil, fmt("%s[%d]: duplicate group name %q", what, i - 1, groups[i].name)
+        end
+        seen[groups[i].name] = true
+    end
+    return true
+end
+
+local function check_head(doc)
     if not is_object(doc) or next(doc) == nil then
         return nil, "policy must be a JSON object"
     end
@@ -204,15 +257,28 @@ function _M.validate(doc, routes)
     if not absent(doc.generation) and not is_int(doc.generation) then
         return nil, "generation must be an integer"
     end
+    return true
+end
+
+--- validate(doc, routes) -> true, checked or nil, err. `doc` is the decoded JSON; `routes` (optional) what this
+--- worker applied (alb/router.lua): a rule whose key it compiled on that port came in a policy that was validated
+--- when it was stored, and is byte-identical by contract (docs/policy.md "Rule keys"), so it is not checked again.
+--- `checked`: the number of rules checked.
+function _M.validate(doc, routes)
+    local n_checked = 0
+    local ok, err = check_head(doc)
+    if not ok then
+        return nil, err
+    end
     local http = doc.http
     if not absent(http) then
         if not is_object(http) then
             return nil, "http must be an object (port -> {rules})"
         end
         for port, p in pairs(http) do
-            local pn = tonumber(port)
-            if not port:match("^%d+$") or pn < 1 or pn > 65535 then
-                return nil, "http: invalid port key \"" .. port .. "\""
+            ok, err = check_port_key(port)
+            if not ok then
+                return nil, err
             end
             if not is_object(p) then
                 return nil, "http[\"" .. port .. "\"] must be an object"
@@ -221,46 +287,86 @@ function _M.validate(doc, routes)
             if absent(rules) or not is_array(rules) then
                 return nil, "http[\"" .. port .. "\"].rules must be an array"
             end
-            local known = routes and routes[port]
-            known = known and known.compiled
-            for i = 1, #rules do
-                local r = rules[i]
-                local key = type(r) == "table" and r.key
-                local ok, err = true, nil
-                if not (known and type(key) == "string" and known[key]) then
-                    ok, err = check_rule(r)
-                    n_checked = n_checked + 1
-                end
-                if not ok then
-                    local name = type(rules[i]) == "table" and type(rules[i].name) == "string"
-                        and rules[i].name or "?"
-                    return nil, fmt("port %s rule %d (%q): %s", port, i - 1, name, err)
-                end
+            local n
+            n, err = check_rules(port, rules, routes, false)
+            if not n then
+                return nil, err
             end
+            n_checked = n_checked + n
         end
     end
-    local cok, cerr = check_certificates(doc.certificates)
-    if not cok then
-        return nil, cerr
+    ok, err = check_certificates(doc.certificates)
+    if not ok then
+        return nil, err
     end
-    local groups = doc.backend_groups
-    if not absent(groups) then
-        if not is_array(groups) then
-            return nil, "backend_groups must be an array"
+    ok, err = check_groups(doc.backend_groups, "backend_groups")
+    if not ok then
+        return nil, err
+    end
+    return true, n_checked
+end
+
+local function hex40(v)
+    return type(v) == "string" and #v == 40 and v:match("^[0-9a-f]+$") ~= nil
+end
+
+--- validate_delta(d, routes) -> true, checked or nil, err: the shape of a delta (docs/policy.md "Policy
+--- deltas") and every rule object, group and certificate in it. Whether its keys are rules of the base is
+--- checked when it is applied to the base (alb/delta.lua).
+function _M.validate_delta(d, routes)
+    local ok, err = check_head(d)
+    if not ok then
+        return nil, err
+    end
+    if not hex40(d.base) then
+        return nil, "base must be the 40 hex digits of a sha1"
+    end
+    if not hex40(d.digest) then
+        return nil, "digest must be the 40 hex digits of a sha1"
+    end
+    for _, f in ipairs({ "http_removed", "backend_groups_removed", "certificates_removed" }) do
+        ok, err = string_list(d[f], f)
+        if not ok then
+            return nil, err
         end
-        local seen = {}
-        for i = 1, #groups do
-            local ok, err = check_group(groups[i])
+    end
+    if not absent(d.http_removed) then
+        for i = 1, #d.http_removed do
+            ok, err = check_port_key(d.http_removed[i])
             if not ok then
-                local name = type(groups[i]) == "table" and type(groups[i].name) == "string"
-                    and groups[i].name or "?"
-                return nil, fmt("backend_groups[%d] (%q): %s", i - 1, name, err)
+                return nil, err
             end
-            if seen[groups[i].name] then
-                return nil, fmt("backend_groups[%d]: duplicate group name %q", i - 1, groups[i].name)
-            end
-            seen[groups[i].name] = true
         end
+    end
+    local n_checked = 0
+    local http = d.http
+    if not absent(http) then
+        if not is_object(http) then
+            return nil, "http must be an object (port -> [rule key or rule, ...])"
+        end
+        for port, list in pairs(http) do
+            ok, err = check_port_key(port)
+            if not ok then
+                return nil, err
+            end
+            if not is_array(list) then
+                return nil, "http[\"" .. port .. "\"] must be an array of rule keys and rules"
+            end
+            local n
+            n, err = check_rules(port, list, routes, true)
+            if not n then
+                return nil, err
+            end
+            n_checked = n_checked + n
+        end
+    end
+    ok, err = check_certificates(d.certificates)
+    if not ok then
+        return nil, err
+    end
+    ok, err = check_groups(d.backend_groups, "backend_groups")
+    if not ok then
+        return nil, err
     end
     return true, n_checked
 end

@@ -1,6 +1,7 @@
 //! Pushing the policy to the Lua policy API (docs/policy.md "Policy API") and waiting for every worker.
 
 use crate::compile::Compiled;
+use crate::policy::delta::PolicyDelta;
 use crate::policy::Policy;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -48,6 +49,9 @@ impl Status {
 pub enum PushError {
     #[error("the data plane refused the policy: {0}")]
     Refused(String),
+    /// `409` to a delta: the data plane does not hold its base (or its chain is full); send the policy whole.
+    #[error("the data plane wants the whole policy: {0}")]
+    Conflict(String),
     #[error("the data plane is not reachable: {0}")]
     Unreachable(String),
     #[error("{0}")]
@@ -92,9 +96,19 @@ impl PolicyClient {
     /// PUT the policy; returns the digest the data plane stored.
     pub async fn put(&self, body: Vec<u8>) -> Result<String, PushError> {
         let want = digest(&body);
+        self.send(reqwest::Method::PUT, body, &want).await?;
+        Ok(want)
+    }
+
+    /// PATCH a delta (docs/policy.md "Policy deltas") whose result has digest `want`.
+    pub async fn patch(&self, body: Vec<u8>, want: &str) -> Result<(), PushError> {
+        self.send(reqwest::Method::PATCH, body, want).await
+    }
+
+    async fn send(&self, method: reqwest::Method, body: Vec<u8>, want: &str) -> Result<(), PushError> {
         let r = self
             .http
-            .put(format!("{}/policy", self.base))
+            .request(method.clone(), format!("{}/policy", self.base))
             .bearer_auth(&self.token)
             .header("content-type", "application/json")
             .body(body)
@@ -103,26 +117,27 @@ impl PolicyClient {
             .map_err(|e| PushError::Unreachable(e.to_string()))?;
         let status = r.status();
         let text = r.text().await.unwrap_or_default();
-        if status.as_u16() == 400 {
-            return Err(PushError::Refused(text));
-        }
-        if !status.is_success() {
-            return Err(PushError::Other(format!("PUT /policy answered {status}: {text}")));
+        match status.as_u16() {
+            400 => return Err(PushError::Refused(text)),
+            409 => return Err(PushError::Conflict(text)),
+            _ if !status.is_success() => {
+                return Err(PushError::Other(format!("{method} /policy answered {status}: {text}")))
+            }
+            _ => {}
         }
         let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| PushError::Other(format!("bad PUT answer {text:?}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| PushError::Other(format!("bad {method} answer {text:?}: {e}")))?;
         let got = v.get("digest").and_then(|d| d.as_str()).unwrap_or_default();
         if got != want {
             return Err(PushError::Other(format!("data plane stored digest {got}, expected {want}")));
         }
-        Ok(want)
+        Ok(())
     }
 
-    /// The stored policy, as pushed; `None` when nothing is stored.
-    pub async fn policy(&self) -> Result<Option<Vec<u8>>, PushError> {
+    async fn get(&self, path: &str) -> Result<Option<reqwest::Response>, PushError> {
         let r = self
             .http
-            .get(format!("{}/policy", self.base))
+            .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -131,10 +146,40 @@ impl PolicyClient {
             return Ok(None);
         }
         if !r.status().is_success() {
-            return Err(PushError::Other(format!("GET /policy answered {}", r.status())));
+            return Err(PushError::Other(format!("GET {path} answered {}", r.status())));
         }
-        let body = r.bytes().await.map_err(|e| PushError::Unreachable(e.to_string()))?;
-        Ok(Some(body.to_vec()))
+        Ok(Some(r))
+    }
+
+    /// The stored policy: the last one stored whole, with the deltas stored after it applied (in Rust, checked
+    /// against the digest of the last delta); `None` when nothing is stored.
+    pub async fn policy(&self) -> Result<Option<Vec<u8>>, PushError> {
+        let Some(r) = self.get("/policy").await? else { return Ok(None) };
+        let deltas = r.headers().get("x-alb-policy-deltas").is_some();
+        let body = r.bytes().await.map_err(|e| PushError::Unreachable(e.to_string()))?.to_vec();
+        if !deltas {
+            return Ok(Some(body));
+        }
+        let Some(r) = self.get("/policy/deltas").await? else { return Ok(None) };
+        let chain: DeltaChain =
+            r.json().await.map_err(|e| PushError::Other(format!("bad GET /policy/deltas answer: {e}")))?;
+        let mut policy: Policy = serde_json::from_slice(&body)
+            .map_err(|e| PushError::Other(format!("the stored policy does not parse: {e}")))?;
+        if digest(&body) != chain.base {
+            return Err(PushError::Other("the stored policy was replaced while it was read".into()));
+        }
+        for d in &chain.deltas {
+            policy = d.apply(&policy).map_err(|e| PushError::Other(format!("a stored delta does not apply: {e}")))?;
+            let bytes = policy.to_bytes();
+            if digest(&bytes) != d.digest {
+                return Err(PushError::Other(format!(
+                    "a stored delta gives digest {}, not the {} it names",
+                    digest(&bytes),
+                    d.digest
+                )));
+            }
+        }
+        Ok(Some(policy.to_bytes()))
     }
 
     /// Waits until every worker applied `digest`. Returns the number of workers.
@@ -170,6 +215,12 @@ impl PolicyClient {
             }
         }
     }
+}
+
+#[derive(Deserialize)]
+struct DeltaChain {
+    base: String,
+    deltas: Vec<PolicyDelta>,
 }
 
 /// `policy` serialised with generation 0 (what decides "unchanged").
@@ -210,6 +261,8 @@ struct Applied {
     content: String,
     /// Digest of the bytes pushed (with their generation): what `/status` reports.
     sent: String,
+    /// The policy those bytes hold (with its generation): the base of the next delta.
+    policy: Policy,
 }
 
 /// Pushes compiled policies to one data plane (shared by `alb standalone` and `alb controller`): numbers the
@@ -244,7 +297,15 @@ impl Pusher {
     /// Reads the policy a running data plane holds (a restarted controller): the generation counter goes on
     /// from it, and the same content is pushed again with the same generation, hence the same digest.
     pub async fn adopt(&mut self) -> Result<()> {
-        let Some(body) = self.client.policy().await? else { return Ok(()) };
+        let body = match self.client.policy().await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            Err(PushError::Other(msg)) => {
+                tracing::warn!("cannot read the policy the data plane holds ({msg}); replacing it");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let Ok(mut stored) = serde_json::from_slice::<Policy>(&body) else {
             tracing::warn!("the data plane holds a policy we cannot read; replacing it");
             return Ok(());
@@ -280,31 +341,67 @@ impl Pusher {
         };
         let policy = &c.policy;
         let started = Instant::now();
-        let sent = match self.client.put(with_generation(policy, unnumbered, generation)).await {
-            Ok(d) => d,
-            Err(PushError::Refused(msg)) => {
-                // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
-                tracing::error!("data plane refused policy generation {generation}: {msg}");
-                self.failed();
-                return Ok(false);
+        let bytes = with_generation(policy, unnumbered, generation);
+        let want = digest(&bytes);
+        let mut delta_bytes = None;
+        if let Some(last) = &self.applied {
+            if let Some(mut d) = PolicyDelta::between(&last.policy, policy, &last.sent, &want) {
+                d.generation = generation;
+                let body = serde_json::to_vec(&d).unwrap_or_default();
+                // a delta only when it is clearly smaller than the policy (docs/policy.md "Policy deltas")
+                if !body.is_empty() && body.len() * 2 < bytes.len() {
+                    let n = body.len();
+                    match self.client.patch(body, &want).await {
+                        Ok(()) => delta_bytes = Some(n),
+                        Err(PushError::Conflict(msg)) => {
+                            tracing::info!("data plane asked for the whole policy: {msg}");
+                        }
+                        Err(PushError::Refused(msg)) => {
+                            // Not expected (the whole policy would be refused too): say so, then try it whole.
+                            tracing::error!("data plane refused the delta to generation {generation}: {msg}");
+                        }
+                        Err(e) => {
+                            self.failed();
+                            return Err(e.into());
+                        }
+                    }
+                }
             }
-            Err(e) => {
-                self.failed();
-                return Err(e.into());
-            }
+        }
+        let sent = match delta_bytes {
+            Some(_) => want,
+            None => match self.client.put(bytes).await {
+                Ok(d) => d,
+                Err(PushError::Refused(msg)) => {
+                    // The data plane keeps the previous policy; this is a compiler bug, say so loudly.
+                    tracing::error!("data plane refused policy generation {generation}: {msg}");
+                    self.failed();
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.failed();
+                    return Err(e.into());
+                }
+            },
         };
         let workers = self.client.wait_applied(&sent, Duration::from_secs(10)).await.inspect_err(|_| self.failed())?;
         if let Some(m) = &self.metrics {
             m.pushed(started.elapsed(), workers);
         }
         tracing::info!(
-            "policy v{generation} applied by {workers} workers in {} ms ({} rules, {} rejected, digest {})",
+            "policy v{generation} applied by {workers} workers in {} ms ({} rules, {} rejected, digest {}, {})",
             started.elapsed().as_millis(),
             policy.rule_count(),
             c.rejects.len(),
-            &sent[..12]
+            &sent[..12],
+            match delta_bytes {
+                Some(n) => format!("delta of {n} bytes"),
+                None => "whole".to_string(),
+            }
         );
-        self.applied = Some(Applied { content, sent });
+        let mut policy = policy.clone();
+        policy.generation = generation;
+        self.applied = Some(Applied { content, sent, policy });
         Ok(true)
     }
 

@@ -1,0 +1,149 @@
+-- Policy deltas (docs/policy.md "Policy deltas"): patch a decoded policy with a decoded delta.
+--
+-- patch(doc, d, touched) returns a new policy table that shares every unchanged part with `doc` (port rule
+-- lists, rule tables, groups, certificates): `doc` itself is never modified, so the routes built from it stay
+-- valid. `touched` (optional) collects what changed, for the worker to rebuild only that:
+--   touched.groups[name] = true   a group added, changed or removed
+--   touched.certs = true          certificates changed
+local type = type
+local pairs = pairs
+local next = next
+local fmt = string.format
+local sort = table.sort
+
+local _M = {}
+
+local function port_keys(p)
+    local bykey = {}
+    local rules = p and p.rules
+    if type(rules) ~= "table" then
+        return bykey
+    end
+    for i = 1, #rules do
+        local k = rules[i].key
+        if type(k) == "string" and k ~= "" and bykey[k] == nil then
+            bykey[k] = rules[i]
+        end
+    end
+    return bykey
+end
+
+local function patch_http(old, d)
+    local http = {}
+    for port, p in pairs(old or {}) do
+        http[port] = p
+    end
+    local removed = d.http_removed
+    if type(removed) == "table" then
+        for i = 1, #removed do
+            http[removed[i]] = nil
+        end
+    end
+    if type(d.http) ~= "table" then
+        return http
+    end
+    for port, list in pairs(d.http) do
+        local bykey = port_keys(old and old[port])
+        local rules = {}
+        for i = 1, #list do
+            local item = list[i]
+            if type(item) == "string" then
+                local r = bykey[item]
+                if not r then
+                    return nil, fmt("http[%q][%d]: key %s is not a rule of the base policy on port %s", port, i - 1,
+                        item, port)
+                end
+                rules[i] = r
+            else
+                rules[i] = item
+            end
+        end
+        http[port] = { rules = rules }
+    end
+    return http
+end
+
+local function by_name(a, b)
+    return a.name < b.name
+end
+
+local function patch_groups(old, d, touched)
+    old = type(old) == "table" and old or {}
+    local changed = type(d.backend_groups) == "table" and d.backend_groups or {}
+    local removed = type(d.backend_groups_removed) == "table" and d.backend_groups_removed or {}
+    if #changed == 0 and #removed == 0 then
+        return old
+    end
+    local gone, repl = {}, {}
+    for i = 1, #removed do
+        gone[removed[i]] = true
+        touched[removed[i]] = true
+    end
+    for i = 1, #changed do
+        repl[changed[i].name] = changed[i]
+        touched[changed[i].name] = true
+    end
+    local out, added = {}, false
+    for i = 1, #old do
+        local g = old[i]
+        local name = g.name
+        if not gone[name] then
+            local n = repl[name]
+            if n then
+                repl[name] = nil
+                g = n
+            end
+            out[#out + 1] = g
+        end
+    end
+    for i = 1, #changed do
+        local g = changed[i]
+        if repl[g.name] then -- not in the base: a new group
+            out[#out + 1] = g
+            added = true
+        end
+    end
+    if added then
+        sort(out, by_name)
+    end
+    return out
+end
+
+local function patch_certs(old, d, touched)
+    local changed = type(d.certificates) == "table" and d.certificates or nil
+    local removed = type(d.certificates_removed) == "table" and d.certificates_removed or nil
+    if (not changed or next(changed) == nil) and (not removed or #removed == 0) then
+        return old
+    end
+    touched.certs = true
+    local out = {}
+    for k, c in pairs(type(old) == "table" and old or {}) do
+        out[k] = c
+    end
+    for i = 1, removed and #removed or 0 do
+        out[removed[i]] = nil
+    end
+    for k, c in pairs(changed or {}) do
+        out[k] = c
+    end
+    return out
+end
+
+--- patch(doc, d, touched) -> new doc, or nil and the reason
+function _M.patch(doc, d, touched)
+    touched = touched or {}
+    touched.groups = touched.groups or {}
+    local http, err = patch_http(doc.http, d)
+    if not http then
+        return nil, err
+    end
+    return {
+        version = d.version,
+        generation = d.generation,
+        http = http,
+        backend_groups = patch_groups(doc.backend_groups, d, touched.groups),
+        certificates = patch_certs(doc.certificates, d, touched),
+    }
+end
+
+return _M

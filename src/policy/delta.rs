@@ -1,0 +1,404 @@
+//! Policy deltas (docs/policy.md "Policy deltas"): what changed from a policy A to a policy B, sent with
+//! `PATCH /policy` instead of B whole. Applying the delta to A gives B byte for byte.
+
+use super::{BackendGroup, Certificate, HttpPort, HttpRule, Policy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDelta {
+    pub version: u32,
+    #[serde(default)]
+    pub generation: u64,
+    /// sha1 hex of the base policy's bytes.
+    pub base: String,
+    /// sha1 hex of the new policy's bytes.
+    pub digest: String,
+    /// Ports whose rule list changed (or are new), each with the new whole list in match order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub http: BTreeMap<String, Vec<RuleRef>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_removed: Vec<String>,
+    /// New or changed groups, whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_groups: Vec<BackendGroup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_groups_removed: Vec<String>,
+    /// New or changed certificates by lookup key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, Certificate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates_removed: Vec<String>,
+}
+
+/// An item of a port's list in [`PolicyDelta::http`]: JSON string or object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RuleRef {
+    /// The key of a rule the base has on the same port: that rule, unchanged.
+    Key(String),
+    /// A rule given whole.
+    Rule(Box<HttpRule>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("http port {port}: the base policy has no rule with key {key:?} on that port")]
+    UnknownKey { port: String, key: String },
+    #[error("{kind} {name:?} is both given and removed by the delta")]
+    Conflict { kind: &'static str, name: String },
+    #[error("backend group {name:?} appears twice ({place})")]
+    DuplicateGroup { name: String, place: &'static str },
+}
+
+impl PolicyDelta {
+    /// The delta that turns `base` into `next`; `base_digest` and `digest` are the sha1 hex of their bytes.
+    /// `None` when `next` cannot be expressed exactly: versions differ, or the groups of either policy are not
+    /// strictly sorted by name (unsorted or duplicate names).
+    pub fn between(base: &Policy, next: &Policy, base_digest: &str, digest: &str) -> Option<PolicyDelta> {
+        if base.version != next.version
+            || !strictly_sorted(&base.backend_groups)
+            || !strictly_sorted(&next.backend_groups)
+        {
+            return None;
+        }
+        let mut http = BTreeMap::new();
+        for (port, next_port) in &next.http {
+            let base_rules = base.http.get(port).map(|p| p.rules.as_slice());
+            // By value, not only by key: exact even when keys are absent or stale.
+            if base_rules == Some(next_port.rules.as_slice()) {
+                continue;
+            }
+            let by_key = keyed(base_rules.unwrap_or_default());
+            let refs = next_port
+                .rules
+                .iter()
+                .map(|rule| match by_key.get(rule.key.as_str()) {
+                    // A key resolves to the first base rule with it: use it only if that is this very rule.
+                    Some(old) if *old == rule => RuleRef::Key(rule.key.clone()),
+                    _ => RuleRef::Rule(Box::new(rule.clone())),
+                })
+                .collect();
+            http.insert(port.clone(), refs);
+        }
+        let http_removed = base.http.keys().filter(|p| !next.http.contains_key(*p)).cloned().collect();
+
+        let base_groups: HashMap<&str, &BackendGroup> =
+            base.backend_groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let next_names: HashSet<&str> = next.backend_groups.iter().map(|g| g.name.as_str()).collect();
+        let backend_groups =
+            next.backend_groups.iter().filter(|g| base_groups.get(g.name.as_str()) != Some(g)).cloned().collect();
+        let backend_groups_removed = base
+            .backend_groups
+            .iter()
+            .filter(|g| !next_names.contains(g.name.as_str()))
+            .map(|g| g.name.clone())
+            .collect();
+
+        let certificates = next
+            .certificates
+            .iter()
+            .filter(|(k, c)| base.certificates.get(*k) != Some(*c))
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let certificates_removed =
+            base.certificates.keys().filter(|k| !next.certificates.contains_key(*k)).cloned().collect();
+
+        Some(PolicyDelta {
+            version: next.version,
+            generation: next.generation,
+            base: base_digest.to_string(),
+            digest: digest.to_string(),
+            http,
+            http_removed,
+            backend_groups,
+            backend_groups_removed,
+            certificates,
+            certificates_removed,
+        })
+    }
+
+    /// Applies the delta to `base` (the policy whose digest is `self.base`), giving the new policy with the
+    /// delta's version and generation.
+    pub fn apply(&self, base: &Policy) -> Result<Policy, DeltaError> {
+        if let Some(port) = self.http_removed.iter().find(|p| self.http.contains_key(*p)) {
+            return Err(DeltaError::Conflict { kind: "http port", name: port.clone() });
+        }
+        let mut http: BTreeMap<String, HttpPort> = base
+            .http
+            .iter()
+            .filter(|(port, _)| !self.http.contains_key(*port) && !self.http_removed.contains(*port))
+            .map(|(port, p)| (port.clone(), p.clone()))
+            .collect();
+        for (port, refs) in &self.http {
+            let by_key = keyed(base.http.get(port).map(|p| p.rules.as_slice()).unwrap_or_default());
+            let rules = refs
+                .iter()
+                .map(|r| match r {
+                    RuleRef::Rule(rule) => Ok(HttpRule::clone(rule)),
+                    RuleRef::Key(key) => by_key
+                        .get(key.as_str())
+                        .map(|old| (*old).clone())
+                        .ok_or_else(|| DeltaError::UnknownKey { port: port.clone(), key: key.clone() }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            http.insert(port.clone(), HttpPort { rules });
+        }
+
+        let removed: HashSet<&str> = self.backend_groups_removed.iter().map(String::as_str).collect();
+        let mut groups: BTreeMap<&str, &BackendGroup> = BTreeMap::new();
+        for g in &base.backend_groups {
+            if groups.insert(&g.name, g).is_some() {
+                return Err(DeltaError::DuplicateGroup { name: g.name.clone(), place: "base policy" });
+            }
+        }
+        groups.retain(|name, _| !removed.contains(name));
+        let mut given = HashSet::new();
+        for g in &self.backend_groups {
+            if removed.contains(g.name.as_str()) {
+                return Err(DeltaError::Conflict { kind: "backend group", name: g.name.clone() });
+            }
+            if !given.insert(g.name.as_str()) {
+                return Err(DeltaError::DuplicateGroup { name: g.name.clone(), place: "delta" });
+            }
+            groups.insert(&g.name, g);
+        }
+        let backend_groups = groups.into_values().cloned().collect();
+
+        let mut certificates = base.certificates.clone();
+        for key in &self.certificates_removed {
+            if self.certificates.contains_key(key) {
+                return Err(DeltaError::Conflict { kind: "certificate", name: key.clone() });
+            }
+            certificates.remove(key);
+        }
+        certificates.extend(self.certificates.iter().map(|(k, c)| (k.clone(), c.clone())));
+
+        Ok(Policy { version: self.version, generation: self.generation, http, backend_groups, certificates })
+    }
+
+    /// Whether nothing but version/generation changed.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty()
+            && self.http_removed.is_empty()
+            && self.backend_groups.is_empty()
+            && self.backend_groups_removed.is_empty()
+            && self.certificates.is_empty()
+            && self.certificates_removed.is_empty()
+    }
+}
+
+/// The rules of one port by non-empty key (the first rule with a key, should a port hold a key twice).
+fn keyed(rules: &[HttpRule]) -> HashMap<&str, &HttpRule> {
+    let mut map = HashMap::with_capacity(rules.len());
+    for r in rules.iter().filter(|r| !r.key.is_empty()) {
+        map.entry(r.key.as_str()).or_insert(r);
+    }
+    map
+}
+
+fn strictly_sorted(groups: &[BackendGroup]) -> bool {
+    groups.windows(2).all(|w| w[0].name < w[1].name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use sha1::{Digest, Sha1};
+
+    fn load(name: &str) -> Policy {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/fixtures/policy").join(name);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut policy: Policy = serde_json::from_str(&text).unwrap();
+        policy.set_rule_keys();
+        policy
+    }
+
+    fn sha(p: &Policy) -> String {
+        hex::encode(Sha1::digest(p.to_bytes()))
+    }
+
+    /// The delta from `base` to `next`, checked to give `next` byte for byte, directly and through its JSON.
+    fn round_trip(base: &Policy, next: &Policy, what: &str) -> PolicyDelta {
+        let d = PolicyDelta::between(base, next, &sha(base), &sha(next)).unwrap_or_else(|| panic!("{what}: None"));
+        assert_eq!((d.base.as_str(), d.digest.as_str()), (sha(base).as_str(), sha(next).as_str()), "{what}");
+        let applied = d.apply(base).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(applied.to_bytes() == next.to_bytes(), "{what}: {applied:#?}\n!=\n{next:#?}");
+        let again: PolicyDelta = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+        assert_eq!(again, d, "{what}: through JSON");
+        d
+    }
+
+    fn edited(base: &Policy, edit: impl FnOnce(&mut Policy)) -> Policy {
+        let mut next = base.clone();
+        edit(&mut next);
+        next.set_rule_keys();
+        next
+    }
+
+    fn cert(n: &str) -> Certificate {
+        Certificate { cert: format!("-----BEGIN CERTIFICATE-----\n{n}\n"), key: format!("key {n}") }
+    }
+
+    #[test]
+    fn deltas_round_trip_byte_for_byte() {
+        let basic = load("basic.json");
+        fn rules80(p: &mut Policy) -> &mut Vec<HttpRule> {
+            &mut p.http.get_mut("80").unwrap().rules
+        }
+
+        let next = edited(&basic, |p| rules80(p)[2].upstream = Some("shop-web".into()));
+        let d = round_trip(&basic, &next, "one upstream");
+        assert_eq!(d.http.keys().collect::<Vec<_>>(), ["80"]);
+        let items = &d.http["80"];
+        assert_eq!(items.len(), 6);
+        let whole: Vec<usize> = (0..6).filter(|i| matches!(items[*i], RuleRef::Rule(_))).collect();
+        assert_eq!(whole, [2], "{items:?}");
+        let json: Value = serde_json::to_value(&d).unwrap();
+        let obj = json.as_object().unwrap();
+        let mut fields: Vec<&str> = obj.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["base", "digest", "generation", "http", "version"]);
+        let list = json["http"]["80"].as_array().unwrap();
+        assert!(list.iter().enumerate().all(|(i, v)| if i == 2 { v.is_object() } else { v.is_string() }), "{json}");
+        assert_eq!(list[0], Value::from(basic.http["80"].rules[0].key.clone()));
+        assert_eq!(list[2]["upstream"], "shop-web");
+
+        let d = round_trip(&basic, &basic, "no change");
+        assert!(d.is_empty() && serde_json::to_value(&d).unwrap().as_object().unwrap().len() == 4, "{d:?}");
+        let next = edited(&basic, |p| p.generation += 1);
+        let d = round_trip(&basic, &next, "generation only");
+        assert!(d.is_empty() && d.generation == basic.generation + 1);
+
+        let next = edited(&basic, |p| {
+            let mut r = rules80(p)[0].clone();
+            r.name = "added".into();
+            rules80(p).insert(1, r);
+        });
+        let d = round_trip(&basic, &next, "add a rule");
+        assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
+        let d = round_trip(&basic, &edited(&basic, |p| _ = rules80(p).remove(3)), "remove a rule");
+        assert!(d.http["80"].iter().all(|r| matches!(r, RuleRef::Key(_))) && d.http["80"].len() == 5);
+        let d = round_trip(&basic, &edited(&basic, |p| rules80(p).swap(0, 4)), "reorder");
+        assert!(d.http["80"].iter().all(|r| matches!(r, RuleRef::Key(_))));
+        let next = edited(&basic, |p| _ = p.http.insert("8443".into(), p.http["80"].clone()));
+        let d = round_trip(&basic, &next, "new port");
+        assert!(d.http.keys().eq(["8443"]) && d.http["8443"].iter().all(|r| matches!(r, RuleRef::Rule(_))));
+        let d = round_trip(&basic, &edited(&basic, |p| _ = p.http.remove("8080")), "removed port");
+        assert!(d.http.is_empty() && d.http_removed == ["8080"]);
+
+        let next = edited(&basic, |p| p.backend_groups[0].backends[0].weight += 7);
+        let d = round_trip(&basic, &next, "group backends");
+        assert!(d.backend_groups == [next.backend_groups[0].clone()] && d.backend_groups_removed.is_empty());
+        let next = edited(&basic, |p| {
+            let mut g = p.backend_groups[0].clone();
+            g.name = "zz-new".into();
+            p.backend_groups.push(g);
+            p.backend_groups.remove(0);
+        });
+        let d = round_trip(&basic, &next, "add and remove groups");
+        assert_eq!(d.backend_groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["zz-new"]);
+        assert_eq!(d.backend_groups_removed, [basic.backend_groups[0].name.clone()]);
+
+        let with_certs = edited(&basic, |p| {
+            p.certificates.insert("443".into(), cert("a"));
+            p.certificates.insert("a.com".into(), cert("b"));
+        });
+        let d = round_trip(&basic, &with_certs, "add certificates");
+        assert_eq!(d.certificates.len(), 2);
+        let next = edited(&with_certs, |p| {
+            p.certificates.insert("443".into(), cert("c"));
+            p.certificates.remove("a.com");
+        });
+        let d = round_trip(&with_certs, &next, "change and remove certificates");
+        assert!(d.certificates.keys().eq(["443"]) && d.certificates_removed == ["a.com"]);
+        round_trip(&with_certs, &basic, "remove all certificates");
+
+        // features.json, and policies without keys: compared by value, rules given whole.
+        let features = load("features.json");
+        let next = edited(&features, |p| p.http.get_mut("80").unwrap().rules[1].priority += 1);
+        let d = round_trip(&features, &next, "features");
+        assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
+        let strip = |p: &Policy| {
+            let mut p = p.clone();
+            p.http.values_mut().flat_map(|port| port.rules.iter_mut()).for_each(|r| r.key.clear());
+            p
+        };
+        let (base, mut next) = (strip(&basic), strip(&basic));
+        rules80(&mut next)[0].priority += 1;
+        let d = round_trip(&base, &next, "no keys");
+        assert!(d.http.keys().eq(["80"]) && d.http["80"].iter().all(|r| matches!(r, RuleRef::Rule(_))));
+        // A stale key (same key, other content) is not trusted.
+        let mut stale = basic.clone();
+        rules80(&mut stale)[0].priority += 1;
+        let d = round_trip(&basic, &stale, "stale key");
+        assert!(matches!(d.http["80"][0], RuleRef::Rule(_)));
+    }
+
+    #[test]
+    fn apply_refuses_unknown_keys_and_conflicts() {
+        let basic = load("basic.json");
+        let key8080 = basic.http["8080"].rules[0].key.clone();
+        let mut d = PolicyDelta::between(&basic, &basic, "a", "b").unwrap();
+        for key in ["00000000deadbeef", key8080.as_str()] {
+            d.http.insert("80".into(), vec![RuleRef::Key(key.into())]);
+            let err = d.apply(&basic).unwrap_err();
+            assert_eq!(err, DeltaError::UnknownKey { port: "80".into(), key: key.into() });
+            let msg = err.to_string();
+            assert!(msg.contains("port 80") && msg.contains(key), "{msg}");
+        }
+        d.http.insert("80".into(), vec![]);
+        d.http_removed = vec!["80".into()];
+        assert!(matches!(d.apply(&basic), Err(DeltaError::Conflict { .. })));
+        d.http.clear();
+        d.backend_groups = vec![basic.backend_groups[0].clone(), basic.backend_groups[0].clone()];
+        assert!(matches!(d.apply(&basic), Err(DeltaError::DuplicateGroup { .. })));
+        d.backend_groups.pop();
+        d.backend_groups_removed = vec![basic.backend_groups[0].name.clone()];
+        assert!(matches!(d.apply(&basic), Err(DeltaError::Conflict { .. })));
+        // A delta from JSON as the doc shows it.
+        let json = format!(r#"{{"version":1,"base":"a","digest":"b","http":{{"8080":["{key8080}"]}}}}"#);
+        let d: PolicyDelta = serde_json::from_str(&json).unwrap();
+        assert_eq!(d.apply(&basic).unwrap().http["8080"].rules, basic.http["8080"].rules[..1]);
+    }
+
+    #[test]
+    fn between_is_none_when_not_exact() {
+        let basic = load("basic.json");
+        assert!(basic.backend_groups.len() >= 2);
+        let unsorted = edited(&basic, |p| p.backend_groups.reverse());
+        assert!(PolicyDelta::between(&basic, &unsorted, "a", "b").is_none());
+        assert!(PolicyDelta::between(&unsorted, &basic, "a", "b").is_none());
+        let dup = edited(&basic, |p| p.backend_groups.insert(0, p.backend_groups[0].clone()));
+        assert!(PolicyDelta::between(&basic, &dup, "a", "b").is_none());
+        let v2 = edited(&basic, |p| p.version += 1);
+        assert!(PolicyDelta::between(&basic, &v2, "a", "b").is_none());
+    }
+
+    #[test]
+    fn one_changed_rule_in_2000_is_a_small_delta() {
+        let basic = load("basic.json");
+        let template = basic.http["80"].rules[0].clone();
+        let mut base = basic.clone();
+        base.http.get_mut("80").unwrap().rules = (0..2000)
+            .map(|i| {
+                let mut r = template.clone();
+                r.name = format!("rule-{i}");
+                r.matcher = serde_json::json!([
+                    "AND",
+                    ["EQ", "HOST", format!("h{i}.example.com")],
+                    ["STARTS_WITH", "URL", "/api"]
+                ]);
+                r
+            })
+            .collect();
+        base.set_rule_keys();
+        let next = edited(&base, |p| p.http.get_mut("80").unwrap().rules[1234].upstream = Some("shop-web".into()));
+        let d = round_trip(&base, &next, "2000 rules");
+        let (delta_len, policy_len) = (serde_json::to_vec(&d).unwrap().len(), next.to_bytes().len());
+        assert!(delta_len * 4 < policy_len, "delta {delta_len} bytes, policy {policy_len}");
+        assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
+    }
+}
