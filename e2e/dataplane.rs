@@ -551,7 +551,10 @@ fn policy_deltas_patch_what_the_workers_hold() {
         let s = dp.status();
         let ws = s["workers"].as_array().unwrap();
         let fresh = ws.iter().filter(|w| !workers_before.contains(&w["pid"].as_i64().unwrap_or(0))).count();
-        if fresh == 2 && ws.iter().all(|w| w["digest"] == d3.as_str()) {
+        // nginx stops the old workers ~100 ms after starting the new ones: until then both serve
+        let children = std::process::Command::new("ps").args(["-o", "pid=", "--ppid", &pids[0].to_string()]).output();
+        let n_children = children.map(|o| String::from_utf8_lossy(&o.stdout).lines().count()).unwrap_or(0);
+        if fresh == 2 && n_children == 2 && ws.iter().all(|w| w["digest"] == d3.as_str()) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "new workers did not apply the chain: {s}");

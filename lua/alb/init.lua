@@ -9,6 +9,7 @@
 --   digest:<v>           sha1 hex of policy v's bytes (for a delta: the digest the controller gave)
 --   generation:<v>       controller generation of version v
 --   ack:<worker id>      JSON {id, pid, digest, version, compiled} of what that worker applied
+--   owner:<worker id>    pid of the newest worker with that id (write_ack)
 -- Versioned keys are written before `version` moves and the chain is deleted after a whole policy replaced it,
 -- so a reader that finds a piece gone simply retries on its next tick.
 local cjson = require("cjson")
@@ -72,7 +73,14 @@ end
 
 local applied_version, failed_version
 
+-- After a HUP the master starts new workers and stops the old ones only ~100 ms later (longer on a busy
+-- machine); meanwhile both generations run this timer under the same worker ids. `owner:<id>` is the pid of the
+-- newest worker with that id (set in init_worker): an older worker still applies policies but never overwrites
+-- the ack of its successor, so /status (and a push waiting for every worker) sees the workers that stay.
 local function write_ack(dict, st, err)
+    if dict:get("owner:" .. ngx.worker.id()) ~= ngx.worker.pid() then
+        return
+    end
     local ack = {
         id = ngx.worker.id(),
         pid = ngx.worker.pid(),
@@ -227,6 +235,7 @@ _M.apply = apply
 --- init_worker: apply the stored policy now (a HUP'd or respawned worker), then poll.
 function _M.init_worker()
     math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+    ngx.shared[_M.DICT]:set("owner:" .. ngx.worker.id(), ngx.worker.pid())
     local ok, err = ngx.timer.at(0, apply)
     if not ok then
         log(ERR, "alb: cannot start policy timer: ", err)
