@@ -84,6 +84,7 @@ struct Controller {
     proc: Proc,
     runtime: PathBuf,
     admin_port: u16,
+    api_port: u16,
     identity: String,
 }
 
@@ -123,12 +124,20 @@ impl Controller {
             proc,
             runtime: o.runtime.to_path_buf(),
             admin_port,
+            api_port: o.api_port,
             identity: format!("{}/{}/{}", o.ns, o.alb, o.pod),
         }
     }
 
     fn pids(&self) -> Vec<i32> {
         stable_pids(&self.runtime)
+    }
+
+    /// The data plane's `/status` (docs/policy.md "Policy API").
+    fn dataplane_status(&self) -> serde_json::Value {
+        let token = std::fs::read_to_string(self.runtime.join("policy-token")).unwrap_or_default();
+        let auth = format!("Bearer {}", token.trim());
+        crate::harness::request(self.api_port, "GET", "/status", &[("Authorization", &auth)], b"").json()
     }
 
     fn logged(&self, needle: &str) -> bool {
@@ -286,10 +295,16 @@ fn ingress_becomes_rules_routes_edits_without_reload_and_deletes() {
     assert_eq!(st[0]["ip"], "127.0.0.1", "{st}");
     assert_eq!(st[0]["ports"][0]["port"], serde_json::json!(port), "{st}");
 
-    // Edit the path: rerouted, no nginx reload.
+    // Edit the path: rerouted, no nginx reload; the pass plans the edited Ingress only ("keep" is unchanged).
     let pids = ctl.pids();
+    let mark = ctl.proc.log_len();
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/b", "svc-b")]));
     wait_for("/b routed to b", Duration::from_secs(2), || routes_to(port, "/b", "b").then_some(()));
+    ctl.proc.wait_log_after(
+        mark,
+        "ingress pass: 1 of 2 claimed Ingresses planned (1 unchanged",
+        Duration::from_secs(2),
+    );
     let (status, _, reason) = get_at("127.0.0.1", port, "/a/x").unwrap();
     assert_eq!((status, reason.as_str()), (404, "InvalidUpstream : no rule match"));
     assert_eq!(ctl.pids(), pids, "rule changes do not reload nginx");
@@ -353,9 +368,17 @@ fn rules_match_on_header_cookie_param_src_ip_and_bad_regex_is_reported() {
         let r = Conn::open(port).ok()?.send("GET", "/vip?v=2", &vip_headers, b"").ok()?;
         (r.backend() == "a").then_some(())
     });
-    // The two Rules may reach the controller in separate watch events: wait for the second one too.
+    // The two Rules may reach the controller in separate watch events: wait for the second one too, in every
+    // worker (a request that saw it reached one of them; the others apply the same policy milliseconds later).
     wait_for("the catch-all rule", Duration::from_secs(5), || {
         (get(port, "/plain", &[]).backend() == "b").then_some(())
+    });
+    let settled = |s: &serde_json::Value| {
+        let ws = s["workers"].as_array().cloned().unwrap_or_default();
+        !ws.is_empty() && ws.iter().all(|w| w["digest"] == s["stored"]["digest"])
+    };
+    wait_for("every worker applied the stored policy", Duration::from_secs(5), || {
+        settled(&ctl.dataplane_status()).then_some(())
     });
     assert_eq!(get(port, "/vip?v=3", &vip_headers).backend(), "b", "param must match");
     assert_eq!(

@@ -5,6 +5,7 @@
 //! `--resync-period` brings the API server to what the Ingresses need. Writes not yet seen by the stores
 //! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
 
+use super::ingress_inputs::Inputs;
 use super::stores::{cloned, Stores};
 use super::ControllerArgs;
 use crate::crd::alb2::ALB2;
@@ -34,6 +35,8 @@ const WRITE_CONCURRENCY: usize = 16;
 struct Reports {
     warnings: Vec<IngressWarning>,
     ports: Vec<(u16, &'static str)>,
+    /// The Ingress's [`Inputs`] fingerprint when it was planned (0: none).
+    fingerprint: u64,
 }
 
 type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
@@ -61,6 +64,8 @@ type Reported = (Option<i64>, Vec<IngressWarning>);
 /// The result of one Ingress's writes, folded into the [`IngressSync`] after the concurrent stage.
 struct Outcome {
     key: (String, String),
+    /// The Ingress's [`Inputs`] fingerprint when it was planned.
+    fingerprint: u64,
     written: Vec<Written>,
     /// Frontends were created: the Rules follow in the next pass.
     deferred: bool,
@@ -177,6 +182,9 @@ pub struct IngressSync {
     pending_since: Option<Instant>,
     /// Per Ingress: the generation we reported `Synced` for and the warnings we reported.
     reported: HashMap<(String, String), (Option<i64>, Vec<IngressWarning>)>,
+    /// Per Ingress: the [`Inputs`] fingerprint of its last sync that ended clean (written, reported, no error).
+    /// A pass skips translating and planning an Ingress whose fingerprint is unchanged.
+    clean: HashMap<(String, String), u64>,
     missing_alb_logged: bool,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -191,6 +199,7 @@ impl IngressSync {
             pending: Vec::new(),
             pending_since: None,
             reported: HashMap::new(),
+            clean: HashMap::new(),
             missing_alb_logged: false,
             metrics: None,
         }
@@ -283,28 +292,44 @@ impl IngressSync {
         }
         let mut claimed = BTreeSet::new();
         let mut work = Vec::new();
+        let inputs = Inputs::of(&cfg, &addresses, &world);
+        let mut unchanged = 0usize;
         for ing in &ingresses {
             if !ingress::claims(&cfg, &world, ing) {
                 continue;
             }
             let key = ns_name(&ing.metadata);
             claimed.insert(key.clone());
-            let exp = ingress::expected(&cfg, &world, ing);
             // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
             // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
             let keys = if short == key { vec![&key] } else { vec![&key, &short] };
-            let mut mine: Vec<Rule> = keys
+            let mut mine: Vec<&Rule> = keys
                 .into_iter()
                 .flat_map(|k| by_source.get(k).into_iter().flatten())
                 .filter(|r| ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1))
-                .map(|r| (*r).clone())
+                .copied()
                 .collect();
             // In namespace/name order, as the pure planner's tests feed them (the store's order is arbitrary).
             mine.sort_by_key(|r| ns_name(&r.metadata));
+            let fingerprint = inputs.of_ingress(ing, &mine);
+            if fingerprint.is_some() && self.clean.get(&key) == fingerprint.as_ref() {
+                unchanged += 1;
+                continue;
+            }
+            let exp = ingress::expected(&cfg, &world, ing);
+            let mine: Vec<Rule> = mine.into_iter().cloned().collect();
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
-            work.push((ing, key, Reports { warnings: exp.warnings, ports: exp.ports }, plan));
+            let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
+            work.push((ing, key, reports, plan));
+        }
+        if !work.is_empty() {
+            tracing::info!(
+                "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync)",
+                work.len(),
+                claimed.len()
+            );
         }
         drop(by_source);
         // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
@@ -336,6 +361,12 @@ impl IngressSync {
                 self.wrote(w);
             }
             again |= o.deferred;
+            // Clean: planned, written and reported with no error; then an unchanged fingerprint needs nothing.
+            if o.error.is_none() && !o.deferred && o.reported.is_some() && o.fingerprint != 0 {
+                self.clean.insert(o.key.clone(), o.fingerprint);
+            } else {
+                self.clean.remove(&o.key);
+            }
             if let Some(r) = o.reported {
                 self.reported.insert(o.key, r);
             }
@@ -344,6 +375,7 @@ impl IngressSync {
             }
         }
         self.reported.retain(|k, _| claimed.contains(k));
+        self.clean.retain(|k, _| claimed.contains(k));
 
         // Rules and Frontends of Ingresses that are gone or not claimed any more.
         let mut orphans = BTreeSet::new();
@@ -405,7 +437,8 @@ impl IngressSync {
         plan: Plan,
     ) -> Outcome {
         let changed = !plan.is_empty();
-        let mut out = Outcome { key, written: Vec::new(), deferred: false, reported: None, error: None };
+        let fingerprint = exp.fingerprint;
+        let mut out = Outcome { key, fingerprint, written: Vec::new(), deferred: false, reported: None, error: None };
         let (ns, name) = (&out.key.0, &out.key.1);
         match self.apply(cfg, plan, &mut out.written).await {
             // Deferred to the next pass (Frontends just created): counted then.

@@ -8,6 +8,7 @@
 //! ([`crate::metrics`]).
 
 pub mod dataplane;
+pub mod ingress_inputs;
 pub mod ingress_sync;
 pub mod leader;
 pub mod render_loop;
