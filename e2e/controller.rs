@@ -583,7 +583,15 @@ fn a_restarted_nginx_gets_the_policy_again() {
     let ctl = env.controller("p1", runtime.path(), "127.0.0.1");
     let port = env.http_port;
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/", "svc-a")]));
-    wait_for("routed", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
+    let t = Instant::now();
+    while !routes_to(port, "/", "a") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not routed after 10 s; controller log:\n{}",
+            ctl.proc.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // nginx stops (graceful QUIT): the controller starts it again and pushes the policy into the empty dict.
     let master = ctl.pids()[0];
     let skip = ctl.proc.log_len();

@@ -67,9 +67,11 @@ fn changes_apply_without_reload_and_bad_rules_are_rejected() {
         ("ft.yaml", frontend("ft", port, None)),
         ("svc.yaml", [service("svc-a", &[&a]), service("svc-b", &[&b])].join("---\n")),
         ("r1.yaml", rule("r1", "ft", 5, "[{type: URL, values: [[STARTS_WITH, /one]]}]", "svc-a")),
+        ("r0.yaml", rule("r0", "ft", 5, "[{type: URL, values: [[STARTS_WITH, /zero]]}]", "svc-a")),
     ]);
     let pids = gw.pids();
     assert_eq!(pids.len(), 3, "master + 2 workers: {pids:?}");
+    assert_eq!(get(port, "/zero", &[]).backend(), "a");
     assert_eq!(get(port, "/one", &[]).backend(), "a");
     let r = get(port, "/two", &[]);
     assert_eq!((r.status, r.reason()), (404, "InvalidUpstream : no rule match"));
@@ -85,8 +87,12 @@ fn changes_apply_without_reload_and_bad_rules_are_rejected() {
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("rule change visible after {:?}", t.elapsed());
-    gw.proc.wait_log("policy v2 applied", Duration::from_secs(1));
+    let pushed = gw.proc.wait_log("policy v2 applied", Duration::from_secs(1));
+    assert!(pushed.contains("delta of"), "only what changed travels (docs/policy.md \"Policy deltas\"): {pushed}");
+    let first = gw.proc.logs().into_iter().find(|l| l.contains("policy v1 applied")).unwrap_or_default();
+    assert!(first.contains("whole"), "the first push is whole: {first}");
     assert_eq!(get(port, "/one", &[]).status, 404);
+    assert_eq!(get(port, "/zero", &[]).backend(), "a", "the unchanged rule, sent by its key");
 
     // An invalid Rule is rejected with its reason; every other route keeps working.
     gw.write("bad.yaml", &rule("bad", "ft", 1, "[{type: URL, values: [[REGEX, \"(/two\"]]}]", "svc-a"));

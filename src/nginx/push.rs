@@ -348,8 +348,8 @@ impl Pusher {
             if let Some(mut d) = PolicyDelta::between(&last.policy, policy, &last.sent, &want) {
                 d.generation = generation;
                 let body = serde_json::to_vec(&d).unwrap_or_default();
-                // a delta only when it is clearly smaller than the policy (docs/policy.md "Policy deltas")
-                if !body.is_empty() && body.len() * 2 < bytes.len() {
+                // a delta when it is smaller than the policy (docs/policy.md "Policy deltas")
+                if !body.is_empty() && body.len() < bytes.len() {
                     let n = body.len();
                     match self.client.patch(body, &want).await {
                         Ok(()) => delta_bytes = Some(n),
