@@ -125,7 +125,7 @@ pub struct BackendGroup {
     pub backends: Vec<Backend>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Backend {
     pub address: String,
     pub port: u16,
@@ -146,14 +146,23 @@ impl Policy {
     /// Sets every rule's `key` from its content (the JSON of the rule without `key`). Equal keys mean
     /// byte-identical rules, which lets the data plane skip validating and compiling unchanged rules.
     pub fn set_rule_keys(&mut self) {
-        let mut buf = Vec::with_capacity(1024);
+        // FNV-1a waits for one multiplication per byte: hashing LANES rules side by side lets the CPU overlap them.
+        let mut bufs: [Vec<u8>; LANES] = Default::default();
         for port in self.http.values_mut() {
-            for rule in &mut port.rules {
-                rule.key.clear();
-                buf.clear();
-                // Serialising plain data structures into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut buf, &*rule);
-                rule.key = format!("{:016x}", fnv1a64(&buf));
+            for rules in port.rules.chunks_mut(LANES) {
+                for (rule, buf) in rules.iter_mut().zip(bufs.iter_mut()) {
+                    rule.key.clear();
+                    buf.clear();
+                    // Serialising plain data structures into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *buf, &*rule);
+                }
+                let hashes = fnv1a64_lanes(std::array::from_fn(|i| match i < rules.len() {
+                    true => bufs[i].as_slice(),
+                    false => &[],
+                }));
+                for (rule, h) in rules.iter_mut().zip(hashes) {
+                    rule.key = format!("{h:016x}");
+                }
             }
         }
     }
@@ -165,11 +174,35 @@ impl Policy {
 
 /// FNV-1a, 64 bits: a fixed, fast content hash (not a defence against crafted collisions: only the controller
 /// writes policies).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a64_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+#[cfg(test)]
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_from(FNV_OFFSET, bytes)
+}
+
+/// How many rules [`Policy::set_rule_keys`] hashes at once.
+const LANES: usize = 4;
+
+/// [`fnv1a64`] of each input, the inputs interleaved byte by byte (independent chains of multiplications).
+fn fnv1a64_lanes(inputs: [&[u8]; LANES]) -> [u64; LANES] {
+    let mut h = [FNV_OFFSET; LANES];
+    let common = inputs.iter().map(|b| b.len()).min().unwrap_or(0);
+    for i in 0..common {
+        for (h, b) in h.iter_mut().zip(inputs) {
+            *h = (*h ^ u64::from(b[i])).wrapping_mul(FNV_PRIME);
+        }
+    }
+    for (h, b) in h.iter_mut().zip(inputs) {
+        *h = fnv1a64_from(*h, &b[common..]);
     }
     h
 }
@@ -230,8 +263,15 @@ mod tests {
         assert_eq!(distinct.len(), n - 2, "the fixture's rules all differ: {k:?}");
         p.set_rule_keys();
         assert_eq!(keys(&p), k);
+        for (rule, key) in p.http[&port].rules.iter().zip(&k) {
+            let mut unkeyed = rule.clone();
+            unkeyed.key.clear();
+            assert_eq!(key, &format!("{:016x}", fnv1a64(&serde_json::to_vec(&unkeyed).unwrap())), "FNV of the JSON");
+        }
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let inputs: [&[u8]; LANES] = [b"abc", b"", b"a", b"a longer input"];
+        assert_eq!(fnv1a64_lanes(inputs), inputs.map(fnv1a64), "lanes hash each input alone");
     }
 
     /// Fields that serialise with a default value may be absent from the fixture: compare without them.

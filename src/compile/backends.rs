@@ -11,10 +11,15 @@ use std::net::IpAddr;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Services and EndpointSlices of a snapshot, indexed by namespace/name.
+/// Services of a snapshot with their EndpointSlices, indexed by namespace/name.
 pub struct Lookup<'a> {
-    services: HashMap<(&'a str, &'a str), &'a Service>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    services: HashMap<(&'a str, &'a str), Indexed<'a>>,
+}
+
+/// A Service and its EndpointSlices (sorted by name). Slices of a Service that does not exist are never read.
+struct Indexed<'a> {
+    svc: &'a Service,
+    slices: Vec<&'a EndpointSlice>,
 }
 
 impl<'a> Lookup<'a> {
@@ -22,19 +27,23 @@ impl<'a> Lookup<'a> {
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Lookup<'a> {
-        let mut l = Lookup { services: HashMap::new(), slices: HashMap::new() };
-        for s in services {
-            let m = &s.metadata;
-            l.services.insert((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")), s);
+        let services = services.into_iter();
+        let mut l = Lookup { services: HashMap::with_capacity(services.size_hint().0) };
+        for svc in services {
+            let m = &svc.metadata;
+            let key = (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""));
+            l.services.insert(key, Indexed { svc, slices: Vec::new() });
         }
         for s in slices {
             let m = &s.metadata;
             let Some(svc) = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-            l.slices.entry((m.namespace.as_deref().unwrap_or(""), svc.as_str())).or_default().push(s);
+            if let Some(e) = l.services.get_mut(&(m.namespace.as_deref().unwrap_or(""), svc.as_str())) {
+                e.slices.push(s);
+            }
         }
         // Deterministic order whatever the informer order was.
-        for v in l.slices.values_mut() {
-            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        for e in l.services.values_mut().filter(|e| e.slices.len() > 1) {
+            e.slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
         l
     }
@@ -49,42 +58,34 @@ pub struct GroupError {
     pub problem: String,
 }
 
-/// Ready endpoints `(address, port)` of one Service port.
-fn endpoints(svc: &Service, sp: &ServicePort, lookup: &Lookup) -> Vec<(String, u16)> {
-    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
-    let name = svc.metadata.name.as_deref().unwrap_or("");
-    let spec = svc.spec.as_ref();
-    let mut out: Vec<(String, u16)> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut push = |addr: String, port: i32| {
-        if let Ok(port) = u16::try_from(port) {
-            if port != 0 && seen.insert((addr.clone(), port)) {
-                out.push((addr, port));
-            }
-        }
-    };
+/// Ready endpoints `(address, port)` of one Service port, each once.
+fn endpoints(svc: &Indexed, sp: &ServicePort) -> Vec<(String, u16)> {
+    let spec = svc.svc.spec.as_ref();
+    let valid = |port: i32| u16::try_from(port).ok().filter(|p| *p != 0);
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         // Pure compiler: only IP literals (DNS names need the resolver of a later issue).
-        if let Some(ip) = spec.and_then(|s| s.external_name.as_deref()).and_then(|n| n.parse::<IpAddr>().ok()) {
-            push(ip.to_string(), sp.port);
-        }
-        return out;
+        let ip = spec.and_then(|s| s.external_name.as_deref()).and_then(|n| n.parse::<IpAddr>().ok());
+        return ip.zip(valid(sp.port)).map(|(ip, port)| (ip.to_string(), port)).into_iter().collect();
     }
     let sp_name = sp.name.as_deref().unwrap_or("");
     let target = match &sp.target_port {
         Some(IntOrString::Int(p)) => Some(*p),
         _ => None,
     };
-    for slice in lookup.slices.get(&(ns, name)).into_iter().flatten() {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let mut seen: HashSet<(&str, u16)> = HashSet::new();
+    for slice in &svc.slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
         let named = slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == sp_name);
-        let Some(port) = named.and_then(|p| p.port).or(target) else { continue };
+        let Some(port) = named.and_then(|p| p.port).or(target).and_then(valid) else { continue };
         for ep in &slice.endpoints {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if let (true, Some(addr)) = (ready, ep.addresses.first()) {
-                push(addr.clone(), port);
+                if seen.insert((addr, port)) {
+                    out.push((addr.clone(), port));
+                }
             }
         }
     }
@@ -138,7 +139,7 @@ pub fn resolve_with(
     let is_tcp = protocol == "TCP";
     let mut errs = Vec::new();
     // (weight, svc, ns, endpoints) per service.
-    let mut per_service = Vec::new();
+    let mut per_service = Vec::with_capacity(sg.services.len());
     for (i, s) in sg.services.iter().enumerate() {
         let ns = if s.namespace.is_empty() { default_ns } else { s.namespace.as_str() };
         let Some(svc) = lookup.services.get(&(ns, s.name.as_str())) else {
@@ -149,7 +150,7 @@ pub fn resolve_with(
             });
             continue;
         };
-        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+        let ports = svc.svc.spec.as_ref().and_then(|s| s.ports.as_ref());
         let sp = ports.into_iter().flatten().find(|p| {
             p.port == s.port
                 && match p.protocol.as_deref() {
@@ -166,11 +167,11 @@ pub fn resolve_with(
             continue;
         };
         let w = s.weight.unwrap_or(100).clamp(0, 100);
-        let eps = match cluster_ip.then(|| cluster_ip_endpoint(svc, sp)).flatten() {
+        let eps = match cluster_ip.then(|| cluster_ip_endpoint(svc.svc, sp)).flatten() {
             Some(ep) => vec![ep],
-            None => endpoints(svc, sp, lookup),
+            None => endpoints(svc, sp),
         };
-        per_service.push((w, s.name.clone(), ns.to_string(), eps));
+        per_service.push((w, &s.name, ns, eps));
     }
     if !errs.is_empty() {
         return Err(errs);
@@ -179,20 +180,28 @@ pub fn resolve_with(
         0 => 100,
         t => t,
     };
-    // Same address:port from several services collapse: the last one wins.
+    let single = per_service.len() == 1;
+    let mut backends = Vec::new();
+    // Same address:port from several services collapse: the last one wins. (The endpoints of one service are
+    // distinct already.)
     let mut by_addr: HashMap<(String, u16), Backend> = HashMap::new();
     for (w, svc, ns, eps) in per_service {
         let n = eps.len() as i64;
+        let mut weight = ((w as f64 * 100.0) / ((total * n) as f64) + 0.5).floor() as u32;
+        if w != 0 && weight == 0 {
+            weight = 1;
+        }
         for (address, port) in eps {
-            let mut weight = ((w as f64 * 100.0) / ((total * n) as f64) + 0.5).floor() as u32;
-            if w != 0 && weight == 0 {
-                weight = 1;
+            let b = Backend { address, port, weight, svc: svc.to_string(), ns: ns.to_string() };
+            if single {
+                backends.push(b);
+            } else {
+                by_addr.insert((b.address.clone(), port), b);
             }
-            let b = Backend { address: address.clone(), port, weight, svc: svc.clone(), ns: ns.clone() };
-            by_addr.insert((address, port), b);
         }
     }
-    let mut backends: Vec<Backend> = by_addr.into_values().collect();
+    backends.extend(by_addr.into_values());
+    // The keys are distinct (port and weight are numbers), so the order does not depend on the one above.
     backends.sort_by_cached_key(|b| format!("{}-{}-{}", b.address, b.port, b.weight));
     Ok(BackendGroup {
         name: group_name.to_string(),

@@ -51,9 +51,14 @@ pub fn validate(dslx: &[DslxTerm]) -> Vec<DslxError> {
 }
 
 fn validate_row(i: usize, j: usize, row: &[String]) -> Option<DslxError> {
-    let field = format!("spec.dslx[{i}].values[{j}]");
+    // Formatted only for a problem: most rows have none.
+    let field = || format!("spec.dslx[{i}].values[{j}]");
     let Some(op) = row.first() else {
-        return Some(DslxError { field, reason: "WrongArity", problem: "is empty (expected [OP, args...])".into() });
+        return Some(DslxError {
+            field: field(),
+            reason: "WrongArity",
+            problem: "is empty (expected [OP, args...])".into(),
+        });
     };
     let args = &row[1..];
     let (ok, want) = match op.as_str() {
@@ -63,7 +68,7 @@ fn validate_row(i: usize, j: usize, row: &[String]) -> Option<DslxError> {
         "IN" => (!args.is_empty(), "at least 1 argument"),
         _ => {
             return Some(DslxError {
-                field: format!("{field}[0]"),
+                field: format!("{}[0]", field()),
                 reason: "UnknownOperator",
                 problem: format!("has unknown operator {op:?} (expected one of {})", OPERATORS.join(", ")),
             })
@@ -71,7 +76,7 @@ fn validate_row(i: usize, j: usize, row: &[String]) -> Option<DslxError> {
     };
     if !ok {
         return Some(DslxError {
-            field,
+            field: field(),
             reason: "WrongArity",
             problem: format!("has {} argument(s) but {op} takes {want}", args.len()),
         });
@@ -80,7 +85,7 @@ fn validate_row(i: usize, j: usize, row: &[String]) -> Option<DslxError> {
         "REGEX" => {
             if let Err(e) = compile_regex(&args[0]) {
                 return Some(DslxError {
-                    field: format!("{field}[1]"),
+                    field: format!("{}[1]", field()),
                     reason: "InvalidRegex",
                     problem: format!("{:?} is not a valid PCRE regular expression: {e}", args[0]),
                 });
@@ -88,7 +93,7 @@ fn validate_row(i: usize, j: usize, row: &[String]) -> Option<DslxError> {
         }
         "RANGE" => {
             if let Err(why) = check_range(&args[0], &args[1]) {
-                return Some(DslxError { field, reason: "InvalidRange", problem: why });
+                return Some(DslxError { field: field(), reason: "InvalidRange", problem: why });
             }
         }
         _ => {}
@@ -160,22 +165,22 @@ fn check_range(lo: &str, hi: &str) -> Result<(), String> {
     }
 }
 
-/// Leaf `[OP, MATCHER, (key), args...]` of one row.
-fn leaf(term: &DslxTerm, row: &[String]) -> Vec<String> {
+/// Leaf `[OP, MATCHER, (key), args...]` of one row (non-empty).
+fn leaf(term: &DslxTerm, row: &[String]) -> Value {
+    let Some((op, args)) = row.split_first() else { return Value::Array(Vec::new()) };
     let mut v = Vec::with_capacity(row.len() + 2);
-    v.push(row[0].clone());
-    v.push(term.kind.clone());
+    v.push(Value::String(op.clone()));
+    v.push(Value::String(term.kind.clone()));
     if is_dual(&term.kind) {
-        v.push(term.key.clone().unwrap_or_default());
+        v.push(Value::String(term.key.clone().unwrap_or_default()));
     }
-    v.extend(row[1..].iter().cloned());
-    v
+    v.extend(args.iter().map(|a| Value::String(a.clone())));
+    Value::Array(v)
 }
 
 /// Expression of one non-empty term: leaf, or `["OR", leaves...]`.
 fn term_expr(term: &DslxTerm) -> Value {
-    let mut leaves: Vec<Value> =
-        term.values.iter().filter(|r| !r.is_empty()).map(|r| Value::from(leaf(term, r))).collect();
+    let mut leaves: Vec<Value> = term.values.iter().filter(|r| !r.is_empty()).map(|r| leaf(term, r)).collect();
     if leaves.len() == 1 {
         leaves.pop().unwrap_or_default()
     } else {
@@ -204,6 +209,7 @@ pub fn to_match(dslx: &[DslxTerm]) -> Value {
 }
 
 /// The original ALB's `internal_dsl`: as `to_match` but a single expression is wrapped in a one-element list.
+#[cfg(test)]
 pub fn to_internal_dsl(dslx: &[DslxTerm]) -> Value {
     let live = live_terms(dslx).count();
     match live {
@@ -213,21 +219,33 @@ pub fn to_internal_dsl(dslx: &[DslxTerm]) -> Value {
     }
 }
 
+/// `go_json_len(&to_internal_dsl(dslx))` (the ordering key) from `matcher`, the dslx's [`to_match`], without
+/// building the `internal_dsl` again: `[]`, `[matcher]` or `matcher` itself.
+pub fn internal_dsl_len(dslx: &[DslxTerm], matcher: &Value) -> usize {
+    match live_terms(dslx).count() {
+        0 => 2,
+        1 => 2 + go_json_len(matcher),
+        _ => go_json_len(matcher),
+    }
+}
+
 /// Length in bytes of Go's `json.Marshal` of a value made of arrays and strings
 /// (`<`, `>`, `&`, U+2028, U+2029 and control characters escaped as `\uXXXX`).
 pub fn go_json_len(v: &Value) -> usize {
     match v {
         Value::Array(items) => 2 + items.iter().map(go_json_len).sum::<usize>() + items.len().saturating_sub(1),
         Value::String(s) => {
-            2 + s
-                .chars()
-                .map(|c| match c {
-                    '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-                    '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => 6,
-                    c if (c as u32) < 0x20 => 6,
-                    c => c.len_utf8(),
+            // Bytes as they are, plus what Go's escaping adds; U+2028 and U+2029 (3 bytes) become 6.
+            let extra: usize = s
+                .bytes()
+                .map(|b| match b {
+                    b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                    b'<' | b'>' | b'&' | 0..=0x1f => 5,
+                    _ => 0,
                 })
-                .sum::<usize>()
+                .sum();
+            let separators = if s.is_ascii() { 0 } else { s.matches(['\u{2028}', '\u{2029}']).count() };
+            2 + s.len() + extra + 3 * separators
         }
         // Not produced by the conversion; fall back to serde's encoding.
         other => other.to_string().len(),
@@ -423,5 +441,20 @@ mod tests {
         assert_eq!(go_json_len(&json!("a\"\\\n\u{1}é")), 2 + 1 + 2 + 2 + 2 + 6 + 2);
         assert_eq!(go_json_len(&json!(["a", "b"])), "[\"a\",\"b\"]".len());
         assert_eq!(go_json_len(&json!([])), 2);
+        assert_eq!(go_json_len(&json!("a\u{2028}b\u{2029}\u{7f}\u{1f}")), 2 + 1 + 6 + 1 + 6 + 1 + 6);
+    }
+
+    #[test]
+    fn internal_dsl_len_is_the_length_of_internal_dsl() {
+        for d in [
+            json!([]),
+            json!([{"type": "HOST", "values": []}]),
+            json!([{"type": "URL", "values": [["STARTS_WITH", "/<a>"]]}]),
+            json!([{"type": "URL", "values": [["EQ", "/a"], ["EQ", "/b"]]}, {"type": "HOST", "values": []}]),
+            json!([{"type": "URL", "values": [["EQ", "/a"]]}, {"type": "HEADER", "key": "k", "values": [["IN", "1", "2"]]}]),
+        ] {
+            let d = dslx(d);
+            assert_eq!(internal_dsl_len(&d, &to_match(&d)), go_json_len(&to_internal_dsl(&d)), "{d:?}");
+        }
     }
 }

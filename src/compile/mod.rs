@@ -173,30 +173,48 @@ fn default_dslx() -> Vec<crd::DslxTerm> {
     vec![crd::DslxTerm { kind: "URL".into(), key: None, values: vec![vec!["STARTS_WITH".into(), "/".into()]] }]
 }
 
+/// Accepted Frontends: (namespace, name) → port.
+type Accepted<'a> = HashMap<(&'a str, &'a str), u16>;
+
 struct Ctx<'a> {
     opts: &'a CompileOptions,
+    /// `alb2.<d>/name` (`selected`).
+    name_label: String,
+    /// The Rule annotation `alb2.<d>/service-upstream` (`add_group`).
+    service_upstream: String,
     lookup: Lookup<'a>,
     rejects: Vec<Reject>,
-    groups: BTreeMap<String, BackendGroup>,
-    /// Group name → `<Kind> <ns>/<name>` that produced it.
-    group_owner: HashMap<String, String>,
-    /// Port → rules with their sort keys.
-    ports: BTreeMap<u16, Vec<(SortKey, HttpRule)>>,
+    /// Backend groups by name, with what produced each (named in the rejection of a later duplicate).
+    groups: HashMap<String, (BackendGroup, GroupOwner<'a>)>,
+    /// Port → rules with their sort keys. Boxed: sorting and collecting move pointers, not whole rules.
+    ports: BTreeMap<u16, Vec<(SortKey<'a>, Box<HttpRule>)>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
     secrets: features::SecretIndex<'a>,
     /// Accepted tcp/udp Frontends.
     stream: Vec<crate::nginx::stream::StreamListener>,
     /// Accepted tcp/udp Frontends by namespace/name (Rules cannot attach to them).
-    stream_fts: BTreeSet<(String, String)>,
+    stream_fts: BTreeSet<(&'a str, &'a str)>,
     /// Ports of the accepted grpc Frontends (their rules' backend protocol is grpc or grpcs).
     grpc_ports: BTreeSet<u16>,
 }
 
-impl Ctx<'_> {
+/// The producer of a backend group: `<kind> <ns>/<name>` (kind `Rule`, `Frontend` or `error_pages of Rule`).
+struct GroupOwner<'a> {
+    kind: &'static str,
+    meta: &'a ObjectMeta,
+}
+
+impl fmt::Display for GroupOwner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, ns_of(self.meta), name_of(self.meta))
+    }
+}
+
+impl<'a> Ctx<'a> {
     fn selected(&self, meta: &ObjectMeta) -> bool {
         match &self.opts.alb_name {
             None => true,
-            Some(alb) => label(meta, &crd::label_name(&self.opts.domain)) == Some(alb.as_str()),
+            Some(alb) => label(meta, &self.name_label) == Some(alb.as_str()),
         }
     }
 
@@ -205,24 +223,22 @@ impl Ctx<'_> {
     }
 
     /// Resolve a service group into a named backend group; problems are reported against `kind`/`meta`.
-    fn add_group(&mut self, kind: &str, meta: &ObjectMeta, group: &str, sg: &crd::ServiceGroup) -> bool {
-        if let Some(owner) = self.group_owner.get(group) {
+    fn add_group(&mut self, kind: &'static str, meta: &'a ObjectMeta, group: &str, sg: &crd::ServiceGroup) -> bool {
+        if let Some((_, owner)) = self.groups.get(group) {
             let problem = format!("gives backend group {group:?}, already used by {owner}");
             self.reject(kind, meta, "metadata.name".into(), "DuplicateBackendGroup", &problem);
             return false;
         }
         // Ingress `service-upstream` (src/ingress/balance.rs): ClusterIP instead of endpoints.
-        let key = backends::service_upstream_annotation(&self.opts.domain);
-        let cluster_ip =
-            kind == "Rule" && meta.annotations.as_ref().and_then(|a| a.get(&key)).is_some_and(|v| v == "true");
+        let cluster_ip = kind == "Rule"
+            && meta.annotations.as_ref().and_then(|a| a.get(&self.service_upstream)).is_some_and(|v| v == "true");
         let resolved = match cluster_ip {
             true => backends::resolve_with(group, sg, ns_of(meta), &self.lookup, "TCP", true),
             false => backends::resolve(group, sg, ns_of(meta), &self.lookup),
         };
         match resolved {
             Ok(g) => {
-                self.groups.insert(group.to_string(), g);
-                self.group_owner.insert(group.to_string(), format!("{kind} {}/{}", ns_of(meta), name_of(meta)));
+                self.groups.insert(group.to_string(), (g, GroupOwner { kind, meta }));
                 true
             }
             Err(errs) => {
@@ -236,15 +252,14 @@ impl Ctx<'_> {
 
     /// The backend group of a Rule's `config.error_pages.service` (shared by the Rules naming the same Service
     /// port); `None` (reported on the Rule) when the Service or port does not exist.
-    fn error_group(&mut self, meta: &ObjectMeta, svc: &crate::policy::config::ErrorService) -> Option<String> {
+    fn error_group(&mut self, meta: &'a ObjectMeta, svc: &crate::policy::config::ErrorService) -> Option<String> {
         let name = backends::error_group_name(svc);
         if self.groups.contains_key(&name) {
             return Some(name);
         }
         match backends::resolve_error_service(svc, &self.lookup) {
             Ok(g) => {
-                self.groups.insert(name.clone(), g);
-                self.group_owner.insert(name.clone(), format!("error_pages of Rule {}/{}", ns_of(meta), name_of(meta)));
+                self.groups.insert(name.clone(), (g, GroupOwner { kind: "error_pages of Rule", meta }));
                 Some(name)
             }
             Err(errs) => {
@@ -258,7 +273,7 @@ impl Ctx<'_> {
     }
 
     /// Accepted Frontends (namespace, name) → port.
-    fn frontends(&mut self, snapshot: &Snapshot, listeners: &mut Vec<Listener>) -> HashMap<(String, String), u16> {
+    fn frontends(&mut self, snapshot: &'a Snapshot, listeners: &mut Vec<Listener>) -> Accepted<'a> {
         let mut fts: Vec<&Frontend> =
             snapshot.frontends.iter().map(|f| &**f).filter(|f| self.selected(&f.metadata)).collect();
         fts.sort_by(|a, b| (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata))));
@@ -296,7 +311,7 @@ impl Ctx<'_> {
                 protocol: proto,
                 tls,
             });
-            accepted.insert((ns_of(meta).to_string(), name_of(meta).to_string()), port);
+            accepted.insert((ns_of(meta), name_of(meta)), port);
             self.ports.entry(port).or_default();
             self.default_rule(ft, port, proto);
         }
@@ -305,7 +320,7 @@ impl Ctx<'_> {
     }
 
     /// A tcp/udp Frontend: its listener with the resolved service group (`stream.rs`).
-    fn stream_frontend(&mut self, ft: &Frontend, port: u16, proto: Protocol) {
+    fn stream_frontend(&mut self, ft: &'a Frontend, port: u16, proto: Protocol) {
         use crate::nginx::stream::StreamProto;
         let meta = &ft.metadata;
         let sproto = if proto == Protocol::Udp { StreamProto::Udp } else { StreamProto::Tcp };
@@ -317,7 +332,7 @@ impl Ctx<'_> {
                     self.reject("Frontend", meta, e.field, e.reason, &e.problem);
                 }
                 self.stream.push(l);
-                self.stream_fts.insert((ns_of(meta).to_string(), name_of(meta).to_string()));
+                self.stream_fts.insert((ns_of(meta), name_of(meta)));
             }
             Err(errs) => {
                 for e in errs {
@@ -328,7 +343,7 @@ impl Ctx<'_> {
     }
 
     /// The Frontend's default backend as the port's catch-all rule.
-    fn default_rule(&mut self, ft: &Frontend, port: u16, proto: Protocol) {
+    fn default_rule(&mut self, ft: &'a Frontend, port: u16, proto: Protocol) {
         let Some(sg) = ft.spec.service_group.as_ref().filter(|sg| !sg.services.is_empty()) else { return };
         let meta = &ft.metadata;
         let prefix = self.opts.alb_name.as_deref().unwrap_or(name_of(meta));
@@ -337,12 +352,13 @@ impl Ctx<'_> {
             return;
         }
         let d = default_dslx();
+        let matcher = dslx::to_match(&d);
         let key = SortKey {
             priority: DEFAULT_RULE_PRIORITY,
             complexity: DEFAULT_RULE_COMPLEXITY,
-            dsl_len: dslx::go_json_len(&dslx::to_internal_dsl(&d)),
-            name: name_of(meta).into(),
-            namespace: ns_of(meta).into(),
+            dsl_len: dslx::internal_dsl_len(&d, &matcher),
+            name: name_of(meta),
+            namespace: ns_of(meta),
         };
         let (config, errs) = features::frontend_config(ft, &self.secrets);
         for e in errs {
@@ -357,45 +373,43 @@ impl Ctx<'_> {
                 namespace: ns_of(meta).into(),
                 name: name_of(meta).into(),
             },
-            matcher: dslx::to_match(&d),
+            matcher,
             index: index::derive(&d),
             upstream: Some(group),
             backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
             config,
             key: String::new(),
         };
-        self.ports.entry(port).or_default().push((key, rule));
+        self.ports.entry(port).or_default().push((key, Box::new(rule)));
     }
 
-    fn rules(
-        &mut self,
-        snapshot: &Snapshot,
-        accepted: &HashMap<(String, String), u16>,
-        known: &BTreeSet<(String, String)>,
-    ) {
+    fn rules(&mut self, snapshot: &'a Snapshot, accepted: &Accepted<'a>, known: &BTreeSet<(&str, &str)>) {
         let ft_label = crd::label_frontend(&self.opts.domain);
-        let mut rules: Vec<&Rule> =
-            snapshot.rules.iter().map(|r| &**r).filter(|r| self.selected(&r.metadata)).collect();
-        rules.sort_by(|a, b| {
-            (ns_of(&a.metadata), name_of(&a.metadata)).cmp(&(ns_of(&b.metadata), name_of(&b.metadata)))
-        });
-        for rl in rules {
+        // By namespace/name; the keys and the Frontend label are read in the order of the snapshot (sorting then
+        // does not chase each Rule's metadata again).
+        let mut rules: Vec<(&str, &str, Option<&str>, &Rule)> = snapshot
+            .rules
+            .iter()
+            .filter(|r| self.selected(&r.metadata))
+            .map(|r| (ns_of(&r.metadata), name_of(&r.metadata), label(&r.metadata, &ft_label), &**r))
+            .collect();
+        rules.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (ns, name, ft, rl) in rules {
             let meta = &rl.metadata;
-            let (ns, name) = (ns_of(meta), name_of(meta));
-            let Some(ft) = label(meta, &ft_label) else {
+            let Some(ft) = ft else {
                 let problem = format!("has no {ft_label} label naming its Frontend");
                 self.reject("Rule", meta, "metadata.labels".into(), "UnknownFrontend", &problem);
                 continue;
             };
-            if self.stream_fts.contains(&(ns.to_string(), ft.to_string())) {
+            if self.stream_fts.contains(&(ns, ft)) {
                 let problem = format!(
                     "{ft_label}={ft} names the tcp/udp Frontend {ns}/{ft}: L4 Frontends route to their serviceGroup only"
                 );
                 self.reject("Rule", meta, "metadata.labels".into(), "UnsupportedProtocol", &problem);
                 continue;
             }
-            let Some(&port) = accepted.get(&(ns.to_string(), ft.to_string())) else {
-                let why = if known.contains(&(ns.to_string(), ft.to_string())) {
+            let Some(&port) = accepted.get(&(ns, ft)) else {
+                let why = if known.contains(&(ns, ft)) {
                     "which was not accepted (see its rejection)"
                 } else {
                     "which does not exist in this namespace"
@@ -433,12 +447,13 @@ impl Ctx<'_> {
             let source_kind =
                 rl.spec.source.as_ref().map(|s| s.kind.as_str()).filter(|k| !k.is_empty()).unwrap_or("rule");
             let complexity = dslx::complexity(terms);
+            let matcher = dslx::to_match(terms);
             let key = SortKey {
                 priority: rl.spec.priority,
                 complexity,
-                dsl_len: dslx::go_json_len(&dslx::to_internal_dsl(terms)),
-                name: name.into(),
-                namespace: ns.into(),
+                dsl_len: dslx::internal_dsl_len(terms, &matcher),
+                name,
+                namespace: ns,
             };
             let frontend = snapshot
                 .frontends
@@ -461,14 +476,14 @@ impl Ctx<'_> {
                 priority: rl.spec.priority,
                 complexity,
                 source: Source { kind: source_kind.into(), namespace: ns.into(), name: name.into() },
-                matcher: dslx::to_match(terms),
+                matcher,
                 index: index::derive(terms),
                 upstream,
                 backend_protocol: self.backend_protocol("Rule", meta, &rl.spec.backend_protocol, port),
                 config,
                 key: String::new(),
             };
-            self.ports.entry(port).or_default().push((key, rule));
+            self.ports.entry(port).or_default().push((key, Box::new(rule)));
         }
     }
 }
@@ -497,7 +512,7 @@ impl Ctx<'_> {
                 entries
                     .iter()
                     .filter(|(_, r)| r.source.kind != "ft_default_router")
-                    .map(move |(k, _)| ((k.namespace.as_str(), k.name.as_str()), *p))
+                    .map(move |(k, _)| ((k.namespace, k.name), *p))
             })
             .collect();
         let mut rules: Vec<(&Rule, u16)> = snapshot
@@ -519,21 +534,22 @@ impl Ctx<'_> {
 pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut ctx = Ctx {
         opts,
+        name_label: crd::label_name(&opts.domain),
+        service_upstream: backends::service_upstream_annotation(&opts.domain),
         lookup: Lookup::new(snapshot.services.iter().map(|s| &**s), snapshot.endpoint_slices.iter().map(|s| &**s)),
         rejects: Vec::new(),
-        groups: BTreeMap::new(),
-        group_owner: HashMap::new(),
+        groups: HashMap::new(),
         ports: BTreeMap::new(),
         secrets: features::SecretIndex::new(snapshot.secrets.iter().map(|s| &**s)),
         stream: Vec::new(),
         stream_fts: BTreeSet::new(),
         grpc_ports: BTreeSet::new(),
     };
-    let known: BTreeSet<(String, String)> = snapshot
+    let known: BTreeSet<(&str, &str)> = snapshot
         .frontends
         .iter()
         .filter(|f| ctx.selected(&f.metadata))
-        .map(|f| (ns_of(&f.metadata).to_string(), name_of(&f.metadata).to_string()))
+        .map(|f| (ns_of(&f.metadata), name_of(&f.metadata)))
         .collect();
     let mut listeners = Vec::new();
     let accepted = ctx.frontends(snapshot, &mut listeners);
@@ -545,13 +561,13 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     let mut http = BTreeMap::new();
     for (port, mut entries) in std::mem::take(&mut ctx.ports) {
         order::sort(&mut entries);
-        http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| r).collect() });
+        http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| *r).collect() });
     }
     let mut policy = Policy {
         version: POLICY_VERSION,
         generation: opts.generation,
         http,
-        backend_groups: ctx.groups.into_values().collect(),
+        backend_groups: sorted_groups(ctx.groups),
         certificates,
     };
     dedupe_groups(&mut policy);
@@ -561,45 +577,56 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     Compiled { policy, listeners, rejects: ctx.rejects, stream, certificates_change_at: cert_map.next_change }
 }
 
+/// The backend groups by name (names are distinct).
+fn sorted_groups(groups: HashMap<String, (BackendGroup, GroupOwner)>) -> Vec<BackendGroup> {
+    let mut v: Vec<BackendGroup> = groups.into_values().map(|(g, _)| g).collect();
+    v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
 /// Rules whose backends are the same (same endpoints, weights and affinity) share one group: with many rules
 /// over few Services this keeps the policy small and the per-worker balancer build cheap. The group keeps the
 /// smallest name among those that had this content; rules are pointed at it.
 fn dedupe_groups(policy: &mut Policy) {
-    let mut canonical: HashMap<String, String> = HashMap::new(); // content -> name
-    let mut rename: HashMap<String, String> = HashMap::new(); // dropped name -> kept name
-                                                              // backend_groups come sorted by name, so the first of a content is the smallest name.
-    policy.backend_groups.retain(|g| {
-        let content =
-            serde_json::to_string(&(&g.mode, &g.session_affinity_policy, &g.session_affinity_attribute, &g.backends))
-                .unwrap_or_default();
+    // backend_groups come sorted by name, so the first of a content is the smallest name.
+    let groups = &policy.backend_groups;
+    let mut canonical: HashMap<GroupContent, &str> = HashMap::with_capacity(groups.len());
+    let mut rename: HashMap<&str, &str> = HashMap::new(); // dropped name -> kept name
+    let mut keep = Vec::with_capacity(groups.len());
+    for g in groups {
+        let content = (&*g.mode, &*g.session_affinity_policy, &*g.session_affinity_attribute, &*g.backends);
         match canonical.get(&content) {
             Some(kept) if !g.backends.is_empty() => {
-                rename.insert(g.name.clone(), kept.clone());
-                false
+                rename.insert(&g.name, kept);
+                keep.push(false);
             }
             _ => {
-                canonical.entry(content).or_insert_with(|| g.name.clone());
-                true
+                canonical.entry(content).or_insert(&g.name);
+                keep.push(true);
             }
         }
-    });
+    }
     if rename.is_empty() {
         return;
     }
     for port in policy.http.values_mut() {
         for rule in &mut port.rules {
-            if let Some(kept) = rule.upstream.as_ref().and_then(|u| rename.get(u)) {
-                rule.upstream = Some(kept.clone());
-            }
             let ep = rule.config.error_pages.as_mut().and_then(|e| e.upstream.as_mut());
-            if let Some(u) = ep {
+            for u in rule.upstream.iter_mut().chain(ep) {
                 if let Some(kept) = rename.get(u.as_str()) {
-                    *u = kept.clone();
+                    u.clear();
+                    u.push_str(kept);
                 }
             }
         }
     }
+    let mut keep = keep.into_iter();
+    policy.backend_groups.retain(|_| keep.next().unwrap_or(true));
 }
+
+/// What makes two backend groups the same: mode, affinity and backends (structural equality is equality of
+/// their JSON: strings and numbers only).
+type GroupContent<'a> = (&'a str, &'a str, &'a str, &'a [crate::policy::Backend]);
 
 impl Ctx<'_> {
     /// The policy's `backend_protocol` of a Rule or Frontend default backend on `port`, lower-cased: `""`,

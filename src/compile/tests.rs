@@ -479,3 +479,36 @@ fn rules_with_the_same_backends_share_one_group() {
         assert!(names.contains(&g.as_str()), "rule {} points at a dropped group {g}", r.name);
     }
 }
+
+/// Groups with equal content share the smallest name; rules and error pages follow; empty groups stay apart.
+#[test]
+fn dedupe_groups_keeps_the_smallest_name() {
+    let be = |addr: &str| json!({"address": addr, "port": 80, "weight": 100, "svc": "s", "ns": "n"});
+    let group = |name: &str, backends: Value| {
+        json!({"name": name, "mode": "http", "session_affinity_policy": "", "session_affinity_attribute": "",
+               "backends": backends})
+    };
+    let rule = |name: &str, upstream: &str| {
+        json!({"name": name, "priority": 1, "complexity": 0, "source": {"type": "rule"}, "match": ["OR"],
+               "upstream": upstream, "config": {"error_pages": {"codes": [503], "upstream": upstream}}})
+    };
+    let mut p: Policy = serde_json::from_value(json!({
+        "version": 1,
+        "http": {"80": {"rules": [rule("r1", "b"), rule("r2", "c"), rule("r3", "e")]}},
+        "backend_groups": [group("a", json!([be("10.0.0.1")])), group("b", json!([be("10.0.0.1")])),
+                           group("c", json!([be("10.0.0.2")])), group("d", json!([])), group("e", json!([]))],
+    }))
+    .unwrap();
+    dedupe_groups(&mut p);
+    let names: Vec<&str> = p.backend_groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["a", "c", "d", "e"]);
+    let ups: Vec<(Option<&str>, Option<&str>)> = p.http["80"]
+        .rules
+        .iter()
+        .map(|r| {
+            let ep = r.config.error_pages.as_ref().and_then(|e| e.upstream.as_deref());
+            (r.upstream.as_deref(), ep)
+        })
+        .collect();
+    assert_eq!(ups, [(Some("a"), Some("a")), (Some("c"), Some("c")), (Some("e"), Some("e"))]);
+}
