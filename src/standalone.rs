@@ -113,6 +113,7 @@ pub fn snapshot_with_ingresses(
         namespaces: &objs.namespaces,
         services: &services,
         frontends: &ours,
+        canaries: &Default::default(),
     };
     let (frontends, rules, warnings) = crate::ingress::translate_all(cfg, &world);
     snap.frontends = others;

@@ -162,6 +162,7 @@ mod tests {
                 namespaces: &self.namespaces,
                 services: &self.services,
                 frontends: &self.frontends,
+                canaries: &Default::default(),
             };
             let inputs = Inputs::of(cfg, &["10.0.0.1".to_string()], &world);
             let rules: Vec<&Rule> = self.rules.iter().collect();

@@ -280,8 +280,14 @@ impl IngressSync {
         let frontends = cloned(&self.stores.frontends);
         // Rules are not copied: only each Ingress's own Rules are, below.
         let rules = self.stores.rules.state();
-        let world =
-            IngressWorld { ingresses: &ingresses, namespaces: &namespaces, services: &services, frontends: &frontends };
+        let canaries = ingress::CanaryIndex::default();
+        let world = IngressWorld {
+            ingresses: &ingresses,
+            namespaces: &namespaces,
+            services: &services,
+            frontends: &frontends,
+            canaries: &canaries,
+        };
 
         // Each Ingress's Rules, found through one index instead of a scan of every Rule per Ingress.
         let mut by_source: HashMap<(String, String), Vec<&Rule>> = HashMap::new();

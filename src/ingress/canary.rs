@@ -211,9 +211,10 @@ fn key_of(ing: &Ingress) -> (String, String) {
 /// The claimed, valid canary Ingresses, in namespace/name order.
 fn canaries<'w>(cfg: &AlbIngressConfig, world: &IngressWorld<'w>) -> Vec<(&'w Ingress, Canary)> {
     let mut out: Vec<(&Ingress, Canary)> = world
-        .ingresses
+        .canaries
+        .of(world.ingresses)
         .iter()
-        .filter(|i| i.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CANARY)))
+        .filter_map(|&n| world.ingresses.get(n))
         .filter(|i| claims(cfg, world, i))
         .filter_map(|i| match parse(&Annotations::new(i, &cfg.domain)) {
             Ok(Some(c)) => Some((i, c)),

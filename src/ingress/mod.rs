@@ -149,6 +149,31 @@ pub struct IngressWorld<'a> {
     pub services: &'a [Service],
     /// Existing Frontends of this ALB (Frontends of another namespace are ignored).
     pub frontends: &'a [Frontend],
+    /// Which of `ingresses` carry the canary annotation, found once for every Ingress translated with this world
+    /// (and its copies): `&CanaryIndex::default()` where a world is made.
+    pub canaries: &'a CanaryIndex,
+}
+
+/// The positions in [`IngressWorld::ingresses`] of the Ingresses with the canary annotation. Every main Ingress
+/// looks for the canaries of its paths: without the index that is a scan of every Ingress per Ingress.
+#[derive(Debug, Default)]
+pub struct CanaryIndex(std::sync::OnceLock<(usize, usize, Vec<usize>)>);
+
+impl CanaryIndex {
+    /// The canary positions of `ingresses` (computed once; computed afresh for another slice).
+    pub fn of<'s>(&'s self, ingresses: &[Ingress]) -> std::borrow::Cow<'s, [usize]> {
+        let id = (ingresses.as_ptr() as usize, ingresses.len());
+        let scan = || -> Vec<usize> {
+            let has = |i: &Ingress| i.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(canary::CANARY));
+            ingresses.iter().enumerate().filter(|(_, i)| has(i)).map(|(n, _)| n).collect()
+        };
+        let (ptr, len, found) = self.0.get_or_init(|| (id.0, id.1, scan()));
+        if (*ptr, *len) == id {
+            std::borrow::Cow::Borrowed(found)
+        } else {
+            std::borrow::Cow::Owned(scan())
+        }
+    }
 }
 
 /// Something of one Ingress that could not be translated; the rest of the Ingress still is.
@@ -166,5 +191,29 @@ impl fmt::Display for IngressWarning {
     /// `ingress ns/name: Reason: message`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ingress {}/{}: {}: {}", self.namespace, self.name, self.reason, self.message)
+    }
+}
+
+#[cfg(test)]
+mod canary_index_tests {
+    use super::testutil::{annotate, ingress};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canary_positions_are_found_once_per_slice() {
+        let spec = json!({"rules": []});
+        let ings = vec![
+            ingress("a", "main", spec.clone()),
+            annotate(ingress("a", "can", spec.clone()), canary::CANARY, "true"),
+            annotate(ingress("b", "other", spec.clone()), "example.com/team", "x"),
+            annotate(ingress("b", "can2", spec.clone()), canary::CANARY, "false"),
+        ];
+        let idx = CanaryIndex::default();
+        assert_eq!(&*idx.of(&ings), &[1, 3], "the annotation's presence, whatever its value (parse decides)");
+        assert!(matches!(idx.of(&ings), std::borrow::Cow::Borrowed(_)), "computed once");
+        let fewer = &ings[..2];
+        assert_eq!(&*idx.of(fewer), &[1], "another slice is scanned afresh");
+        assert_eq!(&*idx.of(&ings), &[1, 3]);
     }
 }
