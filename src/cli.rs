@@ -232,7 +232,7 @@ fn print_policy(
         eprintln!("rejected {r}");
     }
     // Private keys of the certificates stay out of the output.
-    let mut shown = compiled.policy.clone();
+    let mut shown = crate::policy::Policy::clone(&compiled.policy);
     for c in shown.certificates.values_mut() {
         c.key = "<redacted>".into();
     }

@@ -404,7 +404,7 @@ mod error_groups {
         let s = snapshot(vec![ep_rule("a", "/a", "web", svc.clone()), ep_rule("b", "/b", "web", svc)]);
         let c = compile(&s, &opts());
         assert!(c.rejects.is_empty(), "{:?}", c.rejects);
-        let p = serde_json::to_value(&c.policy).unwrap();
+        let p = serde_json::to_value(&*c.policy).unwrap();
         let groups: Vec<&str> =
             p["backend_groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
         assert_eq!(groups, vec!["a", "errors:default/errors:80"], "one error group; b's group deduplicated into a");
@@ -436,7 +436,7 @@ mod error_groups {
             ]
         );
         assert!(c.rejects[0].message.contains("default/nope"), "{}", c.rejects[0].message);
-        let p = serde_json::to_value(&c.policy).unwrap();
+        let p = serde_json::to_value(&*c.policy).unwrap();
         let rules = p["http"]["80"]["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 2);
         assert!(rules.iter().all(|r| r["config"] == json!({}) && r["upstream"].is_string()), "{rules:?}");
@@ -449,7 +449,7 @@ mod error_groups {
         let s =
             snapshot(vec![ep_rule("a", "/a", "errors", json!({"namespace": "default", "name": "errors", "port": 80}))]);
         let c = compile(&s, &opts());
-        let p = serde_json::to_value(&c.policy).unwrap();
+        let p = serde_json::to_value(&*c.policy).unwrap();
         assert_eq!(p["backend_groups"].as_array().unwrap().len(), 1);
         assert_eq!(p["backend_groups"][0]["name"], "a");
         assert_eq!(p["http"]["80"]["rules"][0]["config"]["error_pages"]["upstream"], "a");

@@ -141,7 +141,8 @@ impl fmt::Display for Reject {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
-    pub policy: Policy,
+    /// Shared with the pusher, which keeps the policy it last pushed as the base of the next delta.
+    pub policy: std::sync::Arc<Policy>,
     /// Sorted by port.
     pub listeners: Vec<Listener>,
     /// In the order found: Frontends first, then Rules, each by namespace/name.
@@ -574,7 +575,13 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
     policy.set_rule_keys();
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
-    Compiled { policy, listeners, rejects: ctx.rejects, stream, certificates_change_at: cert_map.next_change }
+    Compiled {
+        policy: std::sync::Arc::new(policy),
+        listeners,
+        rejects: ctx.rejects,
+        stream,
+        certificates_change_at: cert_map.next_change,
+    }
 }
 
 /// The backend groups by name (names are distinct).

@@ -61,7 +61,7 @@ fn compiles_a_port() {
             tls: false
         }]
     );
-    let mut p = serde_json::to_value(&c.policy).unwrap();
+    let mut p = serde_json::to_value(&*c.policy).unwrap();
     assert_eq!(p["version"], 1);
     assert_eq!(p["generation"], 7);
     // every rule has a content key, 16 hex digits (src/policy.rs rule_keys_follow_the_content checks them)

@@ -261,8 +261,9 @@ struct Applied {
     content: String,
     /// Digest of the bytes pushed (with their generation): what `/status` reports.
     sent: String,
-    /// The policy those bytes hold (with its generation): the base of the next delta.
-    policy: Policy,
+    /// The policy those bytes hold (its `generation` field may be another: deltas carry their own): the base
+    /// of the next delta, shared with the compiled result.
+    policy: std::sync::Arc<Policy>,
 }
 
 /// Pushes compiled policies to one data plane (shared by `alb standalone` and `alb controller`): numbers the
@@ -399,9 +400,7 @@ impl Pusher {
                 None => "whole".to_string(),
             }
         );
-        let mut policy = policy.clone();
-        policy.generation = generation;
-        self.applied = Some(Applied { content, sent, policy });
+        self.applied = Some(Applied { content, sent, policy: c.policy.clone() });
         Ok(true)
     }
 
