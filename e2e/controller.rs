@@ -526,6 +526,9 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/", "svc-a")]));
     wait_for("routed through the sidecar", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
     ctl.proc.wait_log("nginx reloaded: listeners changed", Duration::from_secs(1));
+    // A second Ingress: its Rule travels as a delta (the first one by key).
+    env.c.apply(&env.ingress_yaml(&env.ns, "two", Some(&env.alb), &[("/two", "svc-a")]));
+    wait_for("/two routed", Duration::from_secs(5), || routes_to(port, "/two", "a").then_some(()));
     let digest = |s: &serde_json::Value| s["stored"]["digest"].as_str().unwrap_or("").to_string();
     // The policy once the first controller has settled (the leader may still push after the first route works,
     // e.g. when its last writes come back through the watches): unchanged for 1 s.
@@ -541,6 +544,9 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
         before = now;
     }
     let pids = stable_pids(dp.runtime.path());
+    // The data plane holds a whole policy and deltas after it: the restarted controller reads that chain.
+    let held = dp.api("GET", "/policy", Some(&dp.token.clone()), b"");
+    assert!(held.header("X-ALB-Policy-Deltas").is_some(), "no delta since the last whole policy: {:?}", held.headers);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
