@@ -344,6 +344,9 @@ impl Pusher {
         let started = Instant::now();
         let bytes = with_generation(policy, unnumbered, generation);
         let want = digest(&bytes);
+        if let Some(m) = &self.metrics {
+            m.policy_size(bytes.len());
+        }
         let mut delta_bytes = None;
         if let Some(last) = &self.applied {
             if let Some(mut d) = PolicyDelta::between(&last.policy, policy, &last.sent, &want) {
