@@ -275,14 +275,22 @@ local function patch_policy()
     return json(200, { digest = d.digest, version = v, checked = res, delta = true })
 end
 
+-- the stored version and the version of the last policy stored whole (nil when nothing is stored)
+local function chain_head(dict)
+    local v = dict:get("version")
+    if not v then
+        return nil
+    end
+    return v, dict:get("full") or v
+end
+
 local function get_policy()
     local dict = ngx.shared[init.DICT]
     for _ = 1, 3 do
-        local v = dict:get("version")
+        local v, full = chain_head(dict)
         if not v then
             return fail(404, "no policy stored")
         end
-        local full = dict:get("full") or v
         local body = dict:get("body:" .. full)
         if body then
             ngx.header["X-ALB-Policy-Digest"] = dict:get("digest:" .. full)
@@ -299,11 +307,10 @@ end
 local function get_deltas()
     local dict = ngx.shared[init.DICT]
     for _ = 1, 3 do
-        local v = dict:get("version")
+        local v, full = chain_head(dict)
         if not v then
             return fail(404, "no policy stored")
         end
-        local full = dict:get("full") or v
         local base = dict:get("digest:" .. full)
         local out, whole = {}, base ~= nil
         for u = full + 1, v do
