@@ -514,13 +514,17 @@ fn policy_deltas_patch_what_the_workers_hold() {
     assert_eq!(r.status, 400, "{}", r.body);
     let r = patch(&json!({"version": 1, "base": d2, "digest": "nope"}));
     assert_eq!(r.status, 400, "{}", r.body);
+    for run in [json!([1, 5]), json!([0, 0]), json!([-1, 1]), json!([0, 1, 2])] {
+        let r = patch(&json!({"version": 1, "base": d2, "digest": hex(3), "http": {&ps: [run]}}));
+        assert_eq!(r.status, 400, "{run}: {}", r.body);
+    }
     assert_eq!(dp.status()["stored"]["digest"], d2.as_str());
     assert_eq!(get(port, "/two", &[]).backend(), "b");
 
     // groups: "a" now points at backend c, "b" goes (its rule with it), "n" is new with a rule of its own
     let d3 = hex(3);
     let r = patch(&json!({"version": 1, "generation": 3, "base": d2, "digest": d3,
-        "http": {&ps: ["k1", keyed("rn", "/new", "n", "kn"), "k3"]},
+        "http": {&ps: [[0, 1], keyed("rn", "/new", "n", "kn"), [2, 1]]},
         "backend_groups": [group("a", &[(&c, 1)]), group("n", &[(&b, 1)])],
         "backend_groups_removed": ["b"]}));
     assert_eq!(r.status, 200, "{}", r.body);

@@ -43,19 +43,34 @@ local function patch_http(old, d)
         return http
     end
     for port, list in pairs(d.http) do
-        local bykey = port_keys(old and old[port])
-        local rules = {}
+        local base = old and old[port]
+        base = base and base.rules or {}
+        local bykey -- built on the first key item (runs need no lookup)
+        local rules, n = {}, 0
         for i = 1, #list do
             local item = list[i]
             if type(item) == "string" then
+                bykey = bykey or port_keys(old and old[port])
                 local r = bykey[item]
                 if not r then
                     return nil, fmt("http[%q][%d]: key %s is not a rule of the base policy on port %s", port, i - 1,
                         item, port)
                 end
-                rules[i] = r
+                n = n + 1
+                rules[n] = r
+            elseif type(item[1]) == "number" then -- [first, count] of the base's rules, 0-based
+                local first, count = item[1], item[2]
+                if first + count > #base then
+                    return nil, fmt("http[%q][%d]: run [%d, %d] is not within the base policy's %d rules on port %s",
+                        port, i - 1, first, count, #base, port)
+                end
+                for j = first + 1, first + count do
+                    n = n + 1
+                    rules[n] = base[j]
+                end
             else
-                rules[i] = item
+                n = n + 1
+                rules[n] = item
             end
         end
         http[port] = { rules = rules }

@@ -206,6 +206,10 @@ local function check_rules(port, rules, routes, keys_allowed)
             if r == "" then
                 ok, err = nil, "a rule key must not be empty"
             end
+        elseif keys_allowed and type(r) == "table" and r[1] ~= nil then
+            if not (is_array(r) and #r == 2 and is_int(r[1]) and is_int(r[2]) and r[1] >= 0 and r[2] >= 1) then
+                ok, err = nil, "a run of the base's rules must be [first >= 0, count >= 1]"
+            end
         else
             local key = type(r) == "table" and r.key
             if not (known and type(key) == "string" and known[key]) then

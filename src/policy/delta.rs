@@ -37,6 +37,9 @@ pub struct PolicyDelta {
 pub enum RuleRef {
     /// The key of a rule the base has on the same port: that rule, unchanged.
     Key(String),
+    /// `[first, count]`: `count` consecutive rules of the base's same port from 0-based position `first`,
+    /// unchanged (what [`PolicyDelta::between`] writes: a 10,000-rule port with one rule changed is two runs).
+    Run([usize; 2]),
     /// A rule given whole.
     Rule(Box<HttpRule>),
 }
@@ -45,6 +48,8 @@ pub enum RuleRef {
 pub enum DeltaError {
     #[error("http port {port}: the base policy has no rule with key {key:?} on that port")]
     UnknownKey { port: String, key: String },
+    #[error("http port {port}: run [{first}, {count}] is not within the base policy's {len} rules on that port")]
+    BadRun { port: String, first: usize, count: usize, len: usize },
     #[error("{kind} {name:?} is both given and removed by the delta")]
     Conflict { kind: &'static str, name: String },
     #[error("backend group {name:?} appears twice ({place})")]
@@ -69,16 +74,23 @@ impl PolicyDelta {
             if base_rules == Some(next_port.rules.as_slice()) {
                 continue;
             }
-            let by_key = keyed(base_rules.unwrap_or_default());
-            let refs = next_port
-                .rules
-                .iter()
-                .map(|rule| match by_key.get(rule.key.as_str()) {
-                    // A key resolves to the first base rule with it: use it only if that is this very rule.
-                    Some(old) if *old == rule => RuleRef::Key(rule.key.clone()),
-                    _ => RuleRef::Rule(Box::new(rule.clone())),
-                })
-                .collect();
+            let base_rules = base_rules.unwrap_or_default();
+            let at = positions(base_rules);
+            let mut refs = Vec::new();
+            let mut run: Option<[usize; 2]> = None;
+            for rule in &next_port.rules {
+                // A key names the first base rule with it: use it only if that is this very rule.
+                let found = at.get(rule.key.as_str()).copied().filter(|&i| base_rules[i] == *rule);
+                match (found, run.as_mut()) {
+                    (Some(i), Some([first, count])) if *first + *count == i => *count += 1,
+                    (Some(i), _) => refs.extend(run.replace([i, 1]).map(RuleRef::Run)),
+                    (None, _) => {
+                        refs.extend(run.take().map(RuleRef::Run));
+                        refs.push(RuleRef::Rule(Box::new(rule.clone())));
+                    }
+                }
+            }
+            refs.extend(run.map(RuleRef::Run));
             http.insert(port.clone(), refs);
         }
         let http_removed = base.http.keys().filter(|p| !next.http.contains_key(*p)).cloned().collect();
@@ -131,17 +143,31 @@ impl PolicyDelta {
             .map(|(port, p)| (port.clone(), p.clone()))
             .collect();
         for (port, refs) in &self.http {
-            let by_key = keyed(base.http.get(port).map(|p| p.rules.as_slice()).unwrap_or_default());
-            let rules = refs
-                .iter()
-                .map(|r| match r {
-                    RuleRef::Rule(rule) => Ok(HttpRule::clone(rule)),
-                    RuleRef::Key(key) => by_key
-                        .get(key.as_str())
-                        .map(|old| (*old).clone())
-                        .ok_or_else(|| DeltaError::UnknownKey { port: port.clone(), key: key.clone() }),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let base_rules = base.http.get(port).map(|p| p.rules.as_slice()).unwrap_or_default();
+            let at = positions(base_rules);
+            let mut rules = Vec::new();
+            for r in refs {
+                match r {
+                    RuleRef::Rule(rule) => rules.push(HttpRule::clone(rule)),
+                    RuleRef::Key(key) => {
+                        let i = at
+                            .get(key.as_str())
+                            .ok_or_else(|| DeltaError::UnknownKey { port: port.clone(), key: key.clone() })?;
+                        rules.push(base_rules[*i].clone());
+                    }
+                    &RuleRef::Run([first, count]) => {
+                        let end = first.checked_add(count).filter(|_| count > 0);
+                        let run = end.and_then(|end| base_rules.get(first..end));
+                        let run = run.ok_or_else(|| DeltaError::BadRun {
+                            port: port.clone(),
+                            first,
+                            count,
+                            len: base_rules.len(),
+                        })?;
+                        rules.extend_from_slice(run);
+                    }
+                }
+            }
             http.insert(port.clone(), HttpPort { rules });
         }
 
@@ -189,11 +215,11 @@ impl PolicyDelta {
     }
 }
 
-/// The rules of one port by non-empty key (the first rule with a key, should a port hold a key twice).
-fn keyed(rules: &[HttpRule]) -> HashMap<&str, &HttpRule> {
+/// The positions of one port's rules by non-empty key (the first rule with a key, should a port hold a key twice).
+fn positions(rules: &[HttpRule]) -> HashMap<&str, usize> {
     let mut map = HashMap::with_capacity(rules.len());
-    for r in rules.iter().filter(|r| !r.key.is_empty()) {
-        map.entry(r.key.as_str()).or_insert(r);
+    for (i, r) in rules.iter().enumerate().filter(|(_, r)| !r.key.is_empty()) {
+        map.entry(r.key.as_str()).or_insert(i);
     }
     map
 }
@@ -253,18 +279,16 @@ mod tests {
         let d = round_trip(&basic, &next, "one upstream");
         assert_eq!(d.http.keys().collect::<Vec<_>>(), ["80"]);
         let items = &d.http["80"];
-        assert_eq!(items.len(), 6);
-        let whole: Vec<usize> = (0..6).filter(|i| matches!(items[*i], RuleRef::Rule(_))).collect();
-        assert_eq!(whole, [2], "{items:?}");
+        assert_eq!(basic.http["80"].rules.len(), 6);
+        assert!(matches!(items[..], [RuleRef::Run([0, 2]), RuleRef::Rule(_), RuleRef::Run([3, 3])]), "{items:?}");
         let json: Value = serde_json::to_value(&d).unwrap();
         let obj = json.as_object().unwrap();
         let mut fields: Vec<&str> = obj.keys().map(String::as_str).collect();
         fields.sort_unstable();
         assert_eq!(fields, ["base", "digest", "generation", "http", "version"]);
         let list = json["http"]["80"].as_array().unwrap();
-        assert!(list.iter().enumerate().all(|(i, v)| if i == 2 { v.is_object() } else { v.is_string() }), "{json}");
-        assert_eq!(list[0], Value::from(basic.http["80"].rules[0].key.clone()));
-        assert_eq!(list[2]["upstream"], "shop-web");
+        assert_eq!((&list[0], &list[2]), (&serde_json::json!([0, 2]), &serde_json::json!([3, 3])), "{json}");
+        assert_eq!(list[1]["upstream"], "shop-web");
 
         let d = round_trip(&basic, &basic, "no change");
         assert!(d.is_empty() && serde_json::to_value(&d).unwrap().as_object().unwrap().len() == 4, "{d:?}");
@@ -280,9 +304,12 @@ mod tests {
         let d = round_trip(&basic, &next, "add a rule");
         assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
         let d = round_trip(&basic, &edited(&basic, |p| _ = rules80(p).remove(3)), "remove a rule");
-        assert!(d.http["80"].iter().all(|r| matches!(r, RuleRef::Key(_))) && d.http["80"].len() == 5);
+        assert!(matches!(d.http["80"][..], [RuleRef::Run([0, 3]), RuleRef::Run([4, 2])]), "{:?}", d.http);
         let d = round_trip(&basic, &edited(&basic, |p| rules80(p).swap(0, 4)), "reorder");
-        assert!(d.http["80"].iter().all(|r| matches!(r, RuleRef::Key(_))));
+        assert!(matches!(
+            d.http["80"][..],
+            [RuleRef::Run([4, 1]), RuleRef::Run([1, 3]), RuleRef::Run([0, 1]), RuleRef::Run([5, 1])]
+        ));
         let next = edited(&basic, |p| _ = p.http.insert("8443".into(), p.http["80"].clone()));
         let d = round_trip(&basic, &next, "new port");
         assert!(d.http.keys().eq(["8443"]) && d.http["8443"].iter().all(|r| matches!(r, RuleRef::Rule(_))));
@@ -349,6 +376,15 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains("port 80") && msg.contains(key), "{msg}");
         }
+        let n = basic.http["80"].rules.len();
+        for (first, count) in [(0, n + 1), (n, 1), (2, 0), (usize::MAX, 2)] {
+            d.http.insert("80".into(), vec![RuleRef::Run([first, count])]);
+            let err = d.apply(&basic).unwrap_err();
+            assert_eq!(err, DeltaError::BadRun { port: "80".into(), first, count, len: n });
+        }
+        d.http.insert("80".into(), vec![RuleRef::Run([1, 2]), RuleRef::Key(basic.http["80"].rules[0].key.clone())]);
+        let rules = &basic.http["80"].rules;
+        assert_eq!(d.apply(&basic).unwrap().http["80"].rules, [rules[1].clone(), rules[2].clone(), rules[0].clone()]);
         d.http.insert("80".into(), vec![]);
         d.http_removed = vec!["80".into()];
         assert!(matches!(d.apply(&basic), Err(DeltaError::Conflict { .. })));
@@ -398,7 +434,8 @@ mod tests {
         let next = edited(&base, |p| p.http.get_mut("80").unwrap().rules[1234].upstream = Some("shop-web".into()));
         let d = round_trip(&base, &next, "2000 rules");
         let (delta_len, policy_len) = (serde_json::to_vec(&d).unwrap().len(), next.to_bytes().len());
-        assert!(delta_len * 4 < policy_len, "delta {delta_len} bytes, policy {policy_len}");
+        assert!(delta_len * 100 < policy_len, "delta {delta_len} bytes, policy {policy_len}");
+        assert!(matches!(d.http["80"][..], [RuleRef::Run([0, 1234]), RuleRef::Rule(_), RuleRef::Run([1235, 765])]));
         assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
     }
 }
