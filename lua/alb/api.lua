@@ -159,30 +159,36 @@ local function store(dict, body, digest, generation)
     return v
 end
 
-local function put_policy()
+-- The request body, decoded and checked by `validate` (schema.validate or schema.validate_delta, against the
+-- rules this worker compiled): body, doc, rules checked. On a bad body it answers the error and returns nil.
+local function read_checked(what, validate)
     local body, err = read_body()
-    if not body then
-        if err then
-            return fail(500, err)
-        end
-        return fail(400, "empty body")
+    if not body or body == "" then
+        fail(err and 500 or 400, err or "empty body")
+        return nil
     end
     if #body > _M.MAX_BODY then
-        return fail(413, "policy larger than 64 MiB")
-    end
-    if body == "" then
-        return fail(400, "empty body")
+        fail(413, what .. " larger than 64 MiB")
+        return nil
     end
     local ok, doc = pcall(cjson.decode, body)
     if not ok then
-        return fail(400, "invalid JSON: " .. tostring(doc))
+        fail(400, "invalid JSON: " .. tostring(doc))
+        return nil
     end
-    -- true and the number of rules checked, or nil and the reason
-    local valid, res = schema.validate(doc, init.state and init.state.routes)
+    local valid, res = validate(doc, init.state and init.state.routes)
     if not valid then
-        err = res
-        log(NOTICE, "alb: policy refused: ", err)
-        return fail(400, err)
+        log(NOTICE, "alb: ", what, " refused: ", res)
+        fail(400, res)
+        return nil
+    end
+    return body, doc, res
+end
+
+local function put_policy()
+    local body, doc, res = read_checked("policy", schema.validate)
+    if not body then
+        return
     end
     local digest = hex(ngx.sha1_bin(body))
     local generation = type(doc.generation) == "number" and doc.generation or 0
@@ -248,21 +254,9 @@ local function store_delta(dict, d, body)
 end
 
 local function patch_policy()
-    local body, err = read_body()
-    if not body or body == "" then
-        return fail(err and 500 or 400, err or "empty body")
-    end
-    if #body > _M.MAX_BODY then
-        return fail(413, "delta larger than 64 MiB")
-    end
-    local ok, d = pcall(cjson.decode, body)
-    if not ok then
-        return fail(400, "invalid JSON: " .. tostring(d))
-    end
-    local valid, res = schema.validate_delta(d, init.state and init.state.routes)
-    if not valid then
-        log(NOTICE, "alb: policy delta refused: ", res)
-        return fail(400, res)
+    local body, d, res = read_checked("policy delta", schema.validate_delta)
+    if not body then
+        return
     end
     local dict = ngx.shared[init.DICT]
     local v, status, msg = store_delta(dict, d, body)
