@@ -526,9 +526,12 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/", "svc-a")]));
     wait_for("routed through the sidecar", Duration::from_secs(5), || routes_to(port, "/", "a").then_some(()));
     ctl.proc.wait_log("nginx reloaded: listeners changed", Duration::from_secs(1));
-    // A second Ingress: its Rule travels as a delta (the first one by key).
-    env.c.apply(&env.ingress_yaml(&env.ns, "two", Some(&env.alb), &[("/two", "svc-a")]));
-    wait_for("/two routed", Duration::from_secs(5), || routes_to(port, "/two", "a").then_some(()));
+    // A second Ingress to a Service of its own: its Rule and group travel as a delta, the first Rule as a run
+    // (to svc-a as well, the two Rules could share one group named after either, and the first Rule change too).
+    let b = Backend::start("b");
+    env.service("svc-b", &b);
+    env.c.apply(&env.ingress_yaml(&env.ns, "two", Some(&env.alb), &[("/two", "svc-b")]));
+    wait_for("/two routed", Duration::from_secs(5), || routes_to(port, "/two", "b").then_some(()));
     let digest = |s: &serde_json::Value| s["stored"]["digest"].as_str().unwrap_or("").to_string();
     // The policy once the first controller has settled (the leader may still push after the first route works,
     // e.g. when its last writes come back through the watches): unchanged for 1 s.
