@@ -116,6 +116,14 @@ end
 -- The policy of version `v` as a decoded table: patched from what this worker holds when `v` is a delta of the
 -- chain after it, else decoded from the last whole policy and patched with every delta after that.
 -- Returns doc, touched (nil: decoded whole, rebuild everything; else what the deltas changed), err.
+local function decode(body, what)
+    local ok, res = pcall(cjson.decode, body)
+    if not ok or type(res) ~= "table" then
+        return nil, "cannot decode " .. what .. ": " .. tostring(res)
+    end
+    return res
+end
+
 local function load(dict, v)
     local full = dict:get("full")
     if not full or full > v then
@@ -130,22 +138,22 @@ local function load(dict, v)
         if not body then
             return nil, nil, "superseded"
         end
-        local ok, res = pcall(cjson.decode, body)
-        if not ok or type(res) ~= "table" then
-            return nil, nil, "cannot decode stored policy: " .. tostring(res)
+        local err
+        doc, err = decode(body, "stored policy")
+        if not doc then
+            return nil, nil, err
         end
-        doc, from = res, full + 1
+        from = full + 1
     end
     for u = from, v do
         local body = dict:get("delta:" .. u)
         if not body then
             return nil, nil, "superseded"
         end
-        local ok, d = pcall(cjson.decode, body)
-        if not ok or type(d) ~= "table" then
-            return nil, nil, "cannot decode stored delta " .. u .. ": " .. tostring(d)
+        local d, err = decode(body, "stored delta " .. u)
+        if not d then
+            return nil, nil, err
         end
-        local err
         doc, err = delta.patch(doc, d, touched)
         if not doc then
             return nil, nil, "delta " .. u .. ": " .. err
@@ -153,7 +161,6 @@ local function load(dict, v)
     end
     return doc, touched
 end
-_M.load = load
 
 --- apply the stored policy if it changed since this worker last applied one
 local function apply(premature)

@@ -6,12 +6,12 @@
 //! Conservative by design: besides the Ingress itself and its own Rules, the fingerprint covers its Namespace and
 //! **every** Service of its namespace (backends by port name, error-page Services of annotations), the ALB's
 //! settings and addresses, every Frontend, and every canary Ingress with the Services of its namespace (a main
-//! Ingress merges its canaries). A canary Ingress itself (its warnings depend on every main Ingress) is always
-//! planned, and so is everything when an object lacks a resourceVersion (never the case for objects read from
-//! the API server).
+//! Ingress merges its canaries; canaries are the Ingresses with the canary annotation, [`canary::marked`]). A
+//! canary Ingress itself (its warnings depend on every main Ingress) is always planned, and so is everything when
+//! an object lacks a resourceVersion (never the case for objects read from the API server).
 
 use crate::crd::Rule;
-use crate::ingress::{AlbIngressConfig, IngressWorld};
+use crate::ingress::{canary, AlbIngressConfig, IngressWorld};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::hash_map::DefaultHasher;
@@ -35,12 +35,6 @@ fn hash_of(v: impl Hash) -> u64 {
 fn version(m: &ObjectMeta) -> Option<u64> {
     let rv = m.resource_version.as_deref()?;
     Some(hash_of((m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), rv)))
-}
-
-/// Whether `ing` takes part in canary routing (any annotation key naming a canary): such an Ingress is always
-/// planned, and every main Ingress depends on it.
-fn is_canary(ing: &Ingress) -> bool {
-    ing.metadata.annotations.as_ref().is_some_and(|a| a.keys().any(|k| k.contains("canary")))
 }
 
 impl<'a> Inputs<'a> {
@@ -67,7 +61,8 @@ impl<'a> Inputs<'a> {
                 None => complete = false,
             }
         }
-        for ing in world.ingresses.iter().filter(|i| is_canary(i)) {
+        // the world's canary index, which the translation of every main Ingress reads too
+        for ing in world.canaries.of(world.ingresses).iter().filter_map(|&n| world.ingresses.get(n)) {
             let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
             match version(&ing.metadata) {
                 Some(v) => {
@@ -81,7 +76,7 @@ impl<'a> Inputs<'a> {
 
     /// The fingerprint of `ing` with its own Rules (in namespace/name order); never 0. `None`: always plan it.
     pub fn of_ingress(&self, ing: &Ingress, rules: &[&Rule]) -> Option<u64> {
-        if is_canary(ing) {
+        if canary::marked(ing) {
             return None;
         }
         let mut s = DefaultHasher::new();

@@ -204,6 +204,12 @@ fn paths(ing: &Ingress) -> Vec<(usize, usize, PathKey, &IngressBackend)> {
     out
 }
 
+/// Whether `ing` carries the canary annotation (whatever its value: [`parse`] decides). Only such Ingresses can
+/// be canaries, so only they change what another Ingress translates to.
+pub fn marked(ing: &Ingress) -> bool {
+    ing.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CANARY))
+}
+
 fn key_of(ing: &Ingress) -> (String, String) {
     (ing.metadata.namespace.clone().unwrap_or_default(), ing.metadata.name.clone().unwrap_or_default())
 }

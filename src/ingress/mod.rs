@@ -164,8 +164,7 @@ impl CanaryIndex {
     pub fn of<'s>(&'s self, ingresses: &[Ingress]) -> std::borrow::Cow<'s, [usize]> {
         let id = (ingresses.as_ptr() as usize, ingresses.len());
         let scan = || -> Vec<usize> {
-            let has = |i: &Ingress| i.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(canary::CANARY));
-            ingresses.iter().enumerate().filter(|(_, i)| has(i)).map(|(n, _)| n).collect()
+            ingresses.iter().enumerate().filter(|(_, i)| canary::marked(i)).map(|(n, _)| n).collect()
         };
         let (ptr, len, found) = self.0.get_or_init(|| (id.0, id.1, scan()));
         if (*ptr, *len) == id {
