@@ -547,6 +547,17 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
         before = now;
     }
     let pids = stable_pids(dp.runtime.path());
+    let rule_names = || {
+        let mut names: Vec<String> = ["web", "two"]
+            .iter()
+            .flat_map(|ing| env.rules_of(&env.ns, ing))
+            .map(|r| r["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let rules_before = rule_names();
+    assert_eq!(rules_before.len(), 2, "{rules_before:?}");
     // The data plane holds a whole policy and deltas after it: the restarted controller reads that chain.
     let held = dp.api("GET", "/policy", Some(&dp.token.clone()), b"");
     assert!(held.header("X-ALB-Policy-Deltas").is_some(), "no delta since the last whole policy: {:?}", held.headers);
@@ -575,8 +586,17 @@ fn sidecar_nginx_survives_a_controller_restart_without_failed_requests() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    assert_eq!(digest(&dp.status()), before, "same policy, same digest after the restart");
+    assert_eq!(
+        digest(&dp.status()),
+        before,
+        "same policy, same digest after the restart; first controller:\n{}\nsecond:\n{}",
+        ctl.proc.logs().join("\n"),
+        ctl2.proc.logs().join("\n")
+    );
     assert_eq!(stable_pids(dp.runtime.path()), pids, "nginx was not reloaded or restarted");
+    // The new leader found the Rules of the first: it neither made them again nor replaced them.
+    assert_eq!(rule_names(), rules_before, "{:?}", ctl2.proc.logs());
+    assert!(!ctl2.logged("created Rule"), "{:?}", ctl2.proc.logs());
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > 0 && failed == 0, "{ok} ok, {failed} failed");
     drop(ctl2);

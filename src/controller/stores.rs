@@ -251,20 +251,28 @@ impl Stores {
         );
     }
 
-    /// Waits until the stores the Ingress sync reads have been listed once (an empty Ingress store that was
-    /// never listed must not look like "every Ingress was deleted").
+    /// Waits until every store the Ingress sync reads has been listed once: an empty Ingress store that was
+    /// never listed must not look like "every Ingress was deleted", nor an unlisted Rule or Frontend store like
+    /// "this Ingress has no Rule yet" (a restarted leader would create every Rule a second time).
     pub async fn wait_ingress_inputs(&self) {
         wait_logged("Ingress", &self.ingresses).await;
         wait_logged("Namespace", &self.namespaces).await;
         wait_logged("IngressClass", &self.ingress_classes).await;
         wait_logged("Secret", &self.secrets).await;
         wait_logged("ALB2", &self.albs).await;
+        wait_logged("Frontend", &self.frontends).await;
+        wait_logged("Rule", &self.rules).await;
+        wait_logged("Service", &self.services).await;
         tracing::debug!(
-            "ingress caches synced: {} ingresses, {} namespaces, {} ingress classes, {} TLS secrets",
+            "ingress caches synced: {} ingresses, {} namespaces, {} ingress classes, {} TLS secrets, \
+             {} frontends, {} rules, {} services",
             self.ingresses.len(),
             self.namespaces.len(),
             self.ingress_classes.len(),
-            self.secrets.len()
+            self.secrets.len(),
+            self.frontends.len(),
+            self.rules.len(),
+            self.services.len()
         );
     }
 
