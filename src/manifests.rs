@@ -11,6 +11,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -27,7 +28,7 @@ impl std::fmt::Display for Problem {
 /// The objects `alb standalone` translates into Frontends/Rules (`src/ingress/`) before compiling.
 #[derive(Debug, Clone, Default)]
 pub struct IngressObjects {
-    pub ingresses: Vec<Ingress>,
+    pub ingresses: Vec<Arc<Ingress>>,
     /// Read so that they are not reported as unknown; the claim does not consult them (controlplane.md §2.1).
     pub ingress_classes: Vec<IngressClass>,
     /// For their `<d>/project` label.
@@ -175,7 +176,9 @@ fn typed(path: &Path, docs: Vec<Value>) -> (Snapshot, IngressObjects, Vec<Proble
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 serde_json::from_value(doc).map(|o: EndpointSlice| snap.endpoint_slices.push(o.into()))
             }
-            ("networking.k8s.io/v1", "Ingress") => serde_json::from_value(doc).map(|o| ing.ingresses.push(o)),
+            ("networking.k8s.io/v1", "Ingress") => {
+                serde_json::from_value(doc).map(|o: Ingress| ing.ingresses.push(Arc::new(o)))
+            }
             ("networking.k8s.io/v1", "IngressClass") => {
                 serde_json::from_value(doc).map(|o| ing.ingress_classes.push(o))
             }

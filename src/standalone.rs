@@ -15,7 +15,6 @@ use crate::nginx::process::Nginx;
 use crate::nginx::push::{PolicyClient, Pusher};
 use crate::nginx::render::{HttpListener, StreamListener};
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Service;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -105,13 +104,12 @@ pub fn snapshot_with_ingresses(
         only_alb
             .is_none_or(|alb| f.metadata.labels.as_ref().and_then(|l| l.get(&label)).map(String::as_str) == Some(alb))
     });
-    // The translation reads owned objects (the controller's Ingress sync shares its code).
-    let services: Vec<Service> = snap.services.iter().map(|s| (**s).clone()).collect();
+    // The translation reads owned Frontends (it adds to them); Ingresses and Services are shared.
     let ours: Vec<Frontend> = ours.iter().map(|f| (**f).clone()).collect();
     let world = IngressWorld {
         ingresses: &objs.ingresses,
         namespaces: &objs.namespaces,
-        services: &services,
+        services: &snap.services,
         frontends: &ours,
         canaries: &Default::default(),
     };

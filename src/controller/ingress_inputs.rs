@@ -152,10 +152,13 @@ mod tests {
 
         /// The fingerprints of both Ingresses (the first with its Rule).
         fn prints(&self, cfg: &AlbIngressConfig) -> (Option<u64>, Option<u64>) {
+            let shared = |v: &[Ingress]| v.iter().cloned().map(std::sync::Arc::new).collect::<Vec<_>>();
+            let (ingresses, services) =
+                (shared(&self.ingresses), self.services.iter().cloned().map(Into::into).collect::<Vec<_>>());
             let world = IngressWorld {
-                ingresses: &self.ingresses,
+                ingresses: &ingresses,
                 namespaces: &self.namespaces,
-                services: &self.services,
+                services: &services,
                 frontends: &self.frontends,
                 canaries: &Default::default(),
             };

@@ -6,7 +6,7 @@
 //! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
 
 use super::ingress_inputs::Inputs;
-use super::stores::{cloned, Stores};
+use super::stores::{cloned, shared, Stores};
 use super::ControllerArgs;
 use crate::crd::alb2::ALB2;
 use crate::crd::{self, Frontend, Rule};
@@ -19,7 +19,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -30,6 +30,10 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 const NAME_ATTEMPTS: u32 = 5;
 /// Ingresses whose writes (Frontends, Rules, Events, status) are in flight at once.
 const WRITE_CONCURRENCY: usize = 16;
+/// Ingresses planned in one pass at most. The plans (with the Rules they create) of 10,000 Ingresses held at once
+/// were a large part of the controller's peak memory; the others are planned by the next pass, which starts
+/// after the last Ingress this one planned (so Ingresses whose writes keep failing cannot starve the rest).
+const MAX_PLANNED: usize = 1000;
 
 /// What one Ingress's writes report besides the plan: its warnings, and its ports for `status.loadBalancer`.
 struct Reports {
@@ -158,18 +162,50 @@ pub fn alb_addresses(alb: &ALB2) -> Vec<String> {
 }
 
 /// The Ingress a generated Rule or Frontend came from (`spec.source`, else a Rule's source labels).
-fn source_of(
-    domain: &str,
-    source: Option<&crd::Source>,
-    labels: Option<&std::collections::BTreeMap<String, String>>,
-) -> Option<(String, String)> {
+fn source_of<'a>(
+    keys: &SourceLabels,
+    source: Option<&'a crd::Source>,
+    labels: Option<&'a std::collections::BTreeMap<String, String>>,
+) -> Option<(&'a str, &'a str)> {
     if let Some(s) = source.filter(|s| !s.kind.is_empty()) {
-        return (s.kind == SOURCE_TYPE).then(|| (s.namespace.clone(), s.name.clone()));
+        return (s.kind == SOURCE_TYPE).then_some((s.namespace.as_str(), s.name.as_str()));
     }
     let l = labels?;
-    (l.get(&crd::label_source_type(domain))?.as_str() == SOURCE_TYPE)
-        .then(|| Some((l.get(&crd::label_source_ns(domain))?.clone(), l.get(&crd::label_source_name(domain))?.clone())))
+    (l.get(&keys.kind)?.as_str() == SOURCE_TYPE)
+        .then(|| Some((l.get(&keys.ns)?.as_str(), l.get(&keys.name)?.as_str())))
         .flatten()
+}
+
+/// `ingresses` (in namespace/name order) from the first one after `cursor`, then from the start up to it.
+fn resume_after<'a>(
+    ingresses: &'a [Arc<Ingress>],
+    cursor: Option<&(String, String)>,
+) -> impl Iterator<Item = &'a Arc<Ingress>> {
+    let start =
+        cursor.map_or(0, |(ns, name)| ingresses.partition_point(|i| ingress_id(i) <= (ns.as_str(), name.as_str())));
+    ingresses[start..].iter().chain(&ingresses[..start])
+}
+
+/// (namespace, name) of an Ingress, borrowed.
+fn ingress_id(ing: &Ingress) -> (&str, &str) {
+    (ing.metadata.namespace.as_deref().unwrap_or_default(), ing.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// The label keys naming the source of a Rule, formatted once per pass (not once per Rule).
+struct SourceLabels {
+    kind: String,
+    ns: String,
+    name: String,
+}
+
+impl SourceLabels {
+    fn new(domain: &str) -> SourceLabels {
+        SourceLabels {
+            kind: crd::label_source_type(domain),
+            ns: crd::label_source_ns(domain),
+            name: crd::label_source_name(domain),
+        }
+    }
 }
 
 pub struct IngressSync {
@@ -185,6 +221,8 @@ pub struct IngressSync {
     /// Per Ingress: the [`Inputs`] fingerprint of its last sync that ended clean (written, reported, no error).
     /// A pass skips translating and planning an Ingress whose fingerprint is unchanged.
     clean: HashMap<(String, String), u64>,
+    /// The last Ingress the previous pass planned when it stopped at [`MAX_PLANNED`]: the next pass starts after it.
+    cursor: Option<(String, String)>,
     missing_alb_logged: bool,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -200,6 +238,7 @@ impl IngressSync {
             pending_since: None,
             reported: HashMap::new(),
             clean: HashMap::new(),
+            cursor: None,
             missing_alb_logged: false,
             metrics: None,
         }
@@ -274,9 +313,9 @@ impl IngressSync {
         self.missing_alb_logged = false;
         let cfg = alb_config(&self.args, &alb);
         let addresses = alb_addresses(&alb);
-        let ingresses = cloned(&self.stores.ingresses);
+        let ingresses = shared(&self.stores.ingresses);
         let namespaces = cloned(&self.stores.namespaces);
-        let services = cloned(&self.stores.services);
+        let services = shared(&self.stores.services);
         let frontends = cloned(&self.stores.frontends);
         // Rules are not copied: only each Ingress's own Rules are, below.
         let rules = self.stores.rules.state();
@@ -290,29 +329,31 @@ impl IngressSync {
         };
 
         // Each Ingress's Rules, found through one index instead of a scan of every Rule per Ingress.
-        let mut by_source: HashMap<(String, String), Vec<&Rule>> = HashMap::new();
+        let source_labels = SourceLabels::new(&cfg.domain);
+        let mut by_source: HashMap<(&str, &str), Vec<&Rule>> = HashMap::with_capacity(rules.len());
         for r in rules.iter().map(|r| &**r) {
-            if let Some(src) = source_of(&cfg.domain, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
                 by_source.entry(src).or_default().push(r);
             }
         }
-        let mut claimed = BTreeSet::new();
+        // (namespace, name) of every claimed Ingress, borrowed from the Ingresses of this pass
+        let mut claimed: HashSet<(&str, &str)> = HashSet::with_capacity(ingresses.len());
         let mut work = Vec::new();
         let inputs = Inputs::of(&cfg, &addresses, &world);
-        let mut unchanged = 0usize;
-        for ing in &ingresses {
+        let (mut unchanged, mut postponed) = (0usize, 0usize);
+        for ing in resume_after(&ingresses, self.cursor.as_ref()) {
             if !ingress::claims(&cfg, &world, ing) {
                 continue;
             }
+            claimed.insert(ingress_id(ing));
             let key = ns_name(&ing.metadata);
-            claimed.insert(key.clone());
             // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
             // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
             let keys = if short == key { vec![&key] } else { vec![&key, &short] };
             let mut mine: Vec<&Rule> = keys
                 .into_iter()
-                .flat_map(|k| by_source.get(k).into_iter().flatten())
+                .flat_map(|k| by_source.get(&(k.0.as_str(), k.1.as_str())).into_iter().flatten())
                 .filter(|r| ingress::plan::is_rule_of(&cfg, r, &key.0, &key.1))
                 .copied()
                 .collect();
@@ -323,16 +364,23 @@ impl IngressSync {
                 unchanged += 1;
                 continue;
             }
+            if work.len() >= MAX_PLANNED {
+                postponed += 1;
+                continue;
+            }
             let exp = ingress::expected(&cfg, &world, ing);
             let mine: Vec<Rule> = mine.into_iter().cloned().collect();
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
-            work.push((ing, key, reports, plan));
+            work.push((&**ing, key, reports, plan));
         }
+        self.cursor =
+            if postponed > 0 { work.last().map(|w: &(&Ingress, (String, String), _, _)| w.1.clone()) } else { None };
         if !work.is_empty() {
             tracing::info!(
-                "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync)",
+                "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync, \
+                 {postponed} left for the next pass)",
                 work.len(),
                 claimed.len()
             );
@@ -360,7 +408,7 @@ impl IngressSync {
         // The futures are made as the stream pulls them (a few KiB each, so not 10,000 at once).
         let calls = Writes { sync: this, cfg: &cfg, addresses: &addresses, work: work.into_iter() };
         let outcomes: Vec<Outcome> = futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY).collect().await;
-        let mut again = waiting_for_frontends;
+        let mut again = waiting_for_frontends || postponed > 0;
         let mut first_error = None;
         for o in outcomes {
             for w in o.written {
@@ -380,25 +428,26 @@ impl IngressSync {
                 first_error.get_or_insert(e);
             }
         }
-        self.reported.retain(|k, _| claimed.contains(k));
-        self.clean.retain(|k, _| claimed.contains(k));
+        let claims = |k: &(String, String)| claimed.contains(&(k.0.as_str(), k.1.as_str()));
+        self.reported.retain(|k, _| claims(k));
+        self.clean.retain(|k, _| claims(k));
 
         // Rules and Frontends of Ingresses that are gone or not claimed any more.
         let mut orphans = BTreeSet::new();
         for r in &rules {
-            if let Some(src) = source_of(&cfg.domain, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
                 orphans.insert(src);
             }
         }
         for f in &frontends {
-            if let Some(src) = source_of(&cfg.domain, f.spec.source.as_ref(), None) {
+            if let Some(src) = source_of(&source_labels, f.spec.source.as_ref(), None) {
                 orphans.insert(src);
             }
         }
         // Our addresses leave the status of Ingresses we do not serve (class switched away, project changed);
         // the entries of other controllers stay.
         for ing in &ingresses {
-            let key = ns_name(&ing.metadata);
+            let key = ingress_id(ing);
             if !claimed.contains(&key) {
                 if let Err(e) = self.remove_status(ing, &addresses).await {
                     tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
@@ -406,7 +455,7 @@ impl IngressSync {
                 }
             }
         }
-        for (ns, name) in orphans.difference(&claimed) {
+        for &(ns, name) in orphans.iter().filter(|k| !claimed.contains(*k)) {
             let theirs: Vec<Rule> =
                 rules.iter().filter(|r| ingress::plan::is_rule_of(&cfg, r, ns, name)).map(|r| (**r).clone()).collect();
             let plan = ingress::cleanup(&cfg, ns, name, &theirs, &frontends);
@@ -724,11 +773,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_resumes_after_the_last_ingress_planned() {
+        let ing = |ns: &str, name: &str| {
+            let mut i = Ingress::default();
+            i.metadata.namespace = Some(ns.into());
+            i.metadata.name = Some(name.into());
+            Arc::new(i)
+        };
+        let all = [ing("a", "x"), ing("a", "y"), ing("b", "x"), ing("c", "z")];
+        let order = |cursor: Option<(&str, &str)>| -> Vec<(String, String)> {
+            let cursor = cursor.map(|(ns, n)| (ns.to_string(), n.to_string()));
+            resume_after(&all, cursor.as_ref()).map(|i| ns_name(&i.metadata)).collect()
+        };
+        let keys = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        assert_eq!(order(None), keys(&[("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")]));
+        assert_eq!(order(Some(("a", "y"))), keys(&[("b", "x"), ("c", "z"), ("a", "x"), ("a", "y")]));
+        // the cursor's Ingress was deleted meanwhile: the next one after its place
+        assert_eq!(order(Some(("b", "a"))), keys(&[("b", "x"), ("c", "z"), ("a", "x"), ("a", "y")]));
+        assert_eq!(order(Some(("c", "z"))), keys(&[("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")]));
+    }
+
+    #[test]
     fn source_from_spec_or_labels() {
         let src = crd::Source { kind: "ingress".into(), namespace: "n".into(), name: "i".into() };
-        assert_eq!(source_of("cpaas.io", Some(&src), None), Some(("n".into(), "i".into())));
+        let keys = SourceLabels::new("cpaas.io");
+        assert_eq!(source_of(&keys, Some(&src), None), Some(("n", "i")));
         let other = crd::Source { kind: "gateway".into(), ..src.clone() };
-        assert_eq!(source_of("cpaas.io", Some(&other), None), None);
+        assert_eq!(source_of(&keys, Some(&other), None), None);
         let labels: std::collections::BTreeMap<String, String> = [
             ("alb2.cpaas.io/source-type", "ingress"),
             ("alb2.cpaas.io/source-ns", "n2"),
@@ -737,7 +810,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(source_of("cpaas.io", None, Some(&labels)), Some(("n2".into(), "i2".into())));
-        assert_eq!(source_of("cpaas.io", None, None), None);
+        assert_eq!(source_of(&keys, None, Some(&labels)), Some(("n2", "i2")));
+        assert_eq!(source_of(&keys, None, None), None);
     }
 }

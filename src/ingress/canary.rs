@@ -220,7 +220,7 @@ fn canaries<'w>(cfg: &AlbIngressConfig, world: &IngressWorld<'w>) -> Vec<(&'w In
         .canaries
         .of(world.ingresses)
         .iter()
-        .filter_map(|&n| world.ingresses.get(n))
+        .filter_map(|&n| world.ingresses.get(n).map(|i| &**i))
         .filter(|i| claims(cfg, world, i))
         .filter_map(|i| match parse(&Annotations::new(i, &cfg.domain)) {
             Ok(Some(c)) => Some((i, c)),

@@ -39,6 +39,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use claim::claims;
 pub use plan::{cleanup, plan, Plan};
@@ -141,12 +142,12 @@ impl Default for AlbIngressConfig {
 /// Everything the translation reads besides the Ingress itself.
 #[derive(Debug, Clone, Copy)]
 pub struct IngressWorld<'a> {
-    /// Every Ingress (used by [`translate_all`]).
-    pub ingresses: &'a [Ingress],
+    /// Every Ingress (used by [`translate_all`]); shared with the controller's store, not copied per pass.
+    pub ingresses: &'a [Arc<Ingress>],
     /// Namespaces, for their `<d>/project` label.
     pub namespaces: &'a [Namespace],
-    /// Services, to resolve backend ports given by name.
-    pub services: &'a [Service],
+    /// Services, to resolve backend ports given by name (shared with the store like `ingresses`).
+    pub services: &'a [Arc<Service>],
     /// Existing Frontends of this ALB (Frontends of another namespace are ignored).
     pub frontends: &'a [Frontend],
     /// Which of `ingresses` carry the canary annotation, found once for every Ingress translated with this world
@@ -161,7 +162,7 @@ pub struct CanaryIndex(std::sync::OnceLock<(usize, usize, Vec<usize>)>);
 
 impl CanaryIndex {
     /// The canary positions of `ingresses` (computed once; computed afresh for another slice).
-    pub fn of<'s>(&'s self, ingresses: &[Ingress]) -> std::borrow::Cow<'s, [usize]> {
+    pub fn of<'s>(&'s self, ingresses: &[Arc<Ingress>]) -> std::borrow::Cow<'s, [usize]> {
         let id = (ingresses.as_ptr() as usize, ingresses.len());
         let scan = || -> Vec<usize> {
             ingresses.iter().enumerate().filter(|(_, i)| canary::marked(i)).map(|(n, _)| n).collect()
@@ -207,7 +208,10 @@ mod canary_index_tests {
             annotate(ingress("a", "can", spec.clone()), canary::CANARY, "true"),
             annotate(ingress("b", "other", spec.clone()), "example.com/team", "x"),
             annotate(ingress("b", "can2", spec.clone()), canary::CANARY, "false"),
-        ];
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect::<Vec<_>>();
         let idx = CanaryIndex::default();
         assert_eq!(&*idx.of(&ings), &[1, 3], "the annotation's presence, whatever its value (parse decides)");
         assert!(matches!(idx.of(&ings), std::borrow::Cow::Borrowed(_)), "computed once");

@@ -64,9 +64,10 @@ pub struct World {
 impl World {
     pub fn world(&self) -> IngressWorld<'_> {
         IngressWorld {
-            ingresses: &self.ingresses,
+            // shared copies, as the controller's stores hand them out (leaked like the index below)
+            ingresses: Box::leak(self.ingresses.iter().cloned().map(std::sync::Arc::new).collect()),
             namespaces: &self.namespaces,
-            services: &self.services,
+            services: Box::leak(self.services.iter().cloned().map(std::sync::Arc::new).collect()),
             frontends: &self.frontends,
             // a fresh index per world: tests edit their objects between worlds (a leak of a few bytes per test)
             canaries: Box::leak(Box::default()),

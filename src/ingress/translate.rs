@@ -703,7 +703,7 @@ pub fn translate_all(
     let mut frontends: Vec<Frontend> = world.frontends.to_vec();
     let (mut rules, mut warnings) = (Vec::new(), Vec::new());
     let mut taken = BTreeSet::new();
-    let mut ings: Vec<&Ingress> = world.ingresses.iter().collect();
+    let mut ings: Vec<&Ingress> = world.ingresses.iter().map(|i| &**i).collect();
     ings.sort_by_key(|i| key_of(&i.metadata));
     for ing in ings {
         let w = IngressWorld { frontends: &frontends, ..*world };

@@ -405,7 +405,12 @@ impl<'a> Annotations<'a> {
 
     /// Everything the annotations give the Rule of rule `r`, path `p`, with the problems found. `services`:
     /// the Services known (for the `default-backend` port).
-    pub fn for_path(&self, r: usize, p: usize, services: &[Service]) -> (PathAnnotations, Vec<Invalid>) {
+    pub fn for_path(
+        &self,
+        r: usize,
+        p: usize,
+        services: &[std::sync::Arc<Service>],
+    ) -> (PathAnnotations, Vec<Invalid>) {
         let at = Some((r, p));
         let mut bad = Vec::new();
         let b = &mut bad;
@@ -738,7 +743,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// `custom-http-errors` + `default-backend` (a Service of the Ingress's namespace; its first port, else 80).
-    fn error_pages(&self, at: At, services: &[Service], b: &mut Vec<Invalid>) -> Option<ErrorPages> {
+    fn error_pages(&self, at: At, services: &[std::sync::Arc<Service>], b: &mut Vec<Invalid>) -> Option<ErrorPages> {
         let codes = Self::keep(self.typed(CUSTOM_HTTP_ERRORS, at, parse::error_codes), b);
         let service = Self::keep(self.typed(DEFAULT_BACKEND, at, |v| parse::same_namespace_ref(v, self.ns)), b);
         let Some(name) = service else {

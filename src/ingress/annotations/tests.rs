@@ -20,7 +20,7 @@ fn path_of(annos: &[(&str, &str)]) -> (PathAnnotations, Vec<Invalid>) {
     let ing = with(&pairs);
     let a = Annotations::new(&ing, "cpaas.io");
     let svc = service("ns", "errors", &[("http", 8080)]);
-    a.for_path(0, 0, &[svc])
+    a.for_path(0, 0, &[svc.into()])
 }
 
 fn keys(bad: &[Invalid]) -> Vec<String> {
