@@ -1,10 +1,10 @@
 //! Service group → backend group (controlplane.md §3.2, with EndpointSlices instead of Endpoints).
 
+use crate::compile::slice::EndpointSlice;
 use crate::crd::{ServiceGroup, ServiceRef};
 use crate::policy::config::ErrorService;
 use crate::policy::{Backend, BackendGroup};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

@@ -9,15 +9,16 @@ pub mod dslx;
 pub mod features;
 pub mod index;
 pub mod order;
+pub mod slice;
 pub mod stream;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use crate::compile::slice::EndpointSlice;
 use crate::crd::{self, Frontend, Rule};
 use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
 use backends::Lookup;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -6,12 +6,12 @@
 //! returns, so changes made during an outage apply within seconds of the API server's return.
 
 use super::ControllerArgs;
+use crate::compile::slice::EndpointSlice;
 use crate::compile::Snapshot;
 use crate::crd::alb2::ALB2;
 use crate::crd::{Frontend, Rule};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -33,6 +33,7 @@ pub struct Stores {
     /// Rules of this ALB (same selection).
     pub rules: Store<Rule>,
     pub services: Store<Service>,
+    /// Decoded into alb's own lean type ([`crate::compile::slice`]): only the fields the compiler reads.
     pub endpoint_slices: Store<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
     pub secrets: Store<Secret>,
@@ -63,6 +64,15 @@ fn trim<K: Resource>(kind: &str, obj: &mut K) {
         if let Some(a) = meta.annotations.as_mut() {
             a.remove(LAST_APPLIED);
         }
+    }
+    if kind == "EndpointSlice" {
+        // Of a slice's metadata the compiler reads its name, namespace and Service label (the other labels are
+        // often copies of the Service's, one map per slice).
+        if let Some(l) = meta.labels.as_mut() {
+            l.retain(|k, _| k == crate::compile::backends::SERVICE_NAME_LABEL);
+        }
+        meta.annotations = None;
+        meta.owner_references = None;
     }
 }
 
