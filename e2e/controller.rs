@@ -308,6 +308,20 @@ fn ingress_becomes_rules_routes_edits_without_reload_and_deletes() {
     let (status, _, reason) = get_at("127.0.0.1", port, "/a/x").unwrap();
     assert_eq!((status, reason.as_str()), (404, "InvalidUpstream : no rule match"));
     assert_eq!(ctl.pids(), pids, "rule changes do not reload nginx");
+    // Synced again (a new generation): the first Event of "web" counts two, no second Event is made.
+    let synced = wait_for("one Synced Event of web counting 2", Duration::from_secs(5), || {
+        let ev = env.c.get_json(&["events.v1.events.k8s.io", "-n", &env.ns]);
+        let of_web: Vec<serde_json::Value> = ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "Synced" && e["regarding"]["name"] == "web")
+            .cloned()
+            .collect();
+        (of_web.iter().any(|e| e["series"]["count"] == 2)).then_some(of_web)
+    });
+    assert_eq!(synced.len(), 1, "{synced:?}");
+    assert_eq!(synced[0]["reportingController"], format!("alb2-{}", env.alb), "{synced:?}");
 
     // Delete: the path is gone, the other Ingress keeps working.
     env.c.delete(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/b", "svc-b")]));

@@ -5,6 +5,7 @@
 //! `--resync-period` brings the API server to what the Ingresses need. Writes not yet seen by the stores
 //! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
 
+use super::events::{EventLog, EventType, Note};
 use super::ingress_inputs::Inputs;
 use super::stores::{cloned, shared, Stores};
 use super::ControllerArgs;
@@ -15,7 +16,6 @@ use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan,
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
@@ -212,7 +212,7 @@ pub struct IngressSync {
     client: Client,
     stores: Arc<Stores>,
     args: ControllerArgs,
-    recorder: Recorder,
+    events: EventLog,
     /// Writes the stores have not shown yet, and since when we wait.
     pending: Vec<Written>,
     pending_since: Option<Instant>,
@@ -228,12 +228,12 @@ pub struct IngressSync {
 }
 
 impl IngressSync {
-    pub fn new(client: Client, stores: Arc<Stores>, args: ControllerArgs, recorder: Recorder) -> IngressSync {
+    pub fn new(client: Client, stores: Arc<Stores>, args: ControllerArgs, events: EventLog) -> IngressSync {
         IngressSync {
             client,
             stores,
             args,
-            recorder,
+            events,
             pending: Vec::new(),
             pending_since: None,
             reported: HashMap::new(),
@@ -612,14 +612,8 @@ impl IngressSync {
     }
 
     async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, message: &str) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: super::status::note(message),
-            action: "Sync".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
+        let ev = Note { type_, reason, message, action: "Sync" };
+        if let Err(e) = self.events.publish(&ev, &ing.object_ref(&())).await {
             tracing::warn!("cannot record an Event for ingress {:?}: {e}", ing.metadata.name);
         }
     }

@@ -8,6 +8,7 @@
 //! ([`crate::metrics`]).
 
 pub mod dataplane;
+pub mod events;
 pub mod ingress_inputs;
 pub mod ingress_sync;
 pub mod leader;
@@ -136,10 +137,8 @@ struct LeaderWork {
 
 impl LeaderWork {
     async fn run(self) {
-        let reporter = status::reporter(&self.args.alb_name, &self.identity);
-        let recorder = kube::runtime::events::Recorder::new(self.client.clone(), reporter);
-        let writer =
-            status::StatusWriter::new(self.client.clone(), recorder.clone()).with_metrics(self.metrics.clone());
+        let events = status::event_log(self.client.clone(), &self.args.alb_name, &self.identity);
+        let writer = status::StatusWriter::new(self.client.clone(), events.clone()).with_metrics(self.metrics.clone());
         let statuses = tokio::spawn(status::run(writer, self.compiled));
         // Aborting this future (leadership lost) must stop the status writer too.
         struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -149,7 +148,7 @@ impl LeaderWork {
             }
         }
         let _guard = AbortOnDrop(statuses);
-        let sync = ingress_sync::IngressSync::new(self.client, self.stores, self.args.clone(), recorder)
+        let sync = ingress_sync::IngressSync::new(self.client, self.stores, self.args.clone(), events)
             .with_metrics(self.metrics);
         ingress_sync::run(sync, self.changes, Duration::from_secs(self.args.resync_period.max(1))).await;
     }

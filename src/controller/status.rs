@@ -2,12 +2,12 @@
 //! compiler's reject reason and message), written through the status subresource only when it changes, and a
 //! Warning Event for every object that becomes rejected.
 
+use super::events::{EventLog, EventType, Note};
 use super::render_loop::Published;
 use crate::compile::Reject;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -19,9 +19,9 @@ pub const ACCEPTED: &str = "Accepted";
 /// Event notes are limited to 1 kB by the API server.
 const NOTE_MAX: usize = 1000;
 
-/// `alb2-<alb>`: the reporting component of our Events (as the original's event source).
-pub fn reporter(alb_name: &str, identity: &str) -> Reporter {
-    Reporter { controller: format!("alb2-{alb_name}"), instance: Some(identity.to_string()) }
+/// `alb2-<alb>`: the reporting component of our Events (as the original's event source), and this replica.
+pub fn event_log(client: Client, alb_name: &str, identity: &str) -> EventLog {
+    EventLog::new(client, format!("alb2-{alb_name}"), identity.to_string())
 }
 
 pub fn note(s: &str) -> Option<String> {
@@ -99,15 +99,15 @@ type Key = (&'static str, String, String);
 
 pub struct StatusWriter {
     client: Client,
-    recorder: Recorder,
+    events: EventLog,
     /// What we patched last, so that a store that has not caught up yet does not make us patch twice.
     written: HashMap<Key, Desired>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, recorder: Recorder) -> StatusWriter {
-        StatusWriter { client, recorder, written: HashMap::new(), metrics: None }
+    pub fn new(client: Client, events: EventLog) -> StatusWriter {
+        StatusWriter { client, events, written: HashMap::new(), metrics: None }
     }
 
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> StatusWriter {
@@ -174,14 +174,13 @@ impl StatusWriter {
             }
         }
         if !desired.accepted {
-            let ev = Event {
+            let ev = Note {
                 type_: EventType::Warning,
-                reason: desired.reason.clone(),
-                note: note(&desired.message),
-                action: "Compile".into(),
-                secondary: None,
+                reason: &desired.reason,
+                message: &desired.message,
+                action: "Compile",
             };
-            if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            if let Err(e) = self.events.publish(&ev, &obj.object_ref(&())).await {
                 tracing::warn!("cannot record an Event for {kind} {ns}/{name}: {e}");
             }
         }
