@@ -30,10 +30,6 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 const NAME_ATTEMPTS: u32 = 5;
 /// Ingresses whose writes (Frontends, Rules, Events, status) are in flight at once.
 const WRITE_CONCURRENCY: usize = 16;
-/// Ingresses planned in one pass at most. The plans (with the Rules they create) of 10,000 Ingresses held at once
-/// were a large part of the controller's peak memory; the others are planned by the next pass, which starts
-/// after the last Ingress this one planned (so Ingresses whose writes keep failing cannot starve the rest).
-const MAX_PLANNED: usize = 1000;
 
 /// What one Ingress's writes report besides the plan: its warnings, and its ports for `status.loadBalancer`.
 struct Reports {
@@ -176,16 +172,6 @@ fn source_of<'a>(
         .flatten()
 }
 
-/// `ingresses` (in namespace/name order) from the first one after `cursor`, then from the start up to it.
-fn resume_after<'a>(
-    ingresses: &'a [Arc<Ingress>],
-    cursor: Option<&(String, String)>,
-) -> impl Iterator<Item = &'a Arc<Ingress>> {
-    let start =
-        cursor.map_or(0, |(ns, name)| ingresses.partition_point(|i| ingress_id(i) <= (ns.as_str(), name.as_str())));
-    ingresses[start..].iter().chain(&ingresses[..start])
-}
-
 /// (namespace, name) of an Ingress, borrowed.
 fn ingress_id(ing: &Ingress) -> (&str, &str) {
     (ing.metadata.namespace.as_deref().unwrap_or_default(), ing.metadata.name.as_deref().unwrap_or_default())
@@ -221,8 +207,6 @@ pub struct IngressSync {
     /// Per Ingress: the [`Inputs`] fingerprint of its last sync that ended clean (written, reported, no error).
     /// A pass skips translating and planning an Ingress whose fingerprint is unchanged.
     clean: HashMap<(String, String), u64>,
-    /// The last Ingress the previous pass planned when it stopped at [`MAX_PLANNED`]: the next pass starts after it.
-    cursor: Option<(String, String)>,
     missing_alb_logged: bool,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -238,7 +222,6 @@ impl IngressSync {
             pending_since: None,
             reported: HashMap::new(),
             clean: HashMap::new(),
-            cursor: None,
             missing_alb_logged: false,
             metrics: None,
         }
@@ -340,8 +323,8 @@ impl IngressSync {
         let mut claimed: HashSet<(&str, &str)> = HashSet::with_capacity(ingresses.len());
         let mut work = Vec::new();
         let inputs = Inputs::of(&cfg, &addresses, &world);
-        let (mut unchanged, mut postponed) = (0usize, 0usize);
-        for ing in resume_after(&ingresses, self.cursor.as_ref()) {
+        let mut unchanged = 0usize;
+        for ing in &ingresses {
             if !ingress::claims(&cfg, &world, ing) {
                 continue;
             }
@@ -364,10 +347,6 @@ impl IngressSync {
                 unchanged += 1;
                 continue;
             }
-            if work.len() >= MAX_PLANNED {
-                postponed += 1;
-                continue;
-            }
             let exp = ingress::expected(&cfg, &world, ing);
             let mine: Vec<Rule> = mine.into_iter().cloned().collect();
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
@@ -375,12 +354,9 @@ impl IngressSync {
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
             work.push((&**ing, key, reports, plan));
         }
-        self.cursor =
-            if postponed > 0 { work.last().map(|w: &(&Ingress, (String, String), _, _)| w.1.clone()) } else { None };
         if !work.is_empty() {
             tracing::info!(
-                "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync, \
-                 {postponed} left for the next pass)",
+                "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync)",
                 work.len(),
                 claimed.len()
             );
@@ -408,7 +384,7 @@ impl IngressSync {
         // The futures are made as the stream pulls them (a few KiB each, so not 10,000 at once).
         let calls = Writes { sync: this, cfg: &cfg, addresses: &addresses, work: work.into_iter() };
         let outcomes: Vec<Outcome> = futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY).collect().await;
-        let mut again = waiting_for_frontends || postponed > 0;
+        let mut again = waiting_for_frontends;
         let mut first_error = None;
         for o in outcomes {
             for w in o.written {
@@ -764,29 +740,6 @@ mod tests {
         assert_eq!(cfg.ssl_strategy, SslStrategy::Never);
         assert!(cfg.projects.is_empty() && !cfg.port_mode && cfg.default_ssl_cert.is_none());
         assert!(alb_addresses(&a).is_empty());
-    }
-
-    #[test]
-    fn a_pass_resumes_after_the_last_ingress_planned() {
-        let ing = |ns: &str, name: &str| {
-            let mut i = Ingress::default();
-            i.metadata.namespace = Some(ns.into());
-            i.metadata.name = Some(name.into());
-            Arc::new(i)
-        };
-        let all = [ing("a", "x"), ing("a", "y"), ing("b", "x"), ing("c", "z")];
-        let order = |cursor: Option<(&str, &str)>| -> Vec<(String, String)> {
-            let cursor = cursor.map(|(ns, n)| (ns.to_string(), n.to_string()));
-            resume_after(&all, cursor.as_ref()).map(|i| ns_name(&i.metadata)).collect()
-        };
-        let keys = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
-        };
-        assert_eq!(order(None), keys(&[("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")]));
-        assert_eq!(order(Some(("a", "y"))), keys(&[("b", "x"), ("c", "z"), ("a", "x"), ("a", "y")]));
-        // the cursor's Ingress was deleted meanwhile: the next one after its place
-        assert_eq!(order(Some(("b", "a"))), keys(&[("b", "x"), ("c", "z"), ("a", "x"), ("a", "y")]));
-        assert_eq!(order(Some(("c", "z"))), keys(&[("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")]));
     }
 
     #[test]
