@@ -23,7 +23,24 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`'s place in mimalloc 3's `mi_option_t` (the Rust binding has no name for it; a test
+/// below checks it against the option's default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc 3 gives memory back to the OS 1 s after it became free (`purge_delay` 1,000 ms). A compilation frees
+/// tens of MiB at once and the next one follows within a second when objects keep changing, so the controller's
+/// RSS carried memory it no longer used: e2e/bench/scale (10,000 Ingresses) measured VmHWM 266 and 261 MiB with
+/// the default against 223 and 221 MiB with purging at once, compile times the same within noise. Purge at
+/// once, unless `MIMALLOC_PURGE_DELAY` is set (mimalloc reads it).
+fn allocator_options() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option of the allocator; mimalloc allows this at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    allocator_options();
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,4 +63,18 @@ fn main() -> std::process::ExitCode {
 fn run(args: cli::Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(cli::dispatch(args))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_option_is_at_the_index_we_set() {
+        // mimalloc 3's default purge delay is 1,000 ms (no unit test sets it; MIMALLOC_PURGE_DELAY would)
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one integer option of the allocator.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(v, 1000, "option {} is not mimalloc's purge_delay", super::MI_OPTION_PURGE_DELAY);
+    }
 }
