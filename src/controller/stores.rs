@@ -413,14 +413,22 @@ pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K>
 }
 
 async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Store<K>) {
-    let mut waited = 0u64;
+    // kube-runtime's `Store::wait_until_ready` keeps the waker of the last task that polled it only: the render
+    // loop and the leader's Ingress sync wait on the same stores at start, and the other one slept until its
+    // timeout (the first push of a controller came 10 s after its caches were listed). Poll again every 50 ms
+    // instead of relying on that wakeup.
+    let started = std::time::Instant::now();
+    let mut warn_at = Duration::from_secs(10);
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await {
-            Ok(_) => return,
-            Err(_) => {
-                waited += 10;
-                tracing::warn!("still waiting for the first list of {kind} after {waited} s (see the watch errors)");
-            }
+        if tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await.is_ok() {
+            return;
+        }
+        if started.elapsed() >= warn_at {
+            tracing::warn!(
+                "still waiting for the first list of {kind} after {} s (see the watch errors)",
+                warn_at.as_secs()
+            );
+            warn_at += Duration::from_secs(10);
         }
     }
 }
