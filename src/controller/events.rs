@@ -24,10 +24,21 @@ const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
 /// How often expired entries are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    Normal,
-    Warning,
+pub use kube::runtime::events::EventType;
+
+/// Event notes are limited to 1 kB by the API server.
+const NOTE_MAX: usize = 1000;
+
+/// `s` cut to [`NOTE_MAX`] bytes at a character boundary (ending with `…` when cut).
+fn note(s: &str) -> String {
+    if s.len() <= NOTE_MAX {
+        return s.to_string();
+    }
+    let mut end = NOTE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// One event to record on an object.
@@ -35,7 +46,7 @@ pub struct Note<'a> {
     pub type_: EventType,
     /// Short, PascalCase (`Synced`, `InvalidRegex`).
     pub reason: &'a str,
-    /// Human readable; cut to the API's 1 KiB by [`super::status::note`].
+    /// Human readable; cut to the API's 1 kB by [`note`].
     pub message: &'a str,
     /// PascalCase (`Sync`, `Compile`).
     pub action: &'a str,
@@ -121,7 +132,7 @@ impl EventLog {
             },
             action: Some(note.action.to_string()),
             reason: Some(note.reason.to_string()),
-            note: super::status::note(note.message),
+            note: Some(self::note(note.message)),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
             reporting_controller: Some(self.controller.clone()),
@@ -155,6 +166,13 @@ mod tests {
             uid: Some(uid.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(800);
+        let n = note(&s);
+        assert!(n.len() <= NOTE_MAX + '…'.len_utf8());
     }
 
     #[test]

@@ -152,9 +152,8 @@ mod tests {
 
         /// The fingerprints of both Ingresses (the first with its Rule).
         fn prints(&self, cfg: &AlbIngressConfig) -> (Option<u64>, Option<u64>) {
-            let shared = |v: &[Ingress]| v.iter().cloned().map(std::sync::Arc::new).collect::<Vec<_>>();
-            let (ingresses, services) =
-                (shared(&self.ingresses), self.services.iter().cloned().map(Into::into).collect::<Vec<_>>());
+            let ingresses: Vec<_> = self.ingresses.iter().cloned().map(std::sync::Arc::new).collect();
+            let services: Vec<_> = self.services.iter().cloned().map(std::sync::Arc::new).collect();
             let world = IngressWorld {
                 ingresses: &ingresses,
                 namespaces: &self.namespaces,

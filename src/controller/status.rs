@@ -16,23 +16,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub const ACCEPTED: &str = "Accepted";
-/// Event notes are limited to 1 kB by the API server.
-const NOTE_MAX: usize = 1000;
-
 /// `alb2-<alb>`: the reporting component of our Events (as the original's event source), and this replica.
 pub fn event_log(client: Client, alb_name: &str, identity: &str) -> EventLog {
     EventLog::new(client, format!("alb2-{alb_name}"), identity.to_string())
-}
-
-pub fn note(s: &str) -> Option<String> {
-    if s.len() <= NOTE_MAX {
-        return Some(s.to_string());
-    }
-    let mut end = NOTE_MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(format!("{}…", &s[..end]))
 }
 
 /// The `Accepted` condition we want on one object.
@@ -260,12 +246,5 @@ mod tests {
         assert_eq!(again.last_transition_time, first.last_transition_time);
         let newer = Desired { generation: Some(2), ..bad.clone() };
         assert!(!newer.matches(&first), "a new generation is written again");
-    }
-
-    #[test]
-    fn long_notes_are_cut_on_a_char_boundary() {
-        let s = "é".repeat(800);
-        let n = note(&s).unwrap();
-        assert!(n.len() <= NOTE_MAX + '…'.len_utf8());
     }
 }
