@@ -157,10 +157,19 @@ fn install_chart(c: &Cluster, ns: &str, alb: &str, extra: &[&str]) -> Vec<Value>
     let mut sets = vec![ns_set.as_str(), name_set.as_str()];
     sets.extend_from_slice(extra);
     let rendered = docs(&template(&sets));
-    // This cluster has no Prometheus operator: the ServiceMonitor is checked, not applied.
-    let items: Vec<&Value> = rendered.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
-    c.apply(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string());
+    apply_chart(c, &rendered);
     rendered
+}
+
+/// Applies rendered chart documents. This cluster has no Prometheus operator: a ServiceMonitor is checked, not
+/// applied. The chart's cluster-scoped objects (ClusterRole/ClusterRoleBinding `alb-operator`) are the same in
+/// every test, so applies are serialized: two concurrent `kubectl apply` would both try to create them and one
+/// fails with AlreadyExists.
+fn apply_chart(c: &Cluster, rendered: &[Value]) {
+    static CHART: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let items: Vec<&Value> = rendered.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
+    let _serial = CHART.lock().unwrap_or_else(|e| e.into_inner());
+    c.apply(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string());
 }
 
 fn alb_state(c: &Cluster, ns: &str, alb: &str) -> (String, String) {
@@ -459,9 +468,7 @@ spec: {{priority: 5, dslx: [{{type: URL, values: [[STARTS_WITH, /]]}}]}}
     ));
     let before = c.get_json(&["service", &alb, "-n", &ns]);
     let rendered = docs(&template(&[&format!("global.namespace={ns}"), "defaultAlb=false"]));
-    c.apply(
-        &serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rendered})).unwrap(),
-    );
+    apply_chart(c, &rendered);
     let _op = Operator::start(c, &ns, &rendered);
 
     let dep = wait_for("the Deployment adopted", Duration::from_secs(20), || {
@@ -736,8 +743,7 @@ fn operator_applies_overwrites_annotations_and_port_projects() {
     let ns = c.namespace("op-over");
     let alb = format!("{ns}-alb");
     let rendered = docs(&template(&[&format!("global.namespace={ns}"), "defaultAlb=false"]));
-    let items: Vec<&Value> = rendered.iter().filter(|d| d["kind"] != "ServiceMonitor").collect();
-    c.apply(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string());
+    apply_chart(c, &rendered);
     // The snippet source of overwrite.configmap, and an ALB2 using every switch at once.
     c.apply(&format!(
         r##"apiVersion: v1
