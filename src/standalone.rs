@@ -121,8 +121,10 @@ pub fn snapshot_with_ingresses(
 }
 
 /// Compiles the folder; logs problems and rejects not logged by the previous build (`seen`). The policy's
-/// generation is left at 0 so that two compilations of the same objects give the same bytes.
+/// generation is left at 0 so that two compilations of the same objects give the same bytes. `prev` is the
+/// policy of the previous build (its rule keys are reused, [`crate::compile::compile_after`]).
 fn build(
+    prev: Option<&crate::policy::Policy>,
     dir: &mut ManifestDir,
     opts: &CompileOptions,
     ingress: &AlbIngressConfig,
@@ -142,7 +144,7 @@ fn build(
         }
         now.insert(line);
     }
-    let compiled = metrics.compile(&snap, opts);
+    let compiled = metrics.compile(&snap, opts, prev);
     for r in &compiled.rejects {
         let line = format!("rejected {r}");
         if !seen.contains(&line) {
@@ -181,7 +183,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     watcher
         .watch(&args.manifests, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching manifest folder {}", args.manifests.display()))?;
-    let mut compiled = build(&mut dir, &opts, &ingress, &mut seen, &metrics)
+    let mut compiled = build(None, &mut dir, &opts, &ingress, &mut seen, &metrics)
         .with_context(|| format!("reading {}", args.manifests.display()))?;
     let (http, stream) = listeners(&compiled);
     let (bin, mut input, token) = args.nginx.prepare(http)?;
@@ -212,7 +214,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 // Debounce: editors write a file in several steps.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                compiled = match build(&mut dir, &opts, &ingress, &mut seen, &metrics) {
+                compiled = match build(Some(&compiled.policy), &mut dir, &opts, &ingress, &mut seen, &metrics) {
                     Ok(c) => c,
                     Err(e) => { tracing::error!("cannot read the manifests, keeping the running policy: {e:#}"); continue; }
                 };

@@ -4,9 +4,9 @@ use crate::compile::slice::EndpointSlice;
 use crate::crd::{ServiceGroup, ServiceRef};
 use crate::policy::config::ErrorService;
 use crate::policy::{Backend, BackendGroup};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -18,10 +18,11 @@ use crate::compile::slice::EndpointSlice;
 use crate::crd::{self, Frontend, Rule};
 use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
 use backends::Lookup;
+use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -534,6 +535,12 @@ impl Ctx<'_> {
 /// Compile a snapshot into the policy pushed to the data plane, the listeners nginx needs, and the objects
 /// left out.
 pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
+    compile_after(snapshot, opts, None)
+}
+
+/// [`compile`] when `prev` is the policy compiled before: the content keys of unchanged rules are taken from it
+/// ([`Policy::set_rule_keys_from`]). The result is the same as [`compile`]'s.
+pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&Policy>) -> Compiled {
     let mut ctx = Ctx {
         opts,
         name_label: crd::label_name(&opts.domain),
@@ -573,7 +580,7 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
         certificates,
     };
     dedupe_groups(&mut policy);
-    policy.set_rule_keys();
+    policy.set_rule_keys_from(prev);
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
     Compiled {

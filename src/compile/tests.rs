@@ -512,3 +512,41 @@ fn dedupe_groups_keeps_the_smallest_name() {
         .collect();
     assert_eq!(ups, [(Some("a"), Some("a")), (Some("c"), Some("c")), (Some("e"), Some("e"))]);
 }
+
+/// Compiling after a previous policy gives what compiling from scratch gives: unchanged rules keep their keys,
+/// a rule whose Rule changed and a rule whose backends changed get new ones.
+#[test]
+fn compile_after_a_previous_policy_equals_compile_from_scratch() {
+    let mut s = base();
+    for (name, prefix, svc) in [("r-a", "/a", "web"), ("r-b", "/b", "api"), ("r-c", "/c", "web")] {
+        s.rules.push(Arc::new(rule(
+            name,
+            "alb-dev-00080",
+            json!({"priority": 5, "dslx": [url("STARTS_WITH", prefix)],
+                   "serviceGroup": {"services": [{"name": svc, "namespace": "default", "port": 80}]}}),
+        )));
+    }
+    let first = compile(&s, &opts());
+    let key = |c: &Compiled, name: &str| -> String {
+        c.policy.http["80"].rules.iter().find(|r| r.name == name).map(|r| r.key.clone()).unwrap_or_default()
+    };
+    let same = compile_after(&s, &opts(), Some(&first.policy));
+    assert_eq!(same, first);
+
+    // r-b changes its path; api gets another endpoint (r-b's group); r-a and r-c are unchanged.
+    s.rules[1] = Arc::new(rule(
+        "r-b",
+        "alb-dev-00080",
+        json!({"priority": 5, "dslx": [url("STARTS_WITH", "/b2")],
+               "serviceGroup": {"services": [{"name": "api", "namespace": "default", "port": 80}]}}),
+    ));
+    let next = compile_after(&s, &opts(), Some(&first.policy));
+    assert_eq!(next, compile(&s, &opts()));
+    assert_eq!(key(&next, "r-a"), key(&first, "r-a"));
+    assert_ne!(key(&next, "r-b"), key(&first, "r-b"));
+    s.endpoint_slices[1] =
+        Arc::new(slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None), ("10.0.0.3", None)]));
+    let moved = compile_after(&s, &opts(), Some(&next.policy));
+    assert_eq!(moved, compile(&s, &opts()));
+    assert_eq!(key(&moved, "r-c"), key(&first, "r-c"));
+}

@@ -64,7 +64,8 @@ impl RenderLoop {
             .alb()
             .and_then(|alb| crate::compile::certs::TlsFallback::of(&super::ingress_sync::alb_config(&self.args, &alb)));
         self.stores.count_into(&self.metrics);
-        let compiled = self.metrics.compile(&snapshot, &self.opts);
+        let prev = self.published.borrow().as_ref().map(|p| p.compiled.policy.clone());
+        let compiled = self.metrics.compile(&snapshot, &self.opts, prev.as_deref());
         let mut now = BTreeSet::new();
         for r in &compiled.rejects {
             let line = format!("rejected {r}");

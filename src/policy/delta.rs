@@ -238,7 +238,7 @@ mod tests {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/fixtures/policy").join(name);
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let mut policy: Policy = serde_json::from_str(&text).unwrap();
-        policy.set_rule_keys();
+        policy.set_rule_keys_from(None);
         policy
     }
 
@@ -260,7 +260,7 @@ mod tests {
     fn edited(base: &Policy, edit: impl FnOnce(&mut Policy)) -> Policy {
         let mut next = base.clone();
         edit(&mut next);
-        next.set_rule_keys();
+        next.set_rule_keys_from(None);
         next
     }
 
@@ -430,7 +430,7 @@ mod tests {
                 r
             })
             .collect();
-        base.set_rule_keys();
+        base.set_rule_keys_from(None);
         let next = edited(&base, |p| p.http.get_mut("80").unwrap().rules[1234].upstream = Some("shop-web".into()));
         let d = round_trip(&base, &next, "2000 rules");
         let (delta_len, policy_len) = (serde_json::to_vec(&d).unwrap().len(), next.to_bytes().len());
