@@ -130,7 +130,7 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
             }
         }
     }
-    out.redirect = redirect.and_then(|r| check_redirect(r, &mut errs));
+    out.redirect = redirect.and_then(|r| check_redirect(r, &mut errs)).map(Box::new);
 
     // CORS
     let mut cors: Option<Cors> = key(cfg, "cors", &mut errs);
@@ -144,7 +144,7 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
             c.allow_headers = Some(spec.cors_allow_headers.clone());
         }
     }
-    out.cors = cors.and_then(|c| check_cors(c, &mut errs));
+    out.cors = cors.and_then(|c| check_cors(c, &mut errs)).map(Box::new);
 
     // vhost
     let vhost: Option<String> = key(cfg, "vhost", &mut errs);
@@ -167,7 +167,7 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
             ..Default::default()
         });
     }
-    out.rewrite = rewrite.and_then(|r| check_rewrite(r, &mut errs));
+    out.rewrite = rewrite.and_then(|r| check_rewrite(r, &mut errs)).map(Box::new);
 
     // header rewrite: the annotations win over spec.config.
     let ann = |k: &str| input.rule.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
@@ -183,7 +183,7 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
             )),
         }
     }
-    out.rewrite_request = rreq.and_then(|r| check_rewrite_request(r, &mut errs));
+    out.rewrite_request = rreq.and_then(|r| check_rewrite_request(r, &mut errs)).map(Box::new);
     let mut rresp: Option<RewriteResponse> = key(cfg, "rewrite_response", &mut errs);
     let aresp = annotation_rewrite_response(input.domain);
     if let Some(text) = ann(&aresp) {
@@ -196,20 +196,20 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
             )),
         }
     }
-    out.rewrite_response = rresp.and_then(|r| check_rewrite_response(r, &mut errs));
+    out.rewrite_response = rresp.and_then(|r| check_rewrite_response(r, &mut errs)).map(Box::new);
 
     let ns = input.rule.metadata.namespace.as_deref().unwrap_or("");
 
     // access, limit, max_body_size, error_pages: spec.config only
     let access: Option<Access> = key(cfg, "access", &mut errs);
-    out.access = access.and_then(|a| check_access(a, &mut errs));
+    out.access = access.and_then(|a| check_access(a, &mut errs)).map(Box::new);
     let limit: Option<Limit> = key(cfg, "limit", &mut errs);
-    out.limit = limit.and_then(|l| check_limit(l, &mut errs));
+    out.limit = limit.and_then(|l| check_limit(l, &mut errs)).map(Box::new);
     let max_body: Option<u64> = key(cfg, "max_body_size", &mut errs);
     // 0 = no limit; so is anything from 2^53 on (Lua numbers are doubles: the policy API would refuse it)
     out.max_body_size = max_body.filter(|n| *n > 0 && *n < 1 << 53);
     let error_pages: Option<ErrorPagesSpec> = key(cfg, "error_pages", &mut errs);
-    out.error_pages = error_pages.and_then(|e| check_error_pages(e, ns, &mut errs));
+    out.error_pages = error_pages.and_then(|e| check_error_pages(e, ns, &mut errs)).map(Box::new);
 
     inherited(&mut out, cfg, ft_cfg, ns, input.secrets, &mut errs);
     (out, errs)
@@ -375,7 +375,7 @@ fn inherited(
             proxy_send_timeout_ms: pos(t.proxy_send_timeout_ms),
             proxy_read_timeout_ms: pos(t.proxy_read_timeout_ms),
         };
-        (t != Timeout::default()).then_some(t)
+        (t != Timeout::default()).then(|| Box::new(t))
     });
     let retry: Option<Retry> = key(pick("retry"), "retry", if has(cfg, "retry") { errs } else { &mut ft_errs });
     out.retry = retry.and_then(|r| match r.tries {
@@ -384,11 +384,11 @@ fn inherited(
             errs.push(err("spec.config.retry.tries", "InvalidRetry", "must be at least 1 (1 = no retry)"));
             None
         }
-        Some(n) => Some(Retry { tries: Some(n.min(5)) }),
+        Some(n) => Some(Box::new(Retry { tries: Some(n.min(5)) })),
     });
     let (src, field) = if has(cfg, "auth") { (cfg, "spec.config.auth") } else { (ft_cfg, "Frontend spec.config.auth") };
     if let Some(a) = src.and_then(|c| c.get("auth")).filter(|v| !v.is_null()) {
-        out.auth = auth(a, field, ns, secrets, errs);
+        out.auth = auth(a, field, ns, secrets, errs).map(Box::new);
     }
     // Problems of the Frontend's own config are reported on the Frontend, not on every Rule inheriting it.
     drop(ft_errs);

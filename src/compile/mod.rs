@@ -547,7 +547,7 @@ pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&P
         service_upstream: backends::service_upstream_annotation(&opts.domain),
         lookup: Lookup::new(snapshot.services.iter().map(|s| &**s), snapshot.endpoint_slices.iter().map(|s| &**s)),
         rejects: Vec::new(),
-        groups: HashMap::new(),
+        groups: HashMap::with_capacity(snapshot.rules.len() + snapshot.frontends.len()),
         ports: BTreeMap::new(),
         secrets: features::SecretIndex::new(snapshot.secrets.iter().map(|s| &**s)),
         stream: Vec::new(),
