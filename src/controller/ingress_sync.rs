@@ -672,7 +672,9 @@ pub async fn run(mut sync: IngressSync, mut changes: watch::Receiver<u64>, resyn
     tracing::info!("leader: syncing Ingresses");
     loop {
         changes.borrow_and_update();
-        let wait = match sync.pass().await {
+        let result = sync.pass().await;
+        let last = std::time::Instant::now();
+        let wait = match result {
             Ok(false) => resync,
             Ok(true) => Duration::from_millis(200),
             Err(_) => Duration::from_secs(2),
@@ -682,7 +684,7 @@ pub async fn run(mut sync: IngressSync, mut changes: watch::Receiver<u64>, resyn
                 if r.is_err() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(super::stores::debounce_after(last)).await;
             }
             _ = tokio::time::sleep(wait) => {}
         }

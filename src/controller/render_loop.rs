@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Store events closer than this are compiled once.
-const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often the data plane is checked (nginx alive, policy still held).
 const HEALTH_PERIOD: Duration = Duration::from_millis(500);
 
@@ -138,6 +136,8 @@ impl RenderLoop {
             tracing::warn!("cannot read the data plane's current policy: {e:#}");
         }
         let mut pushed = self.push(&mut pusher, &compiled, false).await;
+        // Store events closer than the debounce are compiled once (super::stores::debounce_after).
+        let mut last = std::time::Instant::now();
 
         let mut health = tokio::time::interval(HEALTH_PERIOD);
         loop {
@@ -147,7 +147,7 @@ impl RenderLoop {
                     if changed.is_err() {
                         break;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
+                    tokio::time::sleep(super::stores::debounce_after(last)).await;
                     self.changes.borrow_and_update();
                     self.stores.sync_auth_secret_watches().await;
                     compiled = self.build_blocking();
@@ -169,6 +169,7 @@ impl RenderLoop {
                         self.metrics.reloaded(Reload::ListenersChanged);
                     }
                     pushed = self.push(&mut pusher, &compiled, reloaded).await;
+                    last = std::time::Instant::now();
                 }
                 _ = health.tick() => {
                     // A certificate became valid or expired: compile again (listener changes come as changes).

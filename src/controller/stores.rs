@@ -27,6 +27,19 @@ use tokio::sync::watch;
 /// The store of one watched Secret and the task that fills it.
 type SecretWatch = (Store<Secret>, tokio::task::JoinHandle<()>);
 
+/// A change after this long without acting on one is acted on almost at once ([`debounce_after`]).
+const QUIET: Duration = Duration::from_millis(300);
+
+/// How long the render loop and the Ingress sync wait for more store events before acting on one, when they last
+/// acted at `last`: after [`QUIET`] without acting 10 ms (the events of one edit, e.g. a Rule and its status, arrive
+/// together), while busy 100 ms (a stream of changes, as at start-up, is batched into fewer compilations).
+pub fn debounce_after(last: std::time::Instant) -> Duration {
+    match last.elapsed() >= QUIET {
+        true => Duration::from_millis(10),
+        false => Duration::from_millis(100),
+    }
+}
+
 pub struct Stores {
     /// Frontends of this ALB (its namespace, label `alb2.<d>/name=<alb>`).
     pub frontends: Store<Frontend>,
@@ -480,6 +493,16 @@ mod backoff_tests {
         assert!(delays[9] >= Duration::from_millis(2400));
         kube::runtime::utils::Backoff::reset(&mut b);
         assert!(b.next().unwrap() < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn debounce_is_short_after_a_quiet_period_only() {
+        use super::debounce_after;
+        let now = std::time::Instant::now();
+        assert_eq!(debounce_after(now), Duration::from_millis(100), "just acted: batch");
+        if let Some(before) = now.checked_sub(Duration::from_secs(2)) {
+            assert_eq!(debounce_after(before), Duration::from_millis(10), "quiet for 2 s: act almost at once");
+        }
     }
 }
 
