@@ -513,8 +513,8 @@ fn dedupe_groups_keeps_the_smallest_name() {
     assert_eq!(ups, [(Some("a"), Some("a")), (Some("c"), Some("c")), (Some("e"), Some("e"))]);
 }
 
-/// Compiling after a previous policy gives what compiling from scratch gives: unchanged rules keep their keys,
-/// a rule whose Rule changed and a rule whose backends changed get new ones.
+/// Compiling after a previous policy gives what compiling from scratch gives: unchanged rules keep their keys, a
+/// rule whose Rule changed gets a new one, and a change of endpoints changes the group, not the rules' keys.
 #[test]
 fn compile_after_a_previous_policy_equals_compile_from_scratch() {
     let mut s = base();
