@@ -73,7 +73,7 @@ function _M.rewrite(port, grpc_listener, filtered)
     end
     local b = st.balancers[upstream]
     if not b or b.n == 0 then
-        return alb_error(500, rule.no_balancer)
+        return alb_error(500, router.no_balancer(rule))
     end
     ctx.alb_bal = b
     if f and metrics.enabled then

@@ -32,11 +32,24 @@ local function push(list, i)
     end
 end
 
+-- shared by every missing index list: only read, never filled
+local EMPTY = setmetatable({}, { __newindex = function() error("router: EMPTY is read-only") end })
+
 local function strings(v)
     if type(v) ~= "table" then
-        return {}
+        return EMPTY
     end
     return v
+end
+
+--- the 500 reason of a matched rule whose upstream has no balancer (built on that rare path, not per rule and
+--- build)
+function _M.no_balancer(rule)
+    local u = rule and rule.upstream
+    if not u then
+        return "InvalidBalancer : no balancer found"
+    end
+    return "InvalidBalancer : no balancer found for " .. u
 end
 
 local function file_paths(b, i, paths, prefixes)
@@ -187,7 +200,6 @@ local function build_port(port, rules_json, prev)
             upstream = upstream,
             scheme = proto,
             grpc = proto == "grpc" or proto == "grpcs",
-            no_balancer = upstream and ("InvalidBalancer : no balancer found for " .. upstream) or nil,
             config = r.config,
             features = feats or nil,
             source = r.source,
@@ -198,7 +210,6 @@ local function build_port(port, rules_json, prev)
         end
         local hosts, wilds = strings(ix.hosts), strings(ix.wildcard_hosts)
         local paths, prefixes = strings(ix.paths), strings(ix.prefixes)
-        local targets = {}
         local hname, hvals
         if #hosts == 0 and #wilds == 0 and #paths == 0 and #prefixes == 0 then
             hname, hvals = header_hint(r.match)
@@ -220,7 +231,7 @@ local function build_port(port, rules_json, prev)
             end
         elseif #hosts == 0 and #wilds == 0 then
             p.any = p.any or new_bucket()
-            targets[1] = p.any
+            file_paths(p.any, i, paths, prefixes)
         else
             for _, h in ipairs(hosts) do
                 local b = p.hosts[h]
@@ -229,7 +240,7 @@ local function build_port(port, rules_json, prev)
                     p.hosts[h] = b
                     p.has_hosts = true
                 end
-                targets[#targets + 1] = b
+                file_paths(b, i, paths, prefixes)
             end
             for _, w in ipairs(wilds) do
                 local parent = sub(w, 3)
@@ -239,11 +250,8 @@ local function build_port(port, rules_json, prev)
                     p.wild[parent] = b
                     p.has_wild = true
                 end
-                targets[#targets + 1] = b
+                file_paths(b, i, paths, prefixes)
             end
-        end
-        for _, b in ipairs(targets) do
-            file_paths(b, i, paths, prefixes)
         end
     end
     -- distinct prefix lengths, ascending (order does not matter for correctness)

@@ -136,7 +136,8 @@ function _M.error_rewrite()
         if intercepted then
             return pass(code)
         end
-        return u.alb_error(500, rule and rule.no_balancer or "InvalidBalancer : no balancer found")
+        -- required here: alb.router loads the features, this module among them
+        return u.alb_error(500, require("alb.router").no_balancer(rule))
     end
     local ctx = ngx.ctx
     ctx.alb_rule = rule
