@@ -70,7 +70,10 @@ const KEEP_ANNOTATIONS: &[&str] = &["Frontend", "Rule", "ALB2"];
 /// What the caches never need: `managedFields` (often the biggest part of an object; an update without them
 /// keeps the server's) and, for kinds we only read, kubectl's last-applied copy of the whole object. At 1,000
 /// Ingresses with their Services and EndpointSlices this halves the controller's memory.
-fn trim<K: Resource>(kind: &str, obj: &mut K) {
+fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
+    if let Some(svc) = (obj as &mut dyn std::any::Any).downcast_mut::<Service>() {
+        trim_service(svc);
+    }
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if !KEEP_ANNOTATIONS.contains(&kind) {
@@ -86,6 +89,22 @@ fn trim<K: Resource>(kind: &str, obj: &mut K) {
         }
         meta.annotations = None;
         meta.owner_references = None;
+    }
+}
+
+/// Of a Service the compiler and the Ingress translation read its ports, type, ClusterIP and ExternalName
+/// (`compile/backends.rs`, `ingress/translate.rs`); the rest of its spec (selector, IP families, policies) and its
+/// status are dropped from the cache.
+fn trim_service(svc: &mut Service) {
+    svc.status = None;
+    if let Some(spec) = svc.spec.take() {
+        svc.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
+            ports: spec.ports,
+            type_: spec.type_,
+            cluster_ip: spec.cluster_ip,
+            external_name: spec.external_name,
+            ..Default::default()
+        });
     }
 }
 
@@ -503,6 +522,37 @@ mod backoff_tests {
         if let Some(before) = now.checked_sub(Duration::from_secs(2)) {
             assert_eq!(debounce_after(before), Duration::from_millis(10), "quiet for 2 s: act almost at once");
         }
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::trim;
+    use k8s_openapi::api::core::v1::Service;
+
+    /// A cached Service keeps what the compiler and the translation read, and loses its selector, IP family
+    /// fields and status.
+    #[test]
+    fn services_keep_ports_type_and_addresses_only() {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "labels": {"app": "web"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5", "clusterIPs": ["10.0.0.5"],
+                     "ipFamilies": ["IPv4"], "selector": {"app": "web"}, "sessionAffinity": "None",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        trim("Service", &mut svc);
+        assert_eq!(
+            serde_json::to_value(&svc).unwrap(),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "labels": {"app": "web"}},
+                "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5",
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+            })
+        );
     }
 }
 
