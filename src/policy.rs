@@ -140,8 +140,16 @@ pub struct Backend {
 impl Policy {
     /// Canonical bytes pushed to nginx; the digest the data plane acks is the sha1 of these bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        // Sized up front: grown by doubling from empty, a 10,000-rule policy (~6 MB) was copied ~16 times into
+        // fresh pages, about half of its serialisation time. An estimate too large costs only address space.
+        let certs: usize = self.certificates.values().map(|c| c.cert.len() + c.key.len() + 64).sum();
+        let estimate = 4096 + 640 * self.rule_count() + 320 * self.backend_groups.len() + 2 * certs;
+        let mut out = Vec::with_capacity(estimate);
         // Serialising plain data structures cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Sets every rule's `key` from its content (the JSON of the rule without `key`). Equal keys mean
@@ -271,6 +279,7 @@ mod tests {
             let original: Value = serde_json::from_str(&text).unwrap();
             let again = serde_json::to_value(&policy).unwrap();
             assert_eq!(strip_defaults(original), strip_defaults(again), "{name}");
+            assert_eq!(policy.to_bytes(), serde_json::to_vec(&policy).unwrap(), "{name}: to_bytes is plain JSON");
         }
         let basic: Policy = serde_json::from_str(&fixture("basic.json")).unwrap();
         assert_eq!(basic.version, POLICY_VERSION);
