@@ -71,9 +71,6 @@ const KEEP_ANNOTATIONS: &[&str] = &["Frontend", "Rule", "ALB2"];
 /// keeps the server's) and, for kinds we only read, kubectl's last-applied copy of the whole object. At 1,000
 /// Ingresses with their Services and EndpointSlices this halves the controller's memory.
 fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
-    if let Some(svc) = (obj as &mut dyn std::any::Any).downcast_mut::<Service>() {
-        trim_service(svc);
-    }
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if !KEEP_ANNOTATIONS.contains(&kind) {
@@ -81,14 +78,11 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
             a.remove(LAST_APPLIED);
         }
     }
-    if kind == "EndpointSlice" {
-        // Of a slice's metadata the compiler reads its name, namespace and Service label (the other labels are
-        // often copies of the Service's, one map per slice).
-        if let Some(l) = meta.labels.as_mut() {
-            l.retain(|k, _| k == crate::compile::backends::SERVICE_NAME_LABEL);
-        }
-        meta.annotations = None;
-        meta.owner_references = None;
+    let any = obj as &mut dyn std::any::Any;
+    if let Some(svc) = any.downcast_mut::<Service>() {
+        trim_service(svc);
+    } else if let Some(slice) = any.downcast_mut::<EndpointSlice>() {
+        trim_slice(slice);
     }
 }
 
@@ -106,6 +100,17 @@ fn trim_service(svc: &mut Service) {
             ..Default::default()
         });
     }
+}
+
+/// Of a slice's metadata the compiler reads its name, namespace and Service label (the other labels are often
+/// copies of the Service's, one map per slice).
+fn trim_slice(slice: &mut EndpointSlice) {
+    let meta = &mut slice.metadata;
+    if let Some(l) = meta.labels.as_mut() {
+        l.retain(|k, _| k == crate::compile::backends::SERVICE_NAME_LABEL);
+    }
+    meta.annotations = None;
+    meta.owner_references = None;
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -553,6 +558,22 @@ mod trim_tests {
                          "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
             })
         );
+    }
+
+    /// A cached EndpointSlice keeps its Service label only, no annotations or owners.
+    #[test]
+    fn slices_keep_their_service_label_only() {
+        let mut slice: crate::compile::slice::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "a", "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
+                         "name": "web", "uid": "u"}], "annotations": {"x": "y"},
+                         "labels": {"kubernetes.io/service-name": "web", "app": "web"}},
+            "addressType": "IPv4", "endpoints": []
+        }))
+        .unwrap();
+        trim("EndpointSlice", &mut slice);
+        let m = &slice.metadata;
+        assert_eq!(m.labels, Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into()));
+        assert!(m.annotations.is_none() && m.owner_references.is_none());
     }
 }
 
