@@ -208,11 +208,13 @@ fn print_policy(
     let opts = crate::compile::CompileOptions { alb_name, domain, generation: 0 };
     if let Some(n) = time {
         let (mut ms, mut rules) = (Vec::new(), 0);
-        // As the controller and standalone compile: after the previous policy (its rule keys are reused).
-        let mut prev = crate::compile::compile(&snap, &opts).policy;
+        // As the controller and standalone compile: after the previous policy (its rule keys are reused) and with
+        // what the compilation before computed for the same objects (src/compile/cache.rs).
+        let mut cache = crate::compile::cache::CompileCache::default();
+        let mut prev = crate::compile::compile_cached(&snap, &opts, None, &mut cache).policy;
         for _ in 0..n.max(1) {
             let t = std::time::Instant::now();
-            let c = crate::compile::compile_after(&snap, &opts, Some(&prev));
+            let c = crate::compile::compile_cached(&snap, &opts, Some(&prev), &mut cache);
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
             rules = c.policy.http.values().map(|p| p.rules.len()).sum::<usize>();
             prev = c.policy;

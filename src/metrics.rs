@@ -2,7 +2,8 @@
 //! `alb standalone` and served by the admin server at `/metrics` ([`crate::admin`]). One [`Metrics`] per process,
 //! passed by `Arc`; the data plane's metrics are nginx's (`lua/alb/metrics.lua`, `--metrics-port`).
 
-use crate::compile::{compile_after, CompileOptions, Compiled, Snapshot};
+use crate::compile::cache::CompileCache;
+use crate::compile::{compile_cached, CompileOptions, Compiled, Snapshot};
 use crate::policy::Policy;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -182,9 +183,15 @@ impl Metrics {
 
     /// Compiles `snap` (after `prev`, see [`compile_after`]) and records the duration, the policy's size and
     /// rule count and the rejected objects.
-    pub fn compile(&self, snap: &Snapshot, opts: &CompileOptions, prev: Option<&Policy>) -> Compiled {
+    pub fn compile(
+        &self,
+        snap: &Snapshot,
+        opts: &CompileOptions,
+        prev: Option<&Policy>,
+        cache: &mut CompileCache,
+    ) -> Compiled {
         let started = Instant::now();
-        let compiled = compile_after(snap, opts, prev);
+        let compiled = compile_cached(snap, opts, prev, cache);
         self.compile_duration.observe(started.elapsed().as_secs_f64());
         self.compiled(&compiled);
         compiled

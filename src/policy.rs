@@ -5,6 +5,7 @@ use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub mod config;
 pub mod delta;
@@ -22,7 +23,8 @@ pub struct Policy {
     #[serde(default)]
     pub http: BTreeMap<String, HttpPort>,
     #[serde(default)]
-    pub backend_groups: Vec<BackendGroup>,
+    /// Shared: a compilation takes an unchanged Rule's group from the one before (`compile::cache`).
+    pub backend_groups: Vec<Arc<BackendGroup>>,
     /// TLS certificates by lookup key (`"<port>"`, `"<domain>"`, `"<domain>/<port>"`), docs/policy.md
     /// "certificates". Absent when empty, so policies without TLS keep their bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -67,10 +69,11 @@ pub struct HttpRule {
     pub complexity: i64,
     pub source: Source,
     /// Prefix expression, see docs/policy.md "Expr".
+    /// Shared: a compilation takes it from the previous one for an unchanged Rule (`compile::cache`).
     #[serde(rename = "match")]
-    pub matcher: Value,
+    pub matcher: Arc<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<Index>,
+    pub index: Option<Arc<Index>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     #[serde(default)]
@@ -213,7 +216,7 @@ fn same_content(a: &HttpRule, b: &HttpRule) -> bool {
         && *backend_protocol == b.backend_protocol
         && *source == b.source
         && *index == b.index
-        && *matcher == b.matcher
+        && (Arc::ptr_eq(matcher, &b.matcher) || **matcher == *b.matcher)
         && *config == b.config
 }
 

@@ -6,6 +6,7 @@
 //! Rules exactly as the leader controller writes them (`src/ingress/`), then compiled with the rest.
 
 use crate::cli::NginxArgs;
+use crate::compile::cache::CompileCache;
 use crate::compile::{CompileOptions, Compiled, Snapshot};
 use crate::crd::Frontend;
 use crate::ingress::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
@@ -130,6 +131,7 @@ fn build(
     ingress: &AlbIngressConfig,
     seen: &mut BTreeSet<String>,
     metrics: &Metrics,
+    cache: &mut CompileCache,
 ) -> Result<Compiled> {
     let mut now = BTreeSet::new();
     for p in dir.reload()? {
@@ -144,7 +146,7 @@ fn build(
         }
         now.insert(line);
     }
-    let compiled = metrics.compile(&snap, opts, prev);
+    let compiled = metrics.compile(&snap, opts, prev, cache);
     for r in &compiled.rejects {
         let line = format!("rejected {r}");
         if !seen.contains(&line) {
@@ -165,6 +167,8 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     let ingress = args.ingress.config(args.alb_name.as_deref(), &args.domain);
     let mut dir = ManifestDir::new(&args.manifests);
     let mut seen = BTreeSet::new();
+    // What the compilation of an unchanged Rule takes from the one before (src/compile/cache.rs).
+    let mut cache = CompileCache::default();
     let metrics = Arc::new(Metrics::new());
     // The only instance does everything a leader does.
     metrics.set_leader(true);
@@ -183,7 +187,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
     watcher
         .watch(&args.manifests, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching manifest folder {}", args.manifests.display()))?;
-    let mut compiled = build(None, &mut dir, &opts, &ingress, &mut seen, &metrics)
+    let mut compiled = build(None, &mut dir, &opts, &ingress, &mut seen, &metrics, &mut cache)
         .with_context(|| format!("reading {}", args.manifests.display()))?;
     let (http, stream) = listeners(&compiled);
     let (bin, mut input, token) = args.nginx.prepare(http)?;
@@ -214,7 +218,7 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
                 // Debounce: editors write a file in several steps.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
-                compiled = match build(Some(&compiled.policy), &mut dir, &opts, &ingress, &mut seen, &metrics) {
+                compiled = match build(Some(&compiled.policy), &mut dir, &opts, &ingress, &mut seen, &metrics, &mut cache) {
                     Ok(c) => c,
                     Err(e) => { tracing::error!("cannot read the manifests, keeping the running policy: {e:#}"); continue; }
                 };

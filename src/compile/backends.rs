@@ -49,6 +49,27 @@ impl<'a> Lookup<'a> {
     }
 }
 
+impl Lookup<'_> {
+    /// What [`resolve_with`] reads for `sg`, as addresses: per Service of the group, the Service and its slices
+    /// (0 for a missing Service). Equal identities resolve to equal groups while the objects are alive
+    /// (`cache.rs`).
+    pub fn identity(&self, sg: &ServiceGroup, default_ns: &str) -> Vec<usize> {
+        let mut id = Vec::with_capacity(sg.services.len() * 3);
+        for s in &sg.services {
+            let ns = if s.namespace.is_empty() { default_ns } else { s.namespace.as_str() };
+            match self.services.get(&(ns, s.name.as_str())) {
+                Some(e) => {
+                    id.push(e.svc as *const Service as usize);
+                    id.push(e.slices.len());
+                    id.extend(e.slices.iter().map(|s| *s as *const EndpointSlice as usize));
+                }
+                None => id.push(0),
+            }
+        }
+        id
+    }
+}
+
 /// A service of the group that cannot be resolved; `field` is relative to the object
 /// (`spec.serviceGroup.services[0]`, `...port`).
 #[derive(Debug, Clone, PartialEq, Eq)]

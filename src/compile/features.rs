@@ -39,8 +39,9 @@ fn err(field: impl Into<String>, reason: &'static str, problem: impl Into<String
     FeatureError { field: field.into(), reason, problem: problem.into() }
 }
 
-/// Secrets by namespace/name (any type).
-pub struct SecretIndex<'a>(HashMap<(&'a str, &'a str), &'a Secret>);
+/// Secrets by namespace/name (any type), with a count of the lookups made (a result computed without any does
+/// not depend on Secrets: `cache.rs`).
+pub struct SecretIndex<'a>(HashMap<(&'a str, &'a str), &'a Secret>, std::cell::Cell<usize>);
 
 impl<'a> SecretIndex<'a> {
     pub fn new(secrets: impl IntoIterator<Item = &'a Secret>) -> SecretIndex<'a> {
@@ -52,11 +53,18 @@ impl<'a> SecretIndex<'a> {
                     ((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")), s)
                 })
                 .collect(),
+            std::cell::Cell::new(0),
         )
+    }
+
+    /// Lookups made so far.
+    pub fn reads(&self) -> usize {
+        self.1.get()
     }
 
     /// The value of `key`, from `data` or `stringData`.
     fn get(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.1.set(self.1.get() + 1);
         let s = self.0.get(&(ns, name))?;
         let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for (k, v) in s.data.iter().flatten() {

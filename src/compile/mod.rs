@@ -4,6 +4,7 @@
 //! An invalid object never breaks the others: it is left out and reported as a [`Reject`].
 
 pub mod backends;
+pub mod cache;
 pub mod certs;
 pub mod dslx;
 pub mod features;
@@ -188,7 +189,7 @@ struct Ctx<'a> {
     lookup: Lookup<'a>,
     rejects: Vec<Reject>,
     /// Backend groups by name, with what produced each (named in the rejection of a later duplicate).
-    groups: HashMap<String, (BackendGroup, GroupOwner<'a>)>,
+    groups: HashMap<String, (Arc<BackendGroup>, GroupOwner<'a>)>,
     /// Port → rules with their sort keys. Boxed: sorting and collecting move pointers, not whole rules.
     ports: BTreeMap<u16, Vec<(SortKey<'a>, Box<HttpRule>)>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
@@ -199,6 +200,8 @@ struct Ctx<'a> {
     stream_fts: BTreeSet<(&'a str, &'a str)>,
     /// Ports of the accepted grpc Frontends (their rules' backend protocol is grpc or grpcs).
     grpc_ports: BTreeSet<u16>,
+    /// What earlier compilations computed for unchanged Rules (`cache.rs`).
+    memo: cache::Memo,
 }
 
 /// The producer of a backend group: `<kind> <ns>/<name>` (kind `Rule`, `Frontend` or `error_pages of Rule`).
@@ -226,11 +229,25 @@ impl<'a> Ctx<'a> {
     }
 
     /// Resolve a service group into a named backend group; problems are reported against `kind`/`meta`.
-    fn add_group(&mut self, kind: &'static str, meta: &'a ObjectMeta, group: &str, sg: &crd::ServiceGroup) -> bool {
+    /// `rule`: the [`cache::rule_key`] of the Rule whose group this is (its group can be taken from the cache).
+    fn add_group(
+        &mut self,
+        kind: &'static str,
+        meta: &'a ObjectMeta,
+        group: &str,
+        sg: &crd::ServiceGroup,
+        rule: Option<usize>,
+    ) -> bool {
         if let Some((_, owner)) = self.groups.get(group) {
             let problem = format!("gives backend group {group:?}, already used by {owner}");
             self.reject(kind, meta, "metadata.name".into(), "DuplicateBackendGroup", &problem);
             return false;
+        }
+        // A Rule's group is a function of the Rule and of the Services and slices it names.
+        let identity = rule.map(|r| (r, self.lookup.identity(sg, ns_of(meta))));
+        if let Some(g) = identity.as_ref().and_then(|(r, id)| self.memo.group(*r, id)) {
+            self.groups.insert(group.to_string(), (g, GroupOwner { kind, meta }));
+            return true;
         }
         // Ingress `service-upstream` (src/ingress/balance.rs): ClusterIP instead of endpoints.
         let cluster_ip = kind == "Rule"
@@ -241,6 +258,10 @@ impl<'a> Ctx<'a> {
         };
         match resolved {
             Ok(g) => {
+                let g = Arc::new(g);
+                if let Some((r, id)) = identity {
+                    self.memo.keep_group(r, id, &g);
+                }
                 self.groups.insert(group.to_string(), (g, GroupOwner { kind, meta }));
                 true
             }
@@ -262,7 +283,7 @@ impl<'a> Ctx<'a> {
         }
         match backends::resolve_error_service(svc, &self.lookup) {
             Ok(g) => {
-                self.groups.insert(name.clone(), (g, GroupOwner { kind: "error_pages of Rule", meta }));
+                self.groups.insert(name.clone(), (Arc::new(g), GroupOwner { kind: "error_pages of Rule", meta }));
                 Some(name)
             }
             Err(errs) => {
@@ -351,7 +372,7 @@ impl<'a> Ctx<'a> {
         let meta = &ft.metadata;
         let prefix = self.opts.alb_name.as_deref().unwrap_or(name_of(meta));
         let group = format!("{prefix}-{port}-{proto}");
-        if !self.add_group("Frontend", meta, &group, sg) {
+        if !self.add_group("Frontend", meta, &group, sg, None) {
             return;
         }
         let d = default_dslx();
@@ -376,8 +397,8 @@ impl<'a> Ctx<'a> {
                 namespace: ns_of(meta).into(),
                 name: name_of(meta).into(),
             },
-            matcher,
-            index: index::derive(&d),
+            matcher: matcher.into(),
+            index: index::derive(&d).map(Arc::new),
             upstream: Some(group),
             backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
             config,
@@ -431,16 +452,30 @@ impl<'a> Ctx<'a> {
                 );
                 continue;
             };
-            let errs = dslx::validate(terms);
-            if !errs.is_empty() {
+            let rkey = cache::rule_key(rl);
+            let mut errs = Vec::new();
+            let d = self.memo.dslx(rkey, || {
+                errs = dslx::validate(terms);
+                if !errs.is_empty() {
+                    return None;
+                }
+                let matcher = dslx::to_match(terms);
+                Some(cache::Dslx {
+                    complexity: dslx::complexity(terms),
+                    dsl_len: dslx::internal_dsl_len(terms, &matcher),
+                    matcher: Arc::new(matcher),
+                    index: index::derive(terms).map(Arc::new),
+                })
+            });
+            let Some(d) = d else {
                 for e in errs {
                     self.reject("Rule", meta, e.field, e.reason, &e.problem);
                 }
                 continue;
-            }
+            };
             let upstream = match &rl.spec.service_group {
                 Some(sg) => {
-                    if !self.add_group("Rule", meta, name, sg) {
+                    if !self.add_group("Rule", meta, name, sg, Some(rkey)) {
                         continue;
                     }
                     Some(name.to_string())
@@ -449,12 +484,10 @@ impl<'a> Ctx<'a> {
             };
             let source_kind =
                 rl.spec.source.as_ref().map(|s| s.kind.as_str()).filter(|k| !k.is_empty()).unwrap_or("rule");
-            let complexity = dslx::complexity(terms);
-            let matcher = dslx::to_match(terms);
             let key = SortKey {
                 priority: rl.spec.priority,
-                complexity,
-                dsl_len: dslx::internal_dsl_len(terms, &matcher),
+                complexity: d.complexity,
+                dsl_len: d.dsl_len,
                 name,
                 namespace: ns,
             };
@@ -463,8 +496,20 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .map(|f| &**f)
                 .find(|f| ns_of(&f.metadata) == ns && name_of(&f.metadata) == ft);
-            let input = features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
-            let (mut config, errs) = features::rule_config(&input);
+            let ft_key = frontend.map_or(0, |f| f as *const Frontend as usize);
+            let (mut config, errs) = match self.memo.config(rkey, ft_key) {
+                Some(kept) => kept,
+                None => {
+                    let input =
+                        features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
+                    let reads = self.secrets.reads();
+                    let (config, errs) = features::rule_config(&input);
+                    if self.secrets.reads() == reads {
+                        self.memo.keep_config(rkey, ft_key, &config, &errs);
+                    }
+                    (config, errs)
+                }
+            };
             for e in errs {
                 self.reject("Rule", meta, e.field, e.reason, &e.problem);
             }
@@ -477,10 +522,10 @@ impl<'a> Ctx<'a> {
             let rule = HttpRule {
                 name: name.into(),
                 priority: rl.spec.priority,
-                complexity,
+                complexity: d.complexity,
                 source: Source { kind: source_kind.into(), namespace: ns.into(), name: name.into() },
-                matcher,
-                index: index::derive(terms),
+                matcher: d.matcher,
+                index: d.index,
                 upstream,
                 backend_protocol: self.backend_protocol("Rule", meta, &rl.spec.backend_protocol, port),
                 config,
@@ -541,6 +586,29 @@ pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
 /// [`compile`] when `prev` is the policy compiled before: the content keys of unchanged rules are taken from it
 /// ([`Policy::set_rule_keys_from`]). The result is the same as [`compile`]'s.
 pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&Policy>) -> Compiled {
+    compile_with(snapshot, opts, prev, cache::Memo::default()).0
+}
+
+/// [`compile_after`] that also takes what `cache` kept from the compilations before (`cache.rs`: the dslx
+/// products and backend group of every unchanged Rule) and keeps what this one computed. The result is the same
+/// as [`compile`]'s.
+pub fn compile_cached(
+    snapshot: &Snapshot,
+    opts: &CompileOptions,
+    prev: Option<&Policy>,
+    cache: &mut cache::CompileCache,
+) -> Compiled {
+    let (compiled, memo) = compile_with(snapshot, opts, prev, cache.begin(opts));
+    cache.finish(memo, snapshot);
+    compiled
+}
+
+fn compile_with(
+    snapshot: &Snapshot,
+    opts: &CompileOptions,
+    prev: Option<&Policy>,
+    memo: cache::Memo,
+) -> (Compiled, cache::Memo) {
     let mut ctx = Ctx {
         opts,
         name_label: crd::label_name(&opts.domain),
@@ -553,6 +621,7 @@ pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&P
         stream: Vec::new(),
         stream_fts: BTreeSet::new(),
         grpc_ports: BTreeSet::new(),
+        memo,
     };
     let known: BTreeSet<(&str, &str)> = snapshot
         .frontends
@@ -572,29 +641,25 @@ pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&P
         order::sort(&mut entries);
         http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| *r).collect() });
     }
-    let mut policy = Policy {
-        version: POLICY_VERSION,
-        generation: opts.generation,
-        http,
-        backend_groups: sorted_groups(ctx.groups),
-        certificates,
-    };
-    dedupe_groups(&mut policy);
+    let backend_groups = dedupe_groups(sorted_groups(ctx.groups), &mut http);
+    let mut policy =
+        Policy { version: POLICY_VERSION, generation: opts.generation, http, backend_groups, certificates };
     policy.set_rule_keys_from(prev);
     let mut stream = ctx.stream;
     stream.sort_by_key(|l| (l.port, l.proto));
-    Compiled {
+    let compiled = Compiled {
         policy: std::sync::Arc::new(policy),
         listeners,
         rejects: ctx.rejects,
         stream,
         certificates_change_at: cert_map.next_change,
-    }
+    };
+    (compiled, ctx.memo)
 }
 
 /// The backend groups by name (names are distinct).
-fn sorted_groups(groups: HashMap<String, (BackendGroup, GroupOwner)>) -> Vec<BackendGroup> {
-    let mut v: Vec<BackendGroup> = groups.into_values().map(|(g, _)| g).collect();
+fn sorted_groups(groups: HashMap<String, (Arc<BackendGroup>, GroupOwner)>) -> Vec<Arc<BackendGroup>> {
+    let mut v: Vec<Arc<BackendGroup>> = groups.into_values().map(|(g, _)| g).collect();
     v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     v
 }
@@ -602,13 +667,13 @@ fn sorted_groups(groups: HashMap<String, (BackendGroup, GroupOwner)>) -> Vec<Bac
 /// Rules whose backends are the same (same endpoints, weights and affinity) share one group: with many rules
 /// over few Services this keeps the policy small and the per-worker balancer build cheap. The group keeps the
 /// smallest name among those that had this content; rules are pointed at it.
-fn dedupe_groups(policy: &mut Policy) {
-    // backend_groups come sorted by name, so the first of a content is the smallest name.
-    let groups = &policy.backend_groups;
+/// `groups` are sorted by name; the rules of `http` are pointed at the kept groups, which are returned.
+fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, HttpPort>) -> Vec<Arc<BackendGroup>> {
+    // groups come sorted by name, so the first of a content is the smallest name.
     let mut canonical: HashMap<GroupContent, &str> = HashMap::with_capacity(groups.len());
     let mut rename: HashMap<&str, &str> = HashMap::new(); // dropped name -> kept name
     let mut keep = Vec::with_capacity(groups.len());
-    for g in groups {
+    for g in &groups {
         let content = (&*g.mode, &*g.session_affinity_policy, &*g.session_affinity_attribute, &*g.backends);
         match canonical.get(&content) {
             Some(kept) if !g.backends.is_empty() => {
@@ -621,10 +686,7 @@ fn dedupe_groups(policy: &mut Policy) {
             }
         }
     }
-    if rename.is_empty() {
-        return;
-    }
-    for port in policy.http.values_mut() {
+    for port in http.values_mut().filter(|_| !rename.is_empty()) {
         for rule in &mut port.rules {
             let ep = rule.config.error_pages.as_mut().and_then(|e| e.upstream.as_mut());
             for u in rule.upstream.iter_mut().chain(ep) {
@@ -635,8 +697,8 @@ fn dedupe_groups(policy: &mut Policy) {
             }
         }
     }
-    let mut keep = keep.into_iter();
-    policy.backend_groups.retain(|_| keep.next().unwrap_or(true));
+    drop(rename);
+    groups.into_iter().zip(keep).filter(|(_, k)| *k).map(|(g, _)| g).collect()
 }
 
 /// What makes two backend groups the same: mode, affinity and backends (structural equality is equality of

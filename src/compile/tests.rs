@@ -194,7 +194,7 @@ fn null_and_empty_dslx() {
     assert_eq!(c.rejects[0].field, "spec.dslx");
     let empty = &c.policy.http["80"].rules[0];
     assert_eq!(empty.name, "empty");
-    assert_eq!(empty.matcher, json!(["OR"]));
+    assert_eq!(*empty.matcher, json!(["OR"]));
     assert_eq!(empty.index, None);
 }
 
@@ -499,7 +499,8 @@ fn dedupe_groups_keeps_the_smallest_name() {
                            group("c", json!([be("10.0.0.2")])), group("d", json!([])), group("e", json!([]))],
     }))
     .unwrap();
-    dedupe_groups(&mut p);
+    let groups = std::mem::take(&mut p.backend_groups);
+    p.backend_groups = dedupe_groups(groups, &mut p.http);
     let names: Vec<&str> = p.backend_groups.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, ["a", "c", "d", "e"]);
     let ups: Vec<(Option<&str>, Option<&str>)> = p.http["80"]
@@ -549,4 +550,98 @@ fn compile_after_a_previous_policy_equals_compile_from_scratch() {
     let moved = compile_after(&s, &opts(), Some(&next.policy));
     assert_eq!(moved, compile(&s, &opts()));
     assert_eq!(key(&moved, "r-c"), key(&first, "r-c"));
+}
+
+/// The compile cache (`cache.rs`) changes no result: at every step a cached compilation equals a compilation
+/// from scratch. What the step left alone is taken from the cache, what it touched is computed again.
+#[test]
+fn cached_compilation_equals_compile_from_scratch() {
+    use cache::{CompileCache, Hits};
+    let web = || json!({"services": [{"name": "web", "namespace": "default", "port": 80}]});
+    let api = || json!({"services": [{"name": "api", "namespace": "default", "port": 80}]});
+    let mut s = base();
+    for (name, prefix, sg) in [("r-a", "/a", web()), ("r-b", "/b", api()), ("r-c", "/c", web())] {
+        s.rules.push(Arc::new(rule(
+            name,
+            "alb-dev-00080",
+            json!({"priority": 5, "dslx": [url("STARTS_WITH", prefix)], "serviceGroup": sg}),
+        )));
+    }
+    // r-d's features read a Secret (basic auth): they are computed every time.
+    s.rules.push(Arc::new(rule(
+        "r-d",
+        "alb-dev-00080",
+        json!({"priority": 5, "dslx": [url("STARTS_WITH", "/d")], "serviceGroup": web(),
+               "config": {"auth": {"basic": {"secret": "users", "auth_type": "basic"}}}}),
+    )));
+    let mut cache = CompileCache::default();
+    let mut prev: Option<Arc<Policy>> = None;
+    let mut step = |s: &Snapshot, o: &CompileOptions, what: &str| -> Hits {
+        let c = compile_cached(s, o, prev.as_deref(), &mut cache);
+        assert_eq!(c, compile(s, o), "{what}");
+        prev = Some(c.policy.clone());
+        cache.last_hits
+    };
+    let hits = |dslx, groups, configs| Hits { dslx, groups, configs };
+    assert_eq!(step(&s, &opts(), "first"), hits(0, 0, 0));
+    assert_eq!(step(&s, &opts(), "unchanged"), hits(4, 4, 3));
+
+    // The Secret appears: r-d's basic auth changes from failing closed to its users.
+    let mut users = Secret::default();
+    users.metadata.namespace = Some(NS.into());
+    users.metadata.name = Some("users".into());
+    users.string_data = Some([("auth".to_string(), "foo:$apr1$W60B7kxR$kC.He7pPyJM2io6VH2VNS.".to_string())].into());
+    s.secrets.push(Arc::new(users));
+    assert_eq!(step(&s, &opts(), "secret added"), hits(4, 4, 3));
+
+    // r-b edited: all of it computed again.
+    s.rules[1] = Arc::new(rule(
+        "r-b",
+        "alb-dev-00080",
+        json!({"priority": 5, "dslx": [url("STARTS_WITH", "/b2")], "serviceGroup": api()}),
+    ));
+    assert_eq!(step(&s, &opts(), "r-b edited"), hits(3, 3, 2));
+
+    // api's slice changes: r-b's group is resolved again, its matcher and features are kept.
+    s.endpoint_slices[1] =
+        Arc::new(slice("default", "api", "api-abc", &[("", 8081)], &[("10.0.0.2", None), ("10.0.0.3", None)]));
+    assert_eq!(step(&s, &opts(), "api slice changed"), hits(4, 3, 3));
+
+    // api disappears (r-b is rejected before its features are read) and comes back as the very same object:
+    // r-b's old group was dropped when it was found stale, so it is resolved again rather than trusted by address.
+    let api_svc = s.services.remove(1);
+    assert_eq!(step(&s, &opts(), "api removed"), hits(4, 3, 2));
+    s.services.insert(1, api_svc);
+    assert_eq!(step(&s, &opts(), "api back"), hits(4, 3, 2));
+    assert_eq!(step(&s, &opts(), "unchanged again"), hits(4, 4, 3));
+
+    // A new Frontend object (its config changed): every Rule's features are computed again.
+    let mut ft = (*s.frontends[0]).clone();
+    ft.spec.config = Some(json!({"timeout": {"proxy_read_timeout": 7}}));
+    s.frontends[0] = Arc::new(ft);
+    assert_eq!(step(&s, &opts(), "frontend changed"), hits(4, 4, 0));
+
+    // Other options: nothing is taken.
+    let other = CompileOptions { generation: 8, ..opts() };
+    assert_eq!(step(&s, &other, "generation only"), hits(4, 4, 3));
+    let other = CompileOptions { domain: "example.com".into(), ..opts() };
+    assert_eq!(step(&s, &other, "other domain"), hits(0, 0, 0));
+}
+
+/// The cache holds the objects its entries were computed from until a compilation no longer has them (an
+/// address in the cache always names a live object), and no longer.
+#[test]
+fn the_cache_holds_the_last_snapshots_objects_only() {
+    let mut s = base();
+    s.rules.push(Arc::new(rule_to("r-a", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a")]), "web", 80)));
+    let mut cache = cache::CompileCache::default();
+    compile_cached(&s, &opts(), None, &mut cache);
+    assert!(cache.has(&s.rules[0]));
+    let old = Arc::downgrade(&s.rules[0]);
+    s.rules[0] = Arc::new(rule_to("r-a", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a2")]), "web", 80));
+    assert!(old.upgrade().is_some(), "held by the cache");
+    compile_cached(&s, &opts(), None, &mut cache);
+    assert!(old.upgrade().is_none(), "released by the next compilation");
+    assert!(cache.has(&s.rules[0]));
+    assert_eq!(cache.len(), 1);
 }

@@ -5,6 +5,7 @@
 use super::dataplane::Dataplane;
 use super::stores::Stores;
 use super::ControllerArgs;
+use crate::compile::cache::CompileCache;
 use crate::compile::{CompileOptions, Compiled};
 use crate::metrics::{Metrics, Reload};
 use crate::nginx::push::{PolicyClient, Pusher};
@@ -36,6 +37,8 @@ pub struct RenderLoop {
     /// Reject lines logged by the previous compilation (each is logged once, when it appears).
     seen: BTreeSet<String>,
     metrics: Arc<Metrics>,
+    /// What the compilation of an unchanged Rule takes from the one before (src/compile/cache.rs).
+    cache: CompileCache,
 }
 
 fn listeners(c: &Compiled) -> (Vec<HttpListener>, Vec<StreamListener>) {
@@ -52,7 +55,17 @@ impl RenderLoop {
         metrics: Arc<Metrics>,
     ) -> Result<RenderLoop> {
         let opts = CompileOptions { alb_name: Some(args.alb_name.clone()), domain: args.domain.clone(), generation: 0 };
-        Ok(RenderLoop { args: args.clone(), stores, changes, published, ready, opts, seen: BTreeSet::new(), metrics })
+        Ok(RenderLoop {
+            args: args.clone(),
+            stores,
+            changes,
+            published,
+            ready,
+            opts,
+            seen: BTreeSet::new(),
+            metrics,
+            cache: CompileCache::default(),
+        })
     }
 
     fn build(&mut self) -> Compiled {
@@ -63,7 +76,7 @@ impl RenderLoop {
             .and_then(|alb| crate::compile::certs::TlsFallback::of(&super::ingress_sync::alb_config(&self.args, &alb)));
         self.stores.count_into(&self.metrics);
         let prev = self.published.borrow().as_ref().map(|p| p.compiled.policy.clone());
-        let compiled = self.metrics.compile(&snapshot, &self.opts, prev.as_deref());
+        let compiled = self.metrics.compile(&snapshot, &self.opts, prev.as_deref(), &mut self.cache);
         let mut now = BTreeSet::new();
         for r in &compiled.rejects {
             let line = format!("rejected {r}");

@@ -4,6 +4,7 @@
 use super::{BackendGroup, Certificate, HttpPort, HttpRule, Policy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyDelta {
@@ -21,7 +22,7 @@ pub struct PolicyDelta {
     pub http_removed: Vec<String>,
     /// New or changed groups, whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backend_groups: Vec<BackendGroup>,
+    pub backend_groups: Vec<Arc<BackendGroup>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_groups_removed: Vec<String>,
     /// New or changed certificates by lookup key.
@@ -95,11 +96,12 @@ impl PolicyDelta {
         }
         let http_removed = base.http.keys().filter(|p| !next.http.contains_key(*p)).cloned().collect();
 
-        let base_groups: HashMap<&str, &BackendGroup> =
+        let base_groups: HashMap<&str, &Arc<BackendGroup>> =
             base.backend_groups.iter().map(|g| (g.name.as_str(), g)).collect();
         let next_names: HashSet<&str> = next.backend_groups.iter().map(|g| g.name.as_str()).collect();
-        let backend_groups =
-            next.backend_groups.iter().filter(|g| base_groups.get(g.name.as_str()) != Some(g)).cloned().collect();
+        let unchanged =
+            |g: &Arc<BackendGroup>| base_groups.get(g.name.as_str()).is_some_and(|b| Arc::ptr_eq(b, g) || ***b == **g);
+        let backend_groups = next.backend_groups.iter().filter(|g| !unchanged(g)).cloned().collect();
         let backend_groups_removed = base
             .backend_groups
             .iter()
@@ -172,7 +174,7 @@ impl PolicyDelta {
         }
 
         let removed: HashSet<&str> = self.backend_groups_removed.iter().map(String::as_str).collect();
-        let mut groups: BTreeMap<&str, &BackendGroup> = BTreeMap::new();
+        let mut groups: BTreeMap<&str, &Arc<BackendGroup>> = BTreeMap::new();
         for g in &base.backend_groups {
             if groups.insert(&g.name, g).is_some() {
                 return Err(DeltaError::DuplicateGroup { name: g.name.clone(), place: "base policy" });
@@ -224,7 +226,7 @@ fn positions(rules: &[HttpRule]) -> HashMap<&str, usize> {
     map
 }
 
-fn strictly_sorted(groups: &[BackendGroup]) -> bool {
+fn strictly_sorted(groups: &[Arc<BackendGroup>]) -> bool {
     groups.windows(2).all(|w| w[0].name < w[1].name)
 }
 
@@ -316,12 +318,12 @@ mod tests {
         let d = round_trip(&basic, &edited(&basic, |p| _ = p.http.remove("8080")), "removed port");
         assert!(d.http.is_empty() && d.http_removed == ["8080"]);
 
-        let next = edited(&basic, |p| p.backend_groups[0].backends[0].weight += 7);
+        let next = edited(&basic, |p| Arc::make_mut(&mut p.backend_groups[0]).backends[0].weight += 7);
         let d = round_trip(&basic, &next, "group backends");
         assert!(d.backend_groups == [next.backend_groups[0].clone()] && d.backend_groups_removed.is_empty());
         let next = edited(&basic, |p| {
             let mut g = p.backend_groups[0].clone();
-            g.name = "zz-new".into();
+            Arc::make_mut(&mut g).name = "zz-new".into();
             p.backend_groups.push(g);
             p.backend_groups.remove(0);
         });
@@ -422,11 +424,11 @@ mod tests {
             .map(|i| {
                 let mut r = template.clone();
                 r.name = format!("rule-{i}");
-                r.matcher = serde_json::json!([
+                r.matcher = std::sync::Arc::new(serde_json::json!([
                     "AND",
                     ["EQ", "HOST", format!("h{i}.example.com")],
                     ["STARTS_WITH", "URL", "/api"]
-                ]);
+                ]));
                 r
             })
             .collect();
