@@ -9,6 +9,12 @@
 //! compilation only when that compilation checked it against (or computed it from) its own objects; every other
 //! part is dropped, and the held objects are replaced by the new snapshot's. So every address left in the cache
 //! names an object that is held.
+//!
+//! A Rule replaced by an object that differs only in what no result reads (its status, resourceVersion: every
+//! status write) keeps its entry: the first compilation that misses it finds the held object of the same
+//! namespace/name and, when their spec, labels and annotations are equal, moves the entry to the new address.
+//! Without this, the status writes after start-up would make the next compilation compute every Rule again and
+//! hold two generations of results for a moment.
 
 use crate::compile::features::FeatureError;
 use crate::compile::slice::EndpointSlice;
@@ -16,7 +22,7 @@ use crate::compile::{CompileOptions, Snapshot};
 use crate::crd::{Frontend, Rule};
 use crate::policy::config::RuleConfig;
 use crate::policy::{BackendGroup, Index};
-use foldhash::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
 use std::sync::Arc;
@@ -38,15 +44,20 @@ pub struct Hits {
     pub dslx: usize,
     pub groups: usize,
     pub configs: usize,
+    /// Entries moved to a Rule's new object (same spec, labels and annotations).
+    pub moved: usize,
 }
 
 /// The objects of the last compiled snapshot whose addresses key the entries.
+/// Frontends, Services and slices are held for their addresses only; Rules are also read (`Memo::adopt`).
 #[derive(Default)]
-#[allow(dead_code)] // held for their addresses, never read
 struct Held {
+    #[allow(dead_code)]
     frontends: Vec<Arc<Frontend>>,
     rules: Vec<Arc<Rule>>,
+    #[allow(dead_code)]
     services: Vec<Arc<Service>>,
+    #[allow(dead_code)]
     slices: Vec<Arc<EndpointSlice>>,
 }
 
@@ -76,6 +87,18 @@ struct Entry {
 pub struct Memo {
     entries: HashMap<usize, Entry>,
     hits: Hits,
+    /// The objects of the compilation before (their addresses key `entries`).
+    held: Held,
+    /// `held.rules` by a hash of namespace/name ([`name_hash`]), made at the first Rule this compilation has no
+    /// entry for.
+    by_name: Option<HashMap<u64, usize>>,
+}
+
+/// A hash of a Rule's namespace/name (`Memo::adopt`).
+fn name_hash(rule: &Rule) -> u64 {
+    use std::hash::BuildHasher;
+    let m = &rule.metadata;
+    foldhash::fast::FixedState::default().hash_one((m.namespace.as_deref(), m.name.as_deref()))
 }
 
 /// The key of a Rule: its address (stable while the cache holds it).
@@ -95,7 +118,7 @@ impl CompileCache {
         for e in entries.values_mut() {
             e.touched = 0;
         }
-        Memo { entries, hits: Hits::default() }
+        Memo { entries, hits: Hits::default(), held: std::mem::take(&mut self.held), by_name: None }
     }
 
     /// Back from a compilation of `snapshot`: keeps the entries it used and holds its objects.
@@ -114,14 +137,14 @@ impl CompileCache {
         });
         self.entries = memo.entries;
         self.last_hits = memo.hits;
-        // The new objects are taken before the old ones are released: an address in use stays in use.
-        let held = Held {
+        // The new objects are taken before the old ones (`memo.held`) are released: an address in use stays in use.
+        self.held = Held {
             frontends: snapshot.frontends.clone(),
             rules: snapshot.rules.clone(),
             services: snapshot.services.clone(),
             slices: snapshot.endpoint_slices.clone(),
         };
-        self.held = held;
+        drop(memo.held);
     }
 }
 
@@ -132,6 +155,39 @@ const CONFIG: u8 = 4;
 impl Memo {
     fn entry(&mut self, rule: usize) -> &mut Entry {
         self.entries.entry(rule).or_default()
+    }
+
+    /// Before `rule` is compiled: when it has no entry but the held Rule of its namespace/name has one and reads
+    /// the same (spec, labels, annotations: all that the cached results depend on besides other objects, whose
+    /// identities are checked anyway), that entry becomes `rule`'s.
+    pub(crate) fn adopt(&mut self, rule: &Rule) {
+        let key = rule_key(rule);
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        let rules = &self.held.rules;
+        let by_name = self.by_name.get_or_insert_with(|| {
+            let mut m = HashMap::with_capacity(rules.len());
+            for (i, r) in rules.iter().enumerate() {
+                m.insert(name_hash(r), i);
+            }
+            m
+        });
+        let Some(old) = by_name.get(&name_hash(rule)).map(|i| &rules[*i]) else { return };
+        // (a hash shared by two names finds the other one: compared below, and not taken)
+        let (m, o) = (&rule.metadata, &old.metadata);
+        let same = o.namespace == m.namespace
+            && o.name == m.name
+            && old.spec == rule.spec
+            && o.labels == m.labels
+            && o.annotations == m.annotations;
+        if !same {
+            return;
+        }
+        if let Some(e) = self.entries.remove(&rule_key(old)) {
+            self.entries.insert(key, e);
+            self.hits.moved += 1;
+        }
     }
 
     /// The dslx products of `rule`, computed by `make` (None: invalid, nothing kept) unless kept from before.

@@ -452,6 +452,7 @@ impl<'a> Ctx<'a> {
                 );
                 continue;
             };
+            self.memo.adopt(rl);
             let rkey = cache::rule_key(rl);
             let mut errs = Vec::new();
             let d = self.memo.dslx(rkey, || {
@@ -590,7 +591,7 @@ pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&P
 }
 
 /// [`compile_after`] that also takes what `cache` kept from the compilations before (`cache.rs`: the dslx
-/// products and backend group of every unchanged Rule) and keeps what this one computed. The result is the same
+/// products, features and backend group of every unchanged Rule) and keeps what this one computed. The result is the same
 /// as [`compile`]'s.
 pub fn compile_cached(
     snapshot: &Snapshot,

@@ -582,7 +582,7 @@ fn cached_compilation_equals_compile_from_scratch() {
         prev = Some(c.policy.clone());
         cache.last_hits
     };
-    let hits = |dslx, groups, configs| Hits { dslx, groups, configs };
+    let hits = |dslx, groups, configs| Hits { dslx, groups, configs, moved: 0 };
     assert_eq!(step(&s, &opts(), "first"), hits(0, 0, 0));
     assert_eq!(step(&s, &opts(), "unchanged"), hits(4, 4, 3));
 
@@ -614,6 +614,17 @@ fn cached_compilation_equals_compile_from_scratch() {
     s.services.insert(1, api_svc);
     assert_eq!(step(&s, &opts(), "api back"), hits(4, 3, 2));
     assert_eq!(step(&s, &opts(), "unchanged again"), hits(4, 4, 3));
+
+    // r-a's status is written (a new object, same spec, labels and annotations): its entry moves to the new object.
+    let mut ra = (*s.rules[0]).clone();
+    ra.status = Some(Default::default());
+    ra.metadata.resource_version = Some("2".into());
+    s.rules[0] = Arc::new(ra.clone());
+    assert_eq!(step(&s, &opts(), "r-a status"), Hits { moved: 1, ..hits(4, 4, 3) });
+    // r-a gets an annotation (which its features could read): computed again.
+    ra.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+    s.rules[0] = Arc::new(ra);
+    assert_eq!(step(&s, &opts(), "r-a annotated"), hits(3, 3, 2));
 
     // A new Frontend object (its config changed): every Rule's features are computed again.
     let mut ft = (*s.frontends[0]).clone();

@@ -77,6 +77,7 @@ impl RenderLoop {
         self.stores.count_into(&self.metrics);
         let prev = self.published.borrow().as_ref().map(|p| p.compiled.policy.clone());
         let compiled = self.metrics.compile(&snapshot, &self.opts, prev.as_deref(), &mut self.cache);
+        tracing::debug!(rules = snapshot.rules.len(), taken = ?self.cache.last_hits, "compiled");
         let mut now = BTreeSet::new();
         for r in &compiled.rejects {
             let line = format!("rejected {r}");
