@@ -51,10 +51,10 @@ impl<'a> Lookup<'a> {
 
 impl Lookup<'_> {
     /// What [`resolve_with`] reads for `sg`, as addresses: per Service of the group, the Service and its slices
-    /// (0 for a missing Service). Equal identities resolve to equal groups while the objects are alive
+    /// (0 for a missing Service), into `id`. Equal identities resolve to equal groups while the objects are alive
     /// (`cache.rs`).
-    pub fn identity(&self, sg: &ServiceGroup, default_ns: &str) -> Vec<usize> {
-        let mut id = Vec::with_capacity(sg.services.len() * 3);
+    pub fn identity_into(&self, sg: &ServiceGroup, default_ns: &str, id: &mut Vec<usize>) {
+        id.clear();
         for s in &sg.services {
             let ns = if s.namespace.is_empty() { default_ns } else { s.namespace.as_str() };
             match self.services.get(&(ns, s.name.as_str())) {
@@ -66,7 +66,6 @@ impl Lookup<'_> {
                 None => id.push(0),
             }
         }
-        id
     }
 }
 

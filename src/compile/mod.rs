@@ -23,6 +23,7 @@ use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -189,7 +190,8 @@ struct Ctx<'a> {
     lookup: Lookup<'a>,
     rejects: Vec<Reject>,
     /// Backend groups by name, with what produced each (named in the rejection of a later duplicate).
-    groups: HashMap<String, (Arc<BackendGroup>, GroupOwner<'a>)>,
+    /// A Rule's group is named after the Rule: its name is borrowed from the snapshot.
+    groups: HashMap<Cow<'a, str>, (Arc<BackendGroup>, GroupOwner<'a>)>,
     /// Port → rules with their sort keys. Boxed: sorting and collecting move pointers, not whole rules.
     ports: BTreeMap<u16, Vec<(SortKey<'a>, Box<HttpRule>)>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
@@ -202,6 +204,8 @@ struct Ctx<'a> {
     grpc_ports: BTreeSet<u16>,
     /// What earlier compilations computed for unchanged Rules (`cache.rs`).
     memo: cache::Memo,
+    /// The identity of the group being resolved ([`Lookup::identity_into`]), reused from Rule to Rule.
+    identity: Vec<usize>,
 }
 
 /// The producer of a backend group: `<kind> <ns>/<name>` (kind `Rule`, `Frontend` or `error_pages of Rule`).
@@ -234,35 +238,37 @@ impl<'a> Ctx<'a> {
         &mut self,
         kind: &'static str,
         meta: &'a ObjectMeta,
-        group: &str,
+        group: Cow<'a, str>,
         sg: &crd::ServiceGroup,
         rule: Option<usize>,
     ) -> bool {
-        if let Some((_, owner)) = self.groups.get(group) {
+        if let Some((_, owner)) = self.groups.get(&group) {
             let problem = format!("gives backend group {group:?}, already used by {owner}");
             self.reject(kind, meta, "metadata.name".into(), "DuplicateBackendGroup", &problem);
             return false;
         }
         // A Rule's group is a function of the Rule and of the Services and slices it names.
-        let identity = rule.map(|r| (r, self.lookup.identity(sg, ns_of(meta))));
-        if let Some(g) = identity.as_ref().and_then(|(r, id)| self.memo.group(*r, id)) {
-            self.groups.insert(group.to_string(), (g, GroupOwner { kind, meta }));
-            return true;
+        if let Some(r) = rule {
+            self.lookup.identity_into(sg, ns_of(meta), &mut self.identity);
+            if let Some(g) = self.memo.group(r, &self.identity) {
+                self.groups.insert(group, (g, GroupOwner { kind, meta }));
+                return true;
+            }
         }
         // Ingress `service-upstream` (src/ingress/balance.rs): ClusterIP instead of endpoints.
         let cluster_ip = kind == "Rule"
             && meta.annotations.as_ref().and_then(|a| a.get(&self.service_upstream)).is_some_and(|v| v == "true");
         let resolved = match cluster_ip {
-            true => backends::resolve_with(group, sg, ns_of(meta), &self.lookup, "TCP", true),
-            false => backends::resolve(group, sg, ns_of(meta), &self.lookup),
+            true => backends::resolve_with(&group, sg, ns_of(meta), &self.lookup, "TCP", true),
+            false => backends::resolve(&group, sg, ns_of(meta), &self.lookup),
         };
         match resolved {
             Ok(g) => {
                 let g = Arc::new(g);
-                if let Some((r, id)) = identity {
-                    self.memo.keep_group(r, id, &g);
+                if let Some(r) = rule {
+                    self.memo.keep_group(r, self.identity.clone(), &g);
                 }
-                self.groups.insert(group.to_string(), (g, GroupOwner { kind, meta }));
+                self.groups.insert(group, (g, GroupOwner { kind, meta }));
                 true
             }
             Err(errs) => {
@@ -278,12 +284,13 @@ impl<'a> Ctx<'a> {
     /// port); `None` (reported on the Rule) when the Service or port does not exist.
     fn error_group(&mut self, meta: &'a ObjectMeta, svc: &crate::policy::config::ErrorService) -> Option<String> {
         let name = backends::error_group_name(svc);
-        if self.groups.contains_key(&name) {
+        if self.groups.contains_key(name.as_str()) {
             return Some(name);
         }
         match backends::resolve_error_service(svc, &self.lookup) {
             Ok(g) => {
-                self.groups.insert(name.clone(), (Arc::new(g), GroupOwner { kind: "error_pages of Rule", meta }));
+                let owner = GroupOwner { kind: "error_pages of Rule", meta };
+                self.groups.insert(Cow::Owned(name.clone()), (Arc::new(g), owner));
                 Some(name)
             }
             Err(errs) => {
@@ -372,7 +379,7 @@ impl<'a> Ctx<'a> {
         let meta = &ft.metadata;
         let prefix = self.opts.alb_name.as_deref().unwrap_or(name_of(meta));
         let group = format!("{prefix}-{port}-{proto}");
-        if !self.add_group("Frontend", meta, &group, sg, None) {
+        if !self.add_group("Frontend", meta, Cow::Owned(group.clone()), sg, None) {
             return;
         }
         let d = default_dslx();
@@ -476,7 +483,7 @@ impl<'a> Ctx<'a> {
             };
             let upstream = match &rl.spec.service_group {
                 Some(sg) => {
-                    if !self.add_group("Rule", meta, name, sg, Some(rkey)) {
+                    if !self.add_group("Rule", meta, Cow::Borrowed(name), sg, Some(rkey)) {
                         continue;
                     }
                     Some(name.to_string())
@@ -623,6 +630,7 @@ fn compile_with(
         stream_fts: BTreeSet::new(),
         grpc_ports: BTreeSet::new(),
         memo,
+        identity: Vec::new(),
     };
     let known: BTreeSet<(&str, &str)> = snapshot
         .frontends
@@ -659,7 +667,7 @@ fn compile_with(
 }
 
 /// The backend groups by name (names are distinct).
-fn sorted_groups(groups: HashMap<String, (Arc<BackendGroup>, GroupOwner)>) -> Vec<Arc<BackendGroup>> {
+fn sorted_groups(groups: HashMap<Cow<str>, (Arc<BackendGroup>, GroupOwner)>) -> Vec<Arc<BackendGroup>> {
     let mut v: Vec<Arc<BackendGroup>> = groups.into_values().map(|(g, _)| g).collect();
     v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     v
