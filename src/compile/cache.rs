@@ -152,6 +152,25 @@ const DSLX: u8 = 1;
 const GROUP: u8 = 2;
 const CONFIG: u8 = 4;
 
+/// A part of an entry (`bit`) when `valid` for this compilation: marked checked and counted. Otherwise it is
+/// dropped: it was computed from other objects, which may be gone, so it is never compared again.
+fn checked<'e, T>(
+    slot: &'e mut Option<T>,
+    touched: &mut u8,
+    bit: u8,
+    hits: &mut usize,
+    valid: impl FnOnce(&T) -> bool,
+) -> Option<&'e T> {
+    if slot.as_ref().is_some_and(valid) {
+        *touched |= bit;
+        *hits += 1;
+        slot.as_ref()
+    } else {
+        *slot = None;
+        None
+    }
+}
+
 impl Memo {
     fn entry(&mut self, rule: usize) -> &mut Entry {
         self.entries.entry(rule).or_default()
@@ -208,37 +227,16 @@ impl Memo {
 
     /// The group of `rule` when it was resolved from objects of the same `identity`.
     pub(crate) fn group(&mut self, rule: usize, identity: &[usize]) -> Option<Arc<BackendGroup>> {
-        let e = self.entry(rule);
-        match &e.group {
-            Some((id, g)) if id.as_slice() == identity => {
-                let g = g.clone();
-                e.touched |= GROUP;
-                self.hits.groups += 1;
-                Some(g)
-            }
-            _ => {
-                // computed from other objects, which may be gone: never compared again
-                e.group = None;
-                None
-            }
-        }
+        let e = self.entries.entry(rule).or_default();
+        let kept = checked(&mut e.group, &mut e.touched, GROUP, &mut self.hits.groups, |(id, _)| id == identity);
+        kept.map(|(_, g)| g.clone())
     }
 
     /// The features of `rule` on the Frontend at `frontend`, when kept.
     pub(crate) fn config(&mut self, rule: usize, frontend: usize) -> Option<(RuleConfig, Vec<FeatureError>)> {
-        let e = self.entry(rule);
-        match &e.config {
-            Some((f, c, errs)) if *f == frontend => {
-                let out = (c.clone(), errs.clone());
-                e.touched |= CONFIG;
-                self.hits.configs += 1;
-                Some(out)
-            }
-            _ => {
-                e.config = None;
-                None
-            }
-        }
+        let e = self.entries.entry(rule).or_default();
+        let kept = checked(&mut e.config, &mut e.touched, CONFIG, &mut self.hits.configs, |(f, ..)| *f == frontend);
+        kept.map(|(_, c, errs)| (c.clone(), errs.clone()))
     }
 
     pub(crate) fn keep_config(&mut self, rule: usize, frontend: usize, config: &RuleConfig, errs: &[FeatureError]) {
