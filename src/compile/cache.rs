@@ -35,7 +35,7 @@ pub struct CompileCache {
     /// The options the entries were computed with (a change of options empties the cache).
     opts: Option<CompileOptions>,
     entries: HashMap<usize, Entry>,
-    /// What the last compilation took from the cache (tests).
+    /// What the last compilation took from the cache (tests, and a debug line of the render loop).
     pub last_hits: Hits,
 }
 
@@ -75,7 +75,7 @@ struct Entry {
     /// Parts this compilation checked or computed (DSLX, GROUP, CONFIG); the others are dropped at its end.
     touched: u8,
     dslx: Option<Dslx>,
-    /// The group and the identity of what it was resolved from ([`crate::compile::backends::Lookup::identity`]).
+    /// The group and the identity of what it was resolved from ([`crate::compile::backends::Lookup::identity_into`]).
     group: Option<(Vec<usize>, Arc<BackendGroup>)>,
     /// The features of the Rule on the Frontend at that address, when they were computed without reading a
     /// Secret (those that read one are computed every time).
