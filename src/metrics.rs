@@ -181,7 +181,7 @@ impl Metrics {
         out
     }
 
-    /// Compiles `snap` (after `prev`, see [`compile_after`]) and records the duration, the policy's size and
+    /// Compiles `snap` (after `prev`, with `cache`: [`compile_cached`]) and records the duration, the policy's size and
     /// rule count and the rejected objects.
     pub fn compile(
         &self,

@@ -123,7 +123,7 @@ pub fn snapshot_with_ingresses(
 
 /// Compiles the folder; logs problems and rejects not logged by the previous build (`seen`). The policy's
 /// generation is left at 0 so that two compilations of the same objects give the same bytes. `prev` is the
-/// policy of the previous build (its rule keys are reused, [`crate::compile::compile_after`]).
+/// policy of the previous build (its rule keys are reused, [`crate::compile::compile_cached`]).
 fn build(
     prev: Option<&crate::policy::Policy>,
     dir: &mut ManifestDir,

@@ -588,18 +588,13 @@ impl Ctx<'_> {
 /// Compile a snapshot into the policy pushed to the data plane, the listeners nginx needs, and the objects
 /// left out.
 pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Compiled {
-    compile_after(snapshot, opts, None)
+    compile_with(snapshot, opts, None, cache::Memo::default()).0
 }
 
-/// [`compile`] when `prev` is the policy compiled before: the content keys of unchanged rules are taken from it
-/// ([`Policy::set_rule_keys_from`]). The result is the same as [`compile`]'s.
-pub fn compile_after(snapshot: &Snapshot, opts: &CompileOptions, prev: Option<&Policy>) -> Compiled {
-    compile_with(snapshot, opts, prev, cache::Memo::default()).0
-}
-
-/// [`compile_after`] that also takes what `cache` kept from the compilations before (`cache.rs`: the dslx
-/// products, features and backend group of every unchanged Rule) and keeps what this one computed. The result is the same
-/// as [`compile`]'s.
+/// [`compile`] as a repeated compiler does it. `prev` is the policy compiled before: the content keys of unchanged
+/// rules are taken from it ([`Policy::set_rule_keys_from`]). `cache` gives what the compilations before computed
+/// (`cache.rs`: the dslx products, features and backend group of every unchanged Rule) and keeps what this one
+/// computes. The result is the same as [`compile`]'s.
 pub fn compile_cached(
     snapshot: &Snapshot,
     opts: &CompileOptions,
@@ -695,8 +690,8 @@ fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, Htt
             }
         }
     }
-    for port in http.values_mut().filter(|_| !rename.is_empty()) {
-        for rule in &mut port.rules {
+    if !rename.is_empty() {
+        for rule in http.values_mut().flat_map(|p| p.rules.iter_mut()) {
             let ep = rule.config.error_pages.as_mut().and_then(|e| e.upstream.as_mut());
             for u in rule.upstream.iter_mut().chain(ep) {
                 if let Some(kept) = rename.get(u.as_str()) {

@@ -518,6 +518,10 @@ fn dedupe_groups_keeps_the_smallest_name() {
 /// rule whose Rule changed gets a new one, and a change of endpoints changes the group, not the rules' keys.
 #[test]
 fn compile_after_a_previous_policy_equals_compile_from_scratch() {
+    // a new cache each time: only the keys come from the previous policy
+    let compile_after = |s: &Snapshot, o: &CompileOptions, prev: Option<&Policy>| {
+        compile_cached(s, o, prev, &mut cache::CompileCache::default())
+    };
     let mut s = base();
     for (name, prefix, svc) in [("r-a", "/a", "web"), ("r-b", "/b", "api"), ("r-c", "/c", "web")] {
         s.rules.push(Arc::new(rule(
