@@ -2,11 +2,12 @@
 //! and `kind: List` included. A file that does not parse keeps its last good content, so a half-saved edit
 //! never drops routes; the error names the file and document.
 
+use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::compile::Snapshot;
 use crate::crd::{Frontend, Rule};
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::Value;
 use std::collections::BTreeMap;

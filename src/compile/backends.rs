@@ -1,15 +1,14 @@
 //! Service group → backend group (controlplane.md §3.2, with EndpointSlices instead of Endpoints).
 
+use super::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{ServiceGroup, ServiceRef};
 use crate::policy::config::ErrorService;
 use crate::policy::{Backend, BackendGroup};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::net::IpAddr;
-
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Services of a snapshot with their EndpointSlices, indexed by namespace/name.
 pub struct Lookup<'a> {
@@ -36,8 +35,8 @@ impl<'a> Lookup<'a> {
         }
         for s in slices {
             let m = &s.metadata;
-            let Some(svc) = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-            if let Some(e) = l.services.get_mut(&(m.namespace.as_deref().unwrap_or(""), svc.as_str())) {
+            let Some(svc) = s.service_name() else { continue };
+            if let Some(e) = l.services.get_mut(&(m.namespace.as_deref().unwrap_or(""), svc)) {
                 e.slices.push(s);
             }
         }

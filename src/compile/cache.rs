@@ -17,13 +17,13 @@
 //! hold two generations of results for a moment.
 
 use crate::compile::features::FeatureError;
+use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::compile::{CompileOptions, Snapshot};
 use crate::crd::{Frontend, Rule};
 use crate::policy::config::RuleConfig;
 use crate::policy::{BackendGroup, Index};
 use foldhash::{HashMap, HashMapExt};
-use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
 use std::sync::Arc;
 

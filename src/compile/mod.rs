@@ -10,17 +10,19 @@ pub mod dslx;
 pub mod features;
 pub mod index;
 pub mod order;
+pub mod service;
 pub mod slice;
 pub mod stream;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{self, Frontend, Rule};
 use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
 use backends::Lookup;
 use foldhash::{HashMap, HashMapExt};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use order::SortKey;
 use std::borrow::Cow;

@@ -1,10 +1,10 @@
 //! Test helpers: a reference evaluator of policy expressions (docs/policy.md "Expr" semantics), the index
 //! admission check of the Lua router, and fixture constructors.
 
+use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{Frontend, Rule};
 use crate::policy::Index;
-use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -93,8 +93,9 @@ impl<'a> Inputs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::service::Service;
     use crate::crd::Frontend;
-    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use k8s_openapi::api::core::v1::Namespace;
     use serde_json::json;
 
     fn meta(ns: &str, name: &str, rv: &str) -> serde_json::Value {

@@ -6,12 +6,13 @@
 //! returns, so changes made during an outage apply within seconds of the API server's return.
 
 use super::ControllerArgs;
+use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::compile::Snapshot;
 use crate::crd::alb2::ALB2;
 use crate::crd::{Frontend, Rule};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -86,31 +87,19 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
     }
 }
 
-/// Of a Service the compiler and the Ingress translation read its ports, type, ClusterIP and ExternalName
-/// (`compile/backends.rs`, `ingress/translate.rs`); the rest of its spec (selector, IP families, policies) and its
-/// status are dropped from the cache.
+/// Of a Service the compiler and the Ingress translation read its name, namespace and the spec fields of
+/// alb's own type ([`crate::compile::service`]); its labels, annotations and owners are dropped from the cache
+/// (a real cluster's Services carry a few labels each, a map of ~0.5 KiB or more).
 fn trim_service(svc: &mut Service) {
-    svc.status = None;
-    if let Some(spec) = svc.spec.take() {
-        svc.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
-            ports: spec.ports,
-            type_: spec.type_,
-            cluster_ip: spec.cluster_ip,
-            external_name: spec.external_name,
-            ..Default::default()
-        });
-    }
-}
-
-/// Of a slice's metadata the compiler reads its name, namespace and Service label (the other labels are often
-/// copies of the Service's, one map per slice).
-fn trim_slice(slice: &mut EndpointSlice) {
-    let meta = &mut slice.metadata;
-    if let Some(l) = meta.labels.as_mut() {
-        l.retain(|k, _| k == crate::compile::backends::SERVICE_NAME_LABEL);
-    }
+    let meta = &mut svc.metadata;
+    meta.labels = None;
     meta.annotations = None;
     meta.owner_references = None;
+}
+
+/// Of a slice's metadata the compiler reads its name, namespace and Service label ([`EndpointSlice::compact`]).
+fn trim_slice(slice: &mut EndpointSlice) {
+    slice.compact();
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -533,10 +522,10 @@ mod backoff_tests {
 #[cfg(test)]
 mod trim_tests {
     use super::trim;
-    use k8s_openapi::api::core::v1::Service;
+    use crate::compile::service::Service;
 
-    /// A cached Service keeps what the compiler and the translation read, and loses its selector, IP family
-    /// fields and status.
+    /// A cached Service keeps what the compiler and the translation read: alb's own type decodes the spec
+    /// fields they read (not the selector, IP family fields or status), and `trim` drops labels and owners.
     #[test]
     fn services_keep_ports_type_and_addresses_only() {
         let mut svc: Service = serde_json::from_value(serde_json::json!({
@@ -552,17 +541,16 @@ mod trim_tests {
         assert_eq!(
             serde_json::to_value(&svc).unwrap(),
             serde_json::json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "labels": {"app": "web"}},
+                "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7"},
                 "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5",
                          "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
             })
         );
     }
 
-    /// A cached EndpointSlice keeps its Service label only, no annotations or owners.
+    /// A cached EndpointSlice keeps its Service's name (out of the labels), no labels, annotations or owners.
     #[test]
-    fn slices_keep_their_service_label_only() {
+    fn slices_keep_their_service_name_only() {
         let mut slice: crate::compile::slice::EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "a", "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
                          "name": "web", "uid": "u"}], "annotations": {"x": "y"},
@@ -572,8 +560,8 @@ mod trim_tests {
         .unwrap();
         trim("EndpointSlice", &mut slice);
         let m = &slice.metadata;
-        assert_eq!(m.labels, Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into()));
-        assert!(m.annotations.is_none() && m.owner_references.is_none());
+        assert_eq!(slice.service_name(), Some("web"));
+        assert!(m.labels.is_none() && m.annotations.is_none() && m.owner_references.is_none());
     }
 }
 

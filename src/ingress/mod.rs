@@ -34,8 +34,9 @@ pub mod translate;
 #[cfg(test)]
 mod testutil;
 
+use crate::compile::service::Service;
 use crate::crd::Frontend;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::Ingress;
 use std::fmt;
 use std::str::FromStr;

@@ -1,8 +1,9 @@
 //! Fixture constructors for the ingress tests.
 
 use super::IngressWorld;
+use crate::compile::service::Service;
 use crate::crd::Frontend;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Value};
 

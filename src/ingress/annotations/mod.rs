@@ -12,10 +12,10 @@
 pub mod parse;
 
 use super::DEFAULT_RULE_PRIORITY;
+use crate::compile::service::Service;
 use crate::policy::config::{
     Access, Cors, ErrorPages, ErrorService, Limit, Redirect, Retry, RewriteRequest, RewriteResponse, Timeout,
 };
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

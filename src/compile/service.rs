@@ -1,0 +1,105 @@
+//! What alb reads of a `v1` Service: its metadata, and of its spec the ports, type, ClusterIP and ExternalName
+//! (`compile/backends.rs`, `ingress/translate.rs`, `ingress/annotations`).
+//!
+//! The controller caches every Service of the cluster. k8s-openapi's `Service` is 824 bytes before any of its
+//! strings (its spec has room for ~30 fields); this one is 456, 360 of them the metadata, and serde skips the
+//! rest while decoding. The JSON shape and the field names are the API's, so manifests, watch events, test fixtures and the
+//! code that reads `spec.ports` decode and read the same way. The operator, which writes Services, uses
+//! k8s-openapi's type.
+
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct Service {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ServiceSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<ServicePort>>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(rename = "clusterIP", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+}
+
+impl kube::Resource for Service {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Service".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "services".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_what_alb_reads_and_skips_the_rest() {
+        let full = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9"],
+                     "selector": {"app": "web"}, "ipFamilies": ["IPv4"], "sessionAffinity": "None",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                                "appProtocol": "http"}]},
+            "status": {"loadBalancer": {}}
+        });
+        let s: Service = serde_json::from_value(full).unwrap();
+        let spec = s.spec.as_ref().unwrap();
+        assert_eq!((spec.type_.as_deref(), spec.cluster_ip.as_deref()), (Some("ClusterIP"), Some("10.96.0.9")));
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port, port.app_protocol.as_deref()), (Some("http"), 80, Some("http")));
+        let ext: Service =
+            serde_json::from_value(json!({"spec": {"type": "ExternalName", "externalName": "db.example.com"}}))
+                .unwrap();
+        assert_eq!(ext.spec.unwrap().external_name.as_deref(), Some("db.example.com"));
+        assert_eq!(Service::url_path(&(), Some("shop")), "/api/v1/namespaces/shop/services");
+        assert_eq!(Service::api_version(&()), "v1");
+        // the same JSON shape back (what the standalone's and the tests' fixtures rely on)
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["spec"]["clusterIP"], "10.96.0.9");
+        assert_eq!(back["spec"]["ports"][0]["targetPort"], 8080);
+    }
+
+    #[test]
+    fn smaller_than_the_full_type() {
+        let full = std::mem::size_of::<k8s_openapi::api::core::v1::Service>();
+        let lean = std::mem::size_of::<Service>();
+        assert!(lean * 5 < full * 3, "{lean} vs {full}");
+    }
+}
