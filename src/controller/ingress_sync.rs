@@ -43,11 +43,14 @@ type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcom
 
 /// The planned Ingresses' write futures, made one at a time. (An iterator type of its own, boxed futures: with a
 /// closure and its unboxed future in the stream's type the spawned task fails the higher-ranked `Send` check.)
+/// One planned Ingress: the object (held by its write only), its key, what to report and its plan.
+type Work = (Arc<Ingress>, (String, String), Reports, Plan);
+
 struct Writes<'a> {
     sync: &'a IngressSync,
     cfg: &'a AlbIngressConfig,
     addresses: &'a [String],
-    work: std::vec::IntoIter<(&'a Ingress, (String, String), Reports, Plan)>,
+    work: std::vec::IntoIter<Work>,
 }
 
 impl<'a> Iterator for Writes<'a> {
@@ -173,6 +176,24 @@ fn source_of<'a>(
 }
 
 /// (namespace, name) of an Ingress, borrowed.
+/// Namespace → names of the Ingresses a pass claimed, looked up by `&str`.
+#[derive(Default)]
+struct Claimed(HashMap<String, HashSet<String>>);
+
+impl Claimed {
+    fn insert(&mut self, (ns, name): (&str, &str)) {
+        self.0.entry(ns.to_string()).or_default().insert(name.to_string());
+    }
+
+    fn contains(&self, ns: &str, name: &str) -> bool {
+        self.0.get(ns).is_some_and(|names| names.contains(name))
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(HashSet::len).sum()
+    }
+}
+
 fn ingress_id(ing: &Ingress) -> (&str, &str) {
     (ing.metadata.namespace.as_deref().unwrap_or_default(), ing.metadata.name.as_deref().unwrap_or_default())
 }
@@ -319,8 +340,8 @@ impl IngressSync {
                 by_source.entry(src).or_default().push(r);
             }
         }
-        // (namespace, name) of every claimed Ingress, borrowed from the Ingresses of this pass
-        let mut claimed: HashSet<(&str, &str)> = HashSet::with_capacity(ingresses.len());
+        // (namespace, name) of every claimed Ingress, owned: the Ingresses of this pass are let go before the writes
+        let mut claimed = Claimed::default();
         let mut work = Vec::new();
         let inputs = Inputs::of(&cfg, &addresses, &world);
         let mut unchanged = 0usize;
@@ -352,7 +373,7 @@ impl IngressSync {
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
-            work.push((&**ing, key, reports, plan));
+            work.push((ing.clone(), key, reports, plan));
         }
         if !work.is_empty() {
             tracing::info!(
@@ -362,6 +383,11 @@ impl IngressSync {
             );
         }
         drop(by_source);
+        // The writes take long at scale (10,000 Ingresses: ~50 s), and every status write puts a new object in
+        // the store: holding this pass's copies until the end kept two of every Ingress and Rule. Each write
+        // holds its own Ingress; the rest is read again afterwards.
+        drop(ingresses);
+        drop(rules);
         // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
         // for the next pass (as they would after a 409) instead of each sending a create that fails.
         let mut frontends_planned = BTreeSet::new();
@@ -404,11 +430,12 @@ impl IngressSync {
                 first_error.get_or_insert(e);
             }
         }
-        let claims = |k: &(String, String)| claimed.contains(&(k.0.as_str(), k.1.as_str()));
+        let claims = |k: &(String, String)| claimed.contains(&k.0, &k.1);
         self.reported.retain(|k, _| claims(k));
         self.clean.retain(|k, _| claims(k));
 
         // Rules and Frontends of Ingresses that are gone or not claimed any more.
+        let rules = self.stores.rules.state();
         let mut orphans = BTreeSet::new();
         for r in &rules {
             if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
@@ -422,16 +449,16 @@ impl IngressSync {
         }
         // Our addresses leave the status of Ingresses we do not serve (class switched away, project changed);
         // the entries of other controllers stay.
-        for ing in &ingresses {
+        for ing in &shared(&self.stores.ingresses) {
             let key = ingress_id(ing);
-            if !claimed.contains(&key) {
+            if !claimed.contains(key.0, key.1) {
                 if let Err(e) = self.remove_status(ing, &addresses).await {
                     tracing::warn!("ingress {}/{}: {e}", key.0, key.1);
                     first_error.get_or_insert(e);
                 }
             }
         }
-        for &(ns, name) in orphans.iter().filter(|k| !claimed.contains(*k)) {
+        for &(ns, name) in orphans.iter().filter(|k| !claimed.contains(k.0, k.1)) {
             let theirs: Vec<Rule> =
                 rules.iter().filter(|r| ingress::plan::is_rule_of(&cfg, r, ns, name)).map(|r| (**r).clone()).collect();
             let plan = ingress::cleanup(&cfg, ns, name, &theirs, &frontends);
@@ -462,7 +489,7 @@ impl IngressSync {
         &self,
         cfg: &AlbIngressConfig,
         addresses: &[String],
-        ing: &Ingress,
+        ing: Arc<Ingress>,
         key: (String, String),
         exp: Reports,
         plan: Plan,
@@ -481,7 +508,7 @@ impl IngressSync {
             Err(e) => {
                 self.reconciled(false);
                 tracing::warn!("ingress {ns}/{name}: {e}");
-                self.event(ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
+                self.event(&ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
                 out.error = Some(e);
                 return out;
             }
@@ -489,8 +516,8 @@ impl IngressSync {
         if changed {
             tracing::info!("ingress {ns}/{name} synced");
         }
-        out.reported = Some(self.report(ing, &out.key, exp.warnings).await);
-        let status = self.update_status(ing, addresses, &exp.ports).await;
+        out.reported = Some(self.report(&ing, &out.key, exp.warnings).await);
+        let status = self.update_status(&ing, addresses, &exp.ports).await;
         self.reconciled(status.is_ok());
         if let Err(e) = status {
             tracing::warn!("ingress {}/{}: {e}", out.key.0, out.key.1);
