@@ -15,6 +15,13 @@
 //! namespace/name and, when their spec, labels and annotations are equal, moves the entry to the new address.
 //! Without this, the status writes after start-up would make the next compilation compute every Rule again and
 //! hold two generations of results for a moment.
+//!
+//! [`CompileCache::weak`] (the controller) holds the objects through `Weak`s: an address stays reserved (the
+//! allocation lives on) but the object's content is freed as soon as nothing else holds it. Otherwise the status
+//! writes after start-up left two of every Rule alive until the next compilation (at 10,000 Rules ~35 MB). A held
+//! Rule that is gone is matched by what the API server guarantees instead: the same uid and `generation` (it
+//! moves with every spec change; the Rule CRD has a status subresource) and equal labels, annotations and
+//! deletion mark (a hash of them, kept with the entry).
 
 use crate::compile::features::FeatureError;
 use crate::compile::service::Service;
@@ -25,13 +32,15 @@ use crate::policy::config::RuleConfig;
 use crate::policy::{BackendGroup, Index};
 use foldhash::{HashMap, HashMapExt};
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Carried from one compilation to the next by whoever compiles repeatedly (render loop, standalone, `alb policy
 /// --time`). [`crate::compile::compile_cached`] takes it; a new one (or [`CompileCache::default`]) computes all.
 #[derive(Default)]
 pub struct CompileCache {
     held: Held,
+    /// Hold the objects through `Weak`s ([`CompileCache::weak`]).
+    weak: bool,
     /// The options the entries were computed with (a change of options empties the cache).
     opts: Option<CompileOptions>,
     entries: HashMap<usize, Entry>,
@@ -53,12 +62,73 @@ pub struct Hits {
 #[derive(Default)]
 struct Held {
     #[allow(dead_code)]
-    frontends: Vec<Arc<Frontend>>,
-    rules: Vec<Arc<Rule>>,
+    frontends: Vec<Hold<Frontend>>,
+    rules: Vec<Hold<Rule>>,
     #[allow(dead_code)]
-    services: Vec<Arc<Service>>,
+    services: Vec<Hold<Service>>,
     #[allow(dead_code)]
-    slices: Vec<Arc<EndpointSlice>>,
+    slices: Vec<Hold<EndpointSlice>>,
+}
+
+/// One held object: the object, or (weak cache) its allocation only, which keeps its address from being reused.
+enum Hold<T> {
+    Strong(Arc<T>),
+    Weak(Weak<T>),
+}
+
+impl<T> Hold<T> {
+    fn new(obj: &Arc<T>, weak: bool) -> Hold<T> {
+        match weak {
+            true => Hold::Weak(Arc::downgrade(obj)),
+            false => Hold::Strong(obj.clone()),
+        }
+    }
+
+    fn all(objs: &[Arc<T>], weak: bool) -> Vec<Hold<T>> {
+        objs.iter().map(|o| Hold::new(o, weak)).collect()
+    }
+
+    /// The object's address (its key), whether or not it is still alive.
+    fn address(&self) -> usize {
+        match self {
+            Hold::Strong(a) => Arc::as_ptr(a) as usize,
+            Hold::Weak(w) => w.as_ptr() as usize,
+        }
+    }
+
+    /// The object, while something still holds it.
+    fn alive(&self) -> Option<Arc<T>> {
+        match self {
+            Hold::Strong(a) => Some(a.clone()),
+            Hold::Weak(w) => w.upgrade(),
+        }
+    }
+}
+
+/// What identifies a Rule's content when its object is gone (weak cache): uid, generation, and a hash of its
+/// labels, annotations and deletion mark ([`meta_hash`]). Only for Rules with a uid and a generation (from an
+/// API server); others are matched while their object is alive only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    /// [`name_hash`]: where `Memo::adopt` files the entry of a Rule that is gone.
+    name: u64,
+    uid: String,
+    generation: i64,
+    meta: u64,
+}
+
+impl Origin {
+    fn of(rule: &Rule) -> Option<Origin> {
+        let m = &rule.metadata;
+        Some(Origin { name: name_hash(rule), uid: m.uid.clone()?, generation: m.generation?, meta: meta_hash(rule) })
+    }
+}
+
+/// A hash of what a Rule's results may read besides its spec (which `generation` stands for).
+fn meta_hash(rule: &Rule) -> u64 {
+    use std::hash::BuildHasher;
+    let m = &rule.metadata;
+    foldhash::fast::FixedState::default().hash_one((&m.labels, &m.annotations, m.deletion_timestamp.is_some()))
 }
 
 /// The dslx products of a valid Rule.
@@ -74,6 +144,8 @@ pub struct Dslx {
 struct Entry {
     /// Parts this compilation checked or computed (DSLX, GROUP, CONFIG); the others are dropped at its end.
     touched: u8,
+    /// Weak cache: what identifies the Rule the entry was made for once its object is gone.
+    origin: Option<Origin>,
     dslx: Option<Dslx>,
     /// The group and the identity of what it was resolved from ([`crate::compile::backends::Lookup::identity_into`]).
     group: Option<(Vec<usize>, Arc<BackendGroup>)>,
@@ -89,6 +161,7 @@ pub struct Memo {
     hits: Hits,
     /// The objects of the compilation before (their addresses key `entries`).
     held: Held,
+    weak: bool,
     /// `held.rules` by a hash of namespace/name ([`name_hash`]), made at the first Rule this compilation has no
     /// entry for.
     by_name: Option<HashMap<u64, usize>>,
@@ -107,6 +180,12 @@ pub fn rule_key(rule: &Rule) -> usize {
 }
 
 impl CompileCache {
+    /// A cache that holds the objects it was computed from through `Weak`s (see the module comment): for a
+    /// process that keeps the objects in stores anyway and replaces them on every status write.
+    pub fn weak() -> CompileCache {
+        CompileCache { weak: true, ..Default::default() }
+    }
+
     /// The entries for a compilation with `opts`: all of them, or none when the options changed.
     pub(crate) fn begin(&mut self, opts: &CompileOptions) -> Memo {
         let same = self.opts.as_ref().is_some_and(|o| o.alb_name == opts.alb_name && o.domain == opts.domain);
@@ -118,7 +197,7 @@ impl CompileCache {
         for e in entries.values_mut() {
             e.touched = 0;
         }
-        Memo { entries, hits: Hits::default(), held: std::mem::take(&mut self.held), by_name: None }
+        Memo { entries, hits: Hits::default(), held: std::mem::take(&mut self.held), weak: self.weak, by_name: None }
     }
 
     /// Back from a compilation of `snapshot`: keeps the entries it used and holds its objects.
@@ -138,11 +217,12 @@ impl CompileCache {
         self.entries = memo.entries;
         self.last_hits = memo.hits;
         // The new objects are taken before the old ones (`memo.held`) are released: an address in use stays in use.
+        let weak = self.weak;
         self.held = Held {
-            frontends: snapshot.frontends.clone(),
-            rules: snapshot.rules.clone(),
-            services: snapshot.services.clone(),
-            slices: snapshot.endpoint_slices.clone(),
+            frontends: Hold::all(&snapshot.frontends, weak),
+            rules: Hold::all(&snapshot.rules, weak),
+            services: Hold::all(&snapshot.services, weak),
+            slices: Hold::all(&snapshot.endpoint_slices, weak),
         };
         drop(memo.held);
     }
@@ -178,35 +258,62 @@ impl Memo {
 
     /// Before `rule` is compiled: when it has no entry but the held Rule of its namespace/name has one and reads
     /// the same (spec, labels, annotations: all that the cached results depend on besides other objects, whose
-    /// identities are checked anyway), that entry becomes `rule`'s.
+    /// identities are checked anyway), that entry becomes `rule`'s. A held Rule that is gone (weak cache) reads
+    /// the same when its [`Origin`] is `rule`'s.
     pub(crate) fn adopt(&mut self, rule: &Rule) {
         let key = rule_key(rule);
         if self.entries.contains_key(&key) {
             return;
         }
+        let moved = self.moved_entry(rule);
+        let e = match moved {
+            Some(e) => {
+                self.hits.moved += 1;
+                e
+            }
+            None => Entry { origin: if self.weak { Origin::of(rule) } else { None }, ..Default::default() },
+        };
+        self.entries.insert(key, e);
+    }
+
+    /// The entry of the held Rule `rule` replaces, taken out when that Rule read the same.
+    fn moved_entry(&mut self, rule: &Rule) -> Option<Entry> {
         let rules = &self.held.rules;
         let by_name = self.by_name.get_or_insert_with(|| {
             let mut m = HashMap::with_capacity(rules.len());
             for (i, r) in rules.iter().enumerate() {
-                m.insert(name_hash(r), i);
+                if let Some(r) = r.alive() {
+                    m.insert(name_hash(&r), i);
+                } else if let Some(e) = self.entries.get(&r.address()) {
+                    // gone: filed under the name hash its entry was made with
+                    if let Some(o) = &e.origin {
+                        m.insert(o.name, i);
+                    }
+                }
             }
             m
         });
-        let Some(old) = by_name.get(&name_hash(rule)).map(|i| &rules[*i]) else { return };
-        // (a hash shared by two names finds the other one: compared below, and not taken)
-        let (m, o) = (&rule.metadata, &old.metadata);
-        let same = o.namespace == m.namespace
-            && o.name == m.name
-            && old.spec == rule.spec
-            && o.labels == m.labels
-            && o.annotations == m.annotations;
-        if !same {
-            return;
+        let old = &rules[*by_name.get(&name_hash(rule))?];
+        let same = match old.alive() {
+            Some(old) => {
+                // (a hash shared by two names finds the other one: compared here, and not taken)
+                let (m, o) = (&rule.metadata, &old.metadata);
+                o.namespace == m.namespace
+                    && o.name == m.name
+                    && old.spec == rule.spec
+                    && o.labels == m.labels
+                    && o.annotations == m.annotations
+            }
+            None => {
+                let origin = self.entries.get(&old.address()).and_then(|e| e.origin.as_ref());
+                origin.is_some() && origin == Origin::of(rule).as_ref()
+            }
+        };
+        let mut e = if same { self.entries.remove(&old.address())? } else { return None };
+        if self.weak {
+            e.origin = Origin::of(rule);
         }
-        if let Some(e) = self.entries.remove(&rule_key(old)) {
-            self.entries.insert(key, e);
-            self.hits.moved += 1;
-        }
+        Some(e)
     }
 
     /// The dslx products of `rule`, computed by `make` (None: invalid, nothing kept) unless kept from before.

@@ -560,25 +560,45 @@ fn compile_after_a_previous_policy_equals_compile_from_scratch() {
 /// from scratch. What the step left alone is taken from the cache, what it touched is computed again.
 #[test]
 fn cached_compilation_equals_compile_from_scratch() {
-    use cache::{CompileCache, Hits};
+    cached_equals_scratch(cache::CompileCache::default());
+    cached_equals_scratch(cache::CompileCache::weak());
+}
+
+/// A Rule as the API server serves it: a uid, and a generation that moves with its spec.
+fn served(mut r: Rule, generation: i64) -> Rule {
+    let name = r.metadata.name.clone().unwrap_or_default();
+    r.metadata.uid = Some(format!("uid-{name}"));
+    r.metadata.generation = Some(generation);
+    r
+}
+
+/// The steps of [`cached_compilation_equals_compile_from_scratch`] with `cache`. The snapshot holds the only
+/// reference to each Rule, so a weak cache finds every replaced Rule gone.
+fn cached_equals_scratch(mut cache: cache::CompileCache) {
+    use cache::Hits;
     let web = || json!({"services": [{"name": "web", "namespace": "default", "port": 80}]});
     let api = || json!({"services": [{"name": "api", "namespace": "default", "port": 80}]});
     let mut s = base();
     for (name, prefix, sg) in [("r-a", "/a", web()), ("r-b", "/b", api()), ("r-c", "/c", web())] {
-        s.rules.push(Arc::new(rule(
-            name,
-            "alb-dev-00080",
-            json!({"priority": 5, "dslx": [url("STARTS_WITH", prefix)], "serviceGroup": sg}),
+        s.rules.push(Arc::new(served(
+            rule(
+                name,
+                "alb-dev-00080",
+                json!({"priority": 5, "dslx": [url("STARTS_WITH", prefix)], "serviceGroup": sg}),
+            ),
+            1,
         )));
     }
     // r-d's features read a Secret (basic auth): they are computed every time.
-    s.rules.push(Arc::new(rule(
-        "r-d",
-        "alb-dev-00080",
-        json!({"priority": 5, "dslx": [url("STARTS_WITH", "/d")], "serviceGroup": web(),
-               "config": {"auth": {"basic": {"secret": "users", "auth_type": "basic"}}}}),
+    s.rules.push(Arc::new(served(
+        rule(
+            "r-d",
+            "alb-dev-00080",
+            json!({"priority": 5, "dslx": [url("STARTS_WITH", "/d")], "serviceGroup": web(),
+                   "config": {"auth": {"basic": {"secret": "users", "auth_type": "basic"}}}}),
+        ),
+        1,
     )));
-    let mut cache = CompileCache::default();
     let mut prev: Option<Arc<Policy>> = None;
     let mut step = |s: &Snapshot, o: &CompileOptions, what: &str| -> Hits {
         let c = compile_cached(s, o, prev.as_deref(), &mut cache);
@@ -598,11 +618,14 @@ fn cached_compilation_equals_compile_from_scratch() {
     s.secrets.push(Arc::new(users));
     assert_eq!(step(&s, &opts(), "secret added"), hits(4, 4, 3));
 
-    // r-b edited: all of it computed again.
-    s.rules[1] = Arc::new(rule(
-        "r-b",
-        "alb-dev-00080",
-        json!({"priority": 5, "dslx": [url("STARTS_WITH", "/b2")], "serviceGroup": api()}),
+    // r-b edited (its generation moves): all of it computed again.
+    s.rules[1] = Arc::new(served(
+        rule(
+            "r-b",
+            "alb-dev-00080",
+            json!({"priority": 5, "dslx": [url("STARTS_WITH", "/b2")], "serviceGroup": api()}),
+        ),
+        2,
     ));
     assert_eq!(step(&s, &opts(), "r-b edited"), hits(3, 3, 2));
 
@@ -659,4 +682,28 @@ fn the_cache_holds_the_last_snapshots_objects_only() {
     assert!(old.upgrade().is_none(), "released by the next compilation");
     assert!(cache.has(&s.rules[0]));
     assert_eq!(cache.len(), 1);
+}
+
+/// A weak cache (the controller's) does not keep a replaced Rule alive, and still moves its entry to the new
+/// object when uid, generation, labels and annotations are the same; a Rule without a uid is computed again.
+#[test]
+fn a_weak_cache_keeps_no_replaced_rule_alive() {
+    let mut s = base();
+    let ra = served(rule_to("r-a", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/a")]), "web", 80), 1);
+    s.rules.push(Arc::new(ra));
+    s.rules.push(Arc::new(rule_to("r-b", "alb-dev-00080", 5, json!([url("STARTS_WITH", "/b")]), "web", 80)));
+    let mut cache = cache::CompileCache::weak();
+    compile_cached(&s, &opts(), None, &mut cache);
+    let old = [Arc::downgrade(&s.rules[0]), Arc::downgrade(&s.rules[1])];
+    for r in s.rules.iter_mut() {
+        let mut status_written = (**r).clone();
+        status_written.status = Some(Default::default());
+        *r = Arc::new(status_written);
+    }
+    assert!(old.iter().all(|o| o.upgrade().is_none()), "the cache does not keep them alive");
+    let c = compile_cached(&s, &opts(), None, &mut cache);
+    assert_eq!(c, compile(&s, &opts()));
+    assert_eq!(cache.last_hits.moved, 1, "r-a (served) moves, r-b (no uid) is computed again");
+    assert!(cache.has(&s.rules[0]) && cache.has(&s.rules[1]));
+    assert_eq!(cache.len(), 2);
 }

@@ -110,10 +110,10 @@ impl StatusWriter {
             live.insert(key("Frontend", &ft.metadata));
             failed |= !self.one(&**ft, "Frontend", current, &p.compiled.rejects).await;
         }
-        for rl in &p.rules {
+        for rl in p.rules.iter().filter_map(std::sync::Weak::upgrade) {
             let current = accepted_condition(rl.status.as_ref().and_then(|s| s.conditions.as_ref()));
             live.insert(key("Rule", &rl.metadata));
-            failed |= !self.one(&**rl, "Rule", current, &p.compiled.rejects).await;
+            failed |= !self.one(&*rl, "Rule", current, &p.compiled.rejects).await;
         }
         self.written.retain(|k, _| live.contains(k));
         failed
