@@ -345,6 +345,11 @@ impl IngressSync {
         let mut work = Vec::new();
         let inputs = Inputs::of(&cfg, &addresses, &world);
         let mut unchanged = 0usize;
+        // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
+        // for the next pass (as they would after a 409) instead of each sending a create that fails. Their plans
+        // are dropped at once: at start-up, 10,000 of them held a copy of the Frontend each.
+        let mut frontends_planned = BTreeSet::new();
+        let mut waiting_for_frontends = false;
         for ing in &ingresses {
             if !ingress::claims(&cfg, &world, ing) {
                 continue;
@@ -371,6 +376,16 @@ impl IngressSync {
             let exp = ingress::expected(&cfg, &world, ing);
             let mine: Vec<Rule> = mine.into_iter().cloned().collect();
             let plan = ingress::plan(&cfg, &exp, &mine, &frontends);
+            if !plan.create_frontends.is_empty() {
+                let mut any_new = false;
+                for ft in &plan.create_frontends {
+                    any_new |= frontends_planned.insert(ns_name(&ft.metadata));
+                }
+                if !any_new {
+                    waiting_for_frontends = true;
+                    continue;
+                }
+            }
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
             work.push((ing.clone(), key, reports, plan));
@@ -388,22 +403,6 @@ impl IngressSync {
         // holds its own Ingress; the rest is read again afterwards.
         drop(ingresses);
         drop(rules);
-        // Many Ingresses on one new port all plan the same Frontend: the first one creates it, the others wait
-        // for the next pass (as they would after a 409) instead of each sending a create that fails.
-        let mut frontends_planned = BTreeSet::new();
-        let mut waiting_for_frontends = false;
-        work.retain(|(_, _, _, plan)| {
-            if plan.create_frontends.is_empty() {
-                return true;
-            }
-            let mut any_new = false;
-            for ft in &plan.create_frontends {
-                any_new |= frontends_planned.insert(ns_name(&ft.metadata));
-            }
-            waiting_for_frontends |= !any_new;
-            any_new
-        });
-
         // The writes of different Ingresses are independent: run them side by side (a 409 from two Ingresses
         // creating the same Frontend or Rule name is handled as before).
         let this = &*self;
