@@ -151,7 +151,8 @@ struct Entry {
     group: Option<(Vec<usize>, Arc<BackendGroup>)>,
     /// The features of the Rule on the Frontend at that address, when they were computed without reading a
     /// Secret (those that read one are computed every time).
-    config: Option<(usize, RuleConfig, Vec<FeatureError>)>,
+    /// Boxed: most of an entry's size, and the entries of 10,000 Rules are one hash table.
+    config: Option<Box<(usize, RuleConfig, Vec<FeatureError>)>>,
 }
 
 /// One compilation's view of the cache: entries move out of the cache while it runs and back after.
@@ -342,13 +343,13 @@ impl Memo {
     /// The features of `rule` on the Frontend at `frontend`, when kept.
     pub(crate) fn config(&mut self, rule: usize, frontend: usize) -> Option<(RuleConfig, Vec<FeatureError>)> {
         let e = self.entries.entry(rule).or_default();
-        let kept = checked(&mut e.config, &mut e.touched, CONFIG, &mut self.hits.configs, |(f, ..)| *f == frontend);
-        kept.map(|(_, c, errs)| (c.clone(), errs.clone()))
+        let kept = checked(&mut e.config, &mut e.touched, CONFIG, &mut self.hits.configs, |c| c.0 == frontend);
+        kept.map(|c| (c.1.clone(), c.2.clone()))
     }
 
     pub(crate) fn keep_config(&mut self, rule: usize, frontend: usize, config: &RuleConfig, errs: &[FeatureError]) {
         let e = self.entry(rule);
-        e.config = Some((frontend, config.clone(), errs.to_vec()));
+        e.config = Some(Box::new((frontend, config.clone(), errs.to_vec())));
         e.touched |= CONFIG;
     }
 

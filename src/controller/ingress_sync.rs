@@ -407,8 +407,16 @@ impl IngressSync {
         // creating the same Frontend or Rule name is handled as before).
         let this = &*self;
         // The futures are made as the stream pulls them (a few KiB each, so not 10,000 at once).
+        // Collected into a Vec of the right size (grown by doubling, 10,000 outcomes held ~60 % spare room and a
+        // second copy while growing).
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(work.len());
         let calls = Writes { sync: this, cfg: &cfg, addresses: &addresses, work: work.into_iter() };
-        let outcomes: Vec<Outcome> = futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY).collect().await;
+        {
+            let mut results = std::pin::pin!(futures::stream::iter(calls).buffer_unordered(WRITE_CONCURRENCY));
+            while let Some(o) = results.next().await {
+                outcomes.push(o);
+            }
+        }
         let mut again = waiting_for_frontends;
         let mut first_error = None;
         for o in outcomes {
@@ -496,8 +504,11 @@ impl IngressSync {
         let changed = !plan.is_empty();
         let fingerprint = exp.fingerprint;
         let mut out = Outcome { key, fingerprint, written: Vec::new(), deferred: false, reported: None, error: None };
+        let applied = self.apply(cfg, plan, &mut out.written).await;
+        // (kept until the pass ends: a Vec grown by one push has room for 4)
+        out.written.shrink_to_fit();
         let (ns, name) = (&out.key.0, &out.key.1);
-        match self.apply(cfg, plan, &mut out.written).await {
+        match applied {
             // Deferred to the next pass (Frontends just created): counted then.
             Ok(true) => {
                 out.deferred = true;
