@@ -3,6 +3,41 @@
 //!
 //! An invalid object never breaks the others: it is left out and reported as a [`Reject`].
 
+/// `kube::Resource` for alb's own lean decodings of a namespaced API kind (`service.rs`, `slice.rs`): the API's
+/// group, version, kind and plural, the object's `metadata` field.
+macro_rules! lean_resource {
+    ($ty:ty, group: $group:literal, version: $version:literal, kind: $kind:literal, plural: $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                $group.into()
+            }
+
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                $version.into()
+            }
+
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 pub mod backends;
 pub mod cache;
 pub mod certs;

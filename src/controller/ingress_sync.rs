@@ -41,11 +41,11 @@ struct Reports {
 
 type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
 
-/// The planned Ingresses' write futures, made one at a time. (An iterator type of its own, boxed futures: with a
-/// closure and its unboxed future in the stream's type the spawned task fails the higher-ranked `Send` check.)
 /// One planned Ingress: the object (held by its write only), its key, what to report and its plan.
 type Work = (Arc<Ingress>, (String, String), Reports, Plan);
 
+/// The planned Ingresses' write futures, made one at a time. (An iterator type of its own, boxed futures: with a
+/// closure and its unboxed future in the stream's type the spawned task fails the higher-ranked `Send` check.)
 struct Writes<'a> {
     sync: &'a IngressSync,
     cfg: &'a AlbIngressConfig,
@@ -175,7 +175,6 @@ fn source_of<'a>(
         .flatten()
 }
 
-/// (namespace, name) of an Ingress, borrowed.
 /// Namespace → names of the Ingresses a pass claimed, looked up by `&str`.
 #[derive(Default)]
 struct Claimed(HashMap<String, HashSet<String>>);
@@ -194,6 +193,7 @@ impl Claimed {
     }
 }
 
+/// (namespace, name) of an Ingress, borrowed.
 fn ingress_id(ing: &Ingress) -> (&str, &str) {
     (ing.metadata.namespace.as_deref().unwrap_or_default(), ing.metadata.name.as_deref().unwrap_or_default())
 }
