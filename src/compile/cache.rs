@@ -19,9 +19,9 @@
 //! [`CompileCache::weak`] (the controller) holds the objects through `Weak`s: an address stays reserved (the
 //! allocation lives on) but the object's content is freed as soon as nothing else holds it. Otherwise the status
 //! writes after start-up left two of every Rule alive until the next compilation (at 10,000 Rules ~35 MB). A held
-//! Rule that is gone is matched by what the API server guarantees instead: the same uid and `generation` (it
-//! moves with every spec change; the Rule CRD has a status subresource) and equal labels, annotations and
-//! deletion mark (a hash of them, kept with the entry).
+//! Rule that is gone is matched by what the API server guarantees instead: the same uid and
+//! [`crate::crd::spec_fingerprint`] (generation, which moves with every spec change, labels, annotations and
+//! deletion mark; kept with the entry).
 
 use crate::compile::features::FeatureError;
 use crate::compile::service::Service;
@@ -105,30 +105,22 @@ impl<T> Hold<T> {
     }
 }
 
-/// What identifies a Rule's content when its object is gone (weak cache): uid, generation, and a hash of its
-/// labels, annotations and deletion mark ([`meta_hash`]). Only for Rules with a uid and a generation (from an
-/// API server); others are matched while their object is alive only.
+/// What identifies a Rule's content when its object is gone (weak cache): its uid and
+/// [`crate::crd::spec_fingerprint`]. Only for Rules with a uid and a generation (from an API server); others are
+/// matched while their object is alive only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Origin {
     /// [`name_hash`]: where `Memo::adopt` files the entry of a Rule that is gone.
     name: u64,
     uid: String,
-    generation: i64,
-    meta: u64,
+    spec: u64,
 }
 
 impl Origin {
     fn of(rule: &Rule) -> Option<Origin> {
         let m = &rule.metadata;
-        Some(Origin { name: name_hash(rule), uid: m.uid.clone()?, generation: m.generation?, meta: meta_hash(rule) })
+        Some(Origin { name: name_hash(rule), uid: m.uid.clone()?, spec: crate::crd::spec_fingerprint(m)? })
     }
-}
-
-/// A hash of what a Rule's results may read besides its spec (which `generation` stands for).
-fn meta_hash(rule: &Rule) -> u64 {
-    use std::hash::BuildHasher;
-    let m = &rule.metadata;
-    foldhash::fast::FixedState::default().hash_one((&m.labels, &m.annotations, m.deletion_timestamp.is_some()))
 }
 
 /// The dslx products of a valid Rule.

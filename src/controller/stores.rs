@@ -83,7 +83,8 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
     if let Some(svc) = any.downcast_mut::<Service>() {
         trim_service(svc);
     } else if let Some(slice) = any.downcast_mut::<EndpointSlice>() {
-        trim_slice(slice);
+        // of its metadata the compiler reads name, namespace and the Service label
+        slice.compact();
     }
 }
 
@@ -95,11 +96,6 @@ fn trim_service(svc: &mut Service) {
     meta.labels = None;
     meta.annotations = None;
     meta.owner_references = None;
-}
-
-/// Of a slice's metadata the compiler reads its name, namespace and Service label ([`EndpointSlice::compact`]).
-fn trim_slice(slice: &mut EndpointSlice) {
-    slice.compact();
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -124,15 +120,6 @@ enum Wakes {
     BothSpec,
 }
 
-/// What of a Frontend, Rule or ALB2 the compiler reads besides its spec (which `generation` stands for).
-fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let generation = meta.generation?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut h);
-    Some(h.finish())
-}
-
 /// Per object of a `BothSpec` kind: the fingerprint last seen, to tell status-only changes.
 #[derive(Default)]
 struct SpecMemory(std::collections::HashMap<(String, String), u64>);
@@ -141,7 +128,7 @@ impl SpecMemory {
     /// Records `meta`; true when the compiler-relevant part is unchanged since the last event of the object.
     fn unchanged(&mut self, meta: &kube::core::ObjectMeta) -> bool {
         let key = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
-        match spec_fingerprint(meta) {
+        match crate::crd::spec_fingerprint(meta) {
             Some(fp) => self.0.insert(key, fp) == Some(fp),
             None => {
                 self.0.remove(&key);

@@ -58,6 +58,18 @@ pub fn label_project(domain: &str) -> String {
     format!("{domain}/project")
 }
 
+/// What of a Frontend, Rule or ALB2 the compiler reads besides its spec, with the spec itself stood for by
+/// `metadata.generation` (their CRDs have a status subresource, so it moves with every spec change): a hash of the
+/// generation, labels, annotations and deletion mark; None without a generation (not served by an API server).
+/// The controller's stores tell status-only changes by it, the compile cache a Rule replaced by a status write.
+pub fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let generation = meta.generation?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut h);
+    Some(h.finish())
+}
+
 /// `{type, name, namespace}`: who created a Frontend or Rule.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct Source {
