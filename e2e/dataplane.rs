@@ -265,74 +265,66 @@ fn shared_policy_fixtures() {
     }
 }
 
-/// Index soundness end to end: random Rules compiled by the real compiler (`alb policy`), pushed to nginx, then
-/// many random requests evaluated by the worker's index and by a linear first-match scan: always the same rule.
-#[test]
-fn indexed_router_equals_first_match_scan() {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xa1b);
-    let hosts = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
-    let paths = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
-    let dir = tempfile::tempdir().unwrap();
-    let port: u16 = 18080; // only a key in the policy: /debug/match takes the port as a parameter
-    let mut docs = vec![format!(
-        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
-    )];
-    let mut header_only = Vec::new();
-    for i in 0..400 {
-        let mut terms = Vec::new();
-        match rng.random_range(0..4) {
-            0 => terms.push(format!("{{type: HOST, values: [[EQ, {}]]}}", hosts[rng.random_range(0..hosts.len())])),
-            1 => terms.push("{type: HOST, values: [[ENDS_WITH, \"*.a.test\"]]}".to_string()),
-            2 => terms.push(format!(
-                "{{type: HOST, values: [[IN, {}, {}]]}}",
-                hosts[rng.random_range(0..hosts.len())],
-                hosts[rng.random_range(0..hosts.len())]
-            )),
-            _ => {}
-        }
-        let p = paths[rng.random_range(0..paths.len())];
-        match rng.random_range(0..5) {
-            0 => terms.push(format!("{{type: URL, values: [[STARTS_WITH, \"{p}\"]]}}")),
-            1 => terms.push(format!("{{type: URL, values: [[EQ, \"{p}\"]]}}")),
-            2 => terms.push(format!("{{type: URL, values: [[REGEX, \"^{p}/[0-9]+\"]]}}")),
-            3 => terms.push(format!("{{type: URL, values: [[STARTS_WITH, \"{p}\"], [EQ, /login]]}}")),
-            _ => {}
-        }
-        // header terms, also on rules without host or path (the router files those under the header's values)
-        let mut priority = rng.random_range(1..4);
-        if rng.random_bool(0.15) {
-            terms.clear();
-            header_only.push(format!("r{i}"));
-            priority = 0; // ahead of the others, so that requests reach them
-        }
-        if terms.is_empty() || rng.random_bool(0.2) {
-            let key = ["x-env", "X_Env"][rng.random_range(0..2)];
-            let values = ["[[EQ, canary]]", "[[IN, canary, blue]]", "[[EQ, blue], [EQ, green]]", "[[EXIST]]"];
-            terms.push(format!("{{type: HEADER, key: {key}, values: {}}}", values[rng.random_range(0..values.len())]));
-        }
-        docs.push(format!(
-            "apiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata: {{name: r{i}, namespace: default, labels: {{alb2.cpaas.io/frontend: ft}}}}\nspec:\n  priority: {}\n  dslx: [{}]\n",
-            priority,
-            terms.join(", ")
-        ));
+/// A random Rule manifest of Frontend `ft` (host, path and header terms over `hosts` and `paths`) and whether it
+/// has header terms only (the router files it under the header's values).
+fn random_rule(rng: &mut rand::rngs::StdRng, name: &str, hosts: &[&str], paths: &[&str]) -> (String, bool) {
+    use rand::Rng;
+    let mut terms = Vec::new();
+    match rng.random_range(0..4) {
+        0 => terms.push(format!("{{type: HOST, values: [[EQ, {}]]}}", hosts[rng.random_range(0..hosts.len())])),
+        1 => terms.push("{type: HOST, values: [[ENDS_WITH, \"*.a.test\"]]}".to_string()),
+        2 => terms.push(format!(
+            "{{type: HOST, values: [[IN, {}, {}]]}}",
+            hosts[rng.random_range(0..hosts.len())],
+            hosts[rng.random_range(0..hosts.len())]
+        )),
+        _ => {}
     }
-    std::fs::write(dir.path().join("all.yaml"), docs.join("---\n")).unwrap();
+    let p = paths[rng.random_range(0..paths.len())];
+    match rng.random_range(0..5) {
+        0 => terms.push(format!("{{type: URL, values: [[STARTS_WITH, \"{p}\"]]}}")),
+        1 => terms.push(format!("{{type: URL, values: [[EQ, \"{p}\"]]}}")),
+        2 => terms.push(format!("{{type: URL, values: [[REGEX, \"^{p}/[0-9]+\"]]}}")),
+        3 => terms.push(format!("{{type: URL, values: [[STARTS_WITH, \"{p}\"], [EQ, /login]]}}")),
+        _ => {}
+    }
+    // header terms, also on rules without host or path (the router files those under the header's values)
+    let mut priority = rng.random_range(1..4);
+    let header_only = rng.random_bool(0.15);
+    if header_only {
+        terms.clear();
+        priority = 0; // ahead of the others, so that requests reach them
+    }
+    if terms.is_empty() || rng.random_bool(0.2) {
+        let key = ["x-env", "X_Env"][rng.random_range(0..2)];
+        let values = ["[[EQ, canary]]", "[[IN, canary, blue]]", "[[EQ, blue], [EQ, green]]", "[[EXIST]]"];
+        terms.push(format!("{{type: HEADER, key: {key}, values: {}}}", values[rng.random_range(0..values.len())]));
+    }
+    let doc = format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Rule\nmetadata: {{name: {name}, namespace: default, labels: {{alb2.cpaas.io/frontend: ft}}}}\nspec:\n  priority: {}\n  dslx: [{}]\n",
+        priority,
+        terms.join(", ")
+    );
+    (doc, header_only)
+}
+
+/// `alb policy --manifests` over `docs` (written to `dir/all.yaml`): the policy the real compiler makes.
+fn alb_policy(dir: &std::path::Path, docs: &[String]) -> Value {
+    std::fs::write(dir.join("all.yaml"), docs.join("---\n")).unwrap();
     let out = std::process::Command::new(crate::harness::alb_bin())
         .args(["policy", "--manifests"])
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rules = policy["http"][port.to_string()]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 400);
-    assert!(rules.iter().filter(|r| r.get("index").is_some()).count() > 250, "most rules are indexed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
 
-    let dp = Dataplane::start(1);
-    dp.push(&policy);
+/// `n` random `/debug/match` queries on `port` over `hosts` and `paths`, half of them with an `x-env` header.
+fn random_queries(rng: &mut rand::rngs::StdRng, port: u16, n: usize, hosts: &[&str], paths: &[&str]) -> Vec<Value> {
+    use rand::Rng;
     let mut queries = Vec::new();
-    for _ in 0..3000 {
+    for _ in 0..n {
         let p = paths[rng.random_range(0..paths.len())];
         let suffix = ["", "/", "/7", "/7/x", "x"][rng.random_range(0..5)];
         let mut q =
@@ -343,6 +335,38 @@ fn indexed_router_equals_first_match_scan() {
         }
         queries.push(q);
     }
+    queries
+}
+
+/// Index soundness end to end: random Rules compiled by the real compiler (`alb policy`), pushed to nginx, then
+/// many random requests evaluated by the worker's index and by a linear first-match scan: always the same rule.
+#[test]
+fn indexed_router_equals_first_match_scan() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xa1b);
+    let hosts = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
+    let paths = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
+    let dir = tempfile::tempdir().unwrap();
+    let port: u16 = 18080; // only a key in the policy: /debug/match takes the port as a parameter
+    let mut docs = vec![format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
+    )];
+    let mut header_only = Vec::new();
+    for i in 0..400 {
+        let (doc, by_header) = random_rule(&mut rng, &format!("r{i}"), &hosts, &paths);
+        if by_header {
+            header_only.push(format!("r{i}"));
+        }
+        docs.push(doc);
+    }
+    let policy = alb_policy(dir.path(), &docs);
+    let rules = policy["http"][port.to_string()]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 400);
+    assert!(rules.iter().filter(|r| r.get("index").is_some()).count() > 250, "most rules are indexed");
+
+    let dp = Dataplane::start(1);
+    dp.push(&policy);
+    let queries = random_queries(&mut rng, port, 3000, &hosts, &paths);
     let r = dp.api("POST", "/debug/match", Some(&dp.token.clone()), &serde_json::to_vec(&queries).unwrap());
     assert_eq!(r.status, 200, "{}", r.body);
     let results = r.json()["results"].as_array().unwrap().clone();
@@ -359,6 +383,173 @@ fn indexed_router_equals_first_match_scan() {
     }
     assert!(by_header > 100, "requests reach the rules filed under header values: {by_header}");
     assert!(matched > 1000, "the random requests mostly match something: {matched}");
+}
+
+/// A delta from `base` (stored with digest `base_digest`) to `next` as a client may send it: every rule the base has
+/// on that port by its key, the others whole; every group of `next` whole.
+fn delta_by_keys(base: &Value, next: &Value, base_digest: &str, digest: &str) -> Value {
+    let mut http = serde_json::Map::new();
+    for (port, p) in next["http"].as_object().unwrap() {
+        let keys: std::collections::HashSet<&str> =
+            base["http"][port]["rules"].as_array().into_iter().flatten().filter_map(|r| r["key"].as_str()).collect();
+        let items: Vec<Value> = p["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| match r["key"].as_str() {
+                Some(k) if keys.contains(k) => json!(k),
+                _ => r.clone(),
+            })
+            .collect();
+        http.insert(port.clone(), json!(items));
+    }
+    let names = |p: &Value| -> Vec<String> {
+        p["backend_groups"].as_array().into_iter().flatten().map(|g| g["name"].as_str().unwrap().to_string()).collect()
+    };
+    let next_groups = names(next);
+    let removed: Vec<String> = names(base).into_iter().filter(|n| !next_groups.contains(n)).collect();
+    json!({"version": 1, "generation": next["generation"], "base": base_digest, "digest": digest, "http": http,
+        "backend_groups": next["backend_groups"], "backend_groups_removed": removed})
+}
+
+/// The policy without rule keys: a data plane given it compiles and files every rule again (a whole build).
+fn without_keys(p: &Value) -> Value {
+    let mut p = p.clone();
+    for (_, port) in p["http"].as_object_mut().unwrap() {
+        for r in port["rules"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("key");
+        }
+    }
+    p
+}
+
+/// The index a worker updates in place (alb/router.lua: kept rules stay filed, only the rules that left or came
+/// are unfiled or filed) answers like an index built whole: random Rules edited, added, removed and reordered
+/// over many policies, sent as deltas or whole to one data plane, and without keys (every rule filed again) to a
+/// second one; random requests get the same rule from both, and from a linear scan. Then 60 rules inserted one
+/// per policy into the same gap of the order, until no room is left there and the worker builds the port whole.
+#[test]
+fn router_updated_in_place_equals_a_whole_build() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x1dc);
+    let hosts = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
+    let paths = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
+    let dir = tempfile::tempdir().unwrap();
+    let port: u16 = 18080;
+    let frontend = format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
+    );
+    let mut rules: Vec<(String, String)> =
+        (0..300).map(|i| (format!("r{i}"), random_rule(&mut rng, &format!("r{i}"), &hosts, &paths).0)).collect();
+    let mut next_name = 300;
+    let (a, b) = (
+        Dataplane::start_with(1, &["--nginx-log-level", "notice"], &[("ALB_LOG", "info,nginx=debug")]),
+        Dataplane::start(1),
+    );
+    let token = a.token.clone();
+    let mut base: Option<(Value, String)> = None; // what `a` holds, and its digest
+    let mut deltas = 0;
+    // `a` gets `p` (as a delta when it holds a base, unless its chain is full), `b` gets it without keys; then
+    // both answer `n` random requests
+    let mut check = |rng: &mut rand::rngs::StdRng, p: &Value, step: usize, n: usize| {
+        let digest = match &base {
+            Some((bp, bd)) if step % 3 != 0 => {
+                let d = format!("{step:040x}");
+                let r = a.api(
+                    "PATCH",
+                    "/policy",
+                    Some(&token),
+                    &serde_json::to_vec(&delta_by_keys(bp, p, bd, &d)).unwrap(),
+                );
+                if r.status == 200 {
+                    deltas += 1;
+                    a.wait_applied(&d);
+                    d
+                } else {
+                    assert_eq!(r.status, 409, "step {step}: {}", r.body);
+                    a.push(p)
+                }
+            }
+            _ => a.push(p),
+        };
+        base = Some((p.clone(), digest));
+        b.push(&without_keys(p));
+        let queries = random_queries(rng, port, n, &hosts, &paths);
+        let body = serde_json::to_vec(&queries).unwrap();
+        let ra = a.api("POST", "/debug/match", Some(&token), &body).json();
+        let rb = b.api("POST", "/debug/match", Some(&b.token.clone()), &body).json();
+        assert_eq!(ra["index_check"][port.to_string()], "ok", "step {step}: the index differs from a whole build");
+        let (ra, rb) = (ra["results"].as_array().unwrap(), rb["results"].as_array().unwrap());
+        assert_eq!(ra.len(), queries.len());
+        let mut matched = 0;
+        for ((q, x), y) in queries.iter().zip(ra).zip(rb) {
+            assert_eq!(x["same"], true, "step {step}: index and linear scan disagree for {q}: {x}");
+            assert_eq!(x["index"], y["index"], "step {step}: updated index and whole build disagree for {q}");
+            matched += x["index"].get("rule").is_some() as usize;
+        }
+        matched
+    };
+
+    let (mut matched, mut last) = (0, Value::Null);
+    for step in 0..16 {
+        if step > 0 {
+            // 1, 3, 10 or 150 changes: edits (a new key, maybe another place in the order), removals, additions
+            let changes = [1, 3, 10, 150][step % 4];
+            for _ in 0..changes {
+                let i = rng.random_range(0..rules.len());
+                match rng.random_range(0..3) {
+                    0 => {
+                        let name = rules[i].0.clone();
+                        rules[i].1 = random_rule(&mut rng, &name, &hosts, &paths).0;
+                    }
+                    1 if rules.len() > 200 => {
+                        rules.swap_remove(i);
+                    }
+                    _ => {
+                        let name = format!("r{next_name}");
+                        next_name += 1;
+                        rules.push((name.clone(), random_rule(&mut rng, &name, &hosts, &paths).0));
+                    }
+                }
+            }
+        }
+        let mut docs = vec![frontend.clone()];
+        docs.extend(rules.iter().map(|(_, d)| d.clone()));
+        let mut p = alb_policy(dir.path(), &docs);
+        p["generation"] = json!(step + 1);
+        matched += check(&mut rng, &p, step, 600);
+        last = p;
+    }
+    assert!(matched > 16 * 200, "the random requests mostly match something: {matched}");
+
+    // 60 rules, one per policy, each inserted right after rule `gap` (same match, so they sort by name, and each
+    // name sorts between "gap" and the one inserted before it): the room between two places halves each time
+    let mut p = last;
+    let list = p["http"][port.to_string()]["rules"].as_array().unwrap().clone();
+    let at = list.len() / 2;
+    let template = list[at].clone();
+    for k in 0..60usize {
+        let mut r = template.clone();
+        r["name"] = json!(format!("gap-{k:02}"));
+        r["key"] = json!(format!("{:016x}", 0xa000 + k));
+        let rs = p["http"][port.to_string()]["rules"].as_array_mut().unwrap();
+        rs.insert(at + 1, r);
+        p["generation"] = json!(100 + k);
+        check(&mut rng, &p, 100 + k, 40);
+    }
+    // a client may also reorder rules it keeps (the compiler never does: the order follows the content)
+    let rs = p["http"][port.to_string()]["rules"].as_array_mut().unwrap();
+    let last_at = rs.len() - 1;
+    rs.swap(1, last_at);
+    check(&mut rng, &p, 200, 600);
+    assert!(deltas > 30, "most policies went as deltas: {deltas}");
+
+    // both ways of committing a port ran, in each of the 2 workers: in place, and whole (the first policy, the 4
+    // steps of 150 changes, the 45th or so rule in the same gap, the reordered rules)
+    let logs = a.proc.logs().join("\n");
+    let in_place = logs.matches("1 of 1 ports' index updated in place").count();
+    let whole = logs.matches("0 of 1 ports' index updated in place").count();
+    assert!(in_place > 2 * 50 && whole >= 2 * 7, "in place {in_place}, whole {whole}");
 }
 
 /// docs/policy.md "Rule keys": a rule that comes again with its key is neither validated by the policy API nor

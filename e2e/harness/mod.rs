@@ -282,6 +282,12 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn start(n_ports: usize) -> Dataplane {
+        Dataplane::start_with(n_ports, &[], &[])
+    }
+
+    /// [`Dataplane::start`] with more `alb dataplane` arguments and environment (e.g. `--nginx-log-level notice`
+    /// and `ALB_LOG=info,nginx=debug`, for the workers' "applied policy version" lines in `proc.logs()`).
+    pub fn start_with(n_ports: usize, args: &[&str], env: &[(&str, &str)]) -> Dataplane {
         let runtime = tempdir("alb-e2e-dp-");
         let api_port = free_port();
         let http_ports: Vec<u16> = (0..n_ports).map(|_| free_port()).collect();
@@ -300,6 +306,7 @@ impl Dataplane {
         for p in &http_ports {
             cmd.args(["--http-port", &p.to_string()]);
         }
+        cmd.args(args).envs(env.iter().copied());
         let proc = Proc::spawn("alb dataplane", &mut cmd);
         proc.wait_log("data plane ready", Duration::from_secs(20));
         let token = std::fs::read_to_string(runtime.path().join("policy-token")).expect("token").trim().to_string();

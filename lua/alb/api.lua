@@ -374,11 +374,18 @@ local function debug_match()
         if not ok or type(qs) ~= "table" then
             return fail(400, "body must be a JSON array of queries")
         end
-        local out = {}
+        local out, ports = {}, {}
         for i = 1, #qs do
             out[i] = cjson.encode(debug_one(st, qs[i]))
+            local port = type(qs[i]) == "table" and tostring(qs[i].port or "") or ""
+            local p = st.routes[port]
+            if p and not ports[port] then
+                ports[port] = router.verify(p) or "ok"
+            end
         end
-        return respond(200, fmt('{"version":%d,"results":[%s]}', st.version, concat(out, ",")))
+        -- index_check: per port queried, "ok" or how its index differs from one built whole (router.verify)
+        return respond(200, fmt('{"version":%d,"results":[%s],"index_check":%s}', st.version, concat(out, ","),
+            next(ports) and cjson.encode(ports) or "{}"))
     end
     local args = ngx.req.get_uri_args()
     local q = { port = args.port, host = args.host, uri = args.uri, method = args.method, src_ip = args.src_ip,

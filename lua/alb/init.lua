@@ -184,30 +184,34 @@ local function apply(premature)
         return
     end
     local prev = _M.state
-    local routes, bals
+    -- the router is prepared (new rules compiled) first and committed last: committing updates the ports of
+    -- the routes in place, so nothing after it may fail
+    local plan, bals
     if doc then
-        routes, err = router.build(doc.http, prev and prev.routes)
-        if routes then
+        plan, err = router.prepare(doc.http, prev and prev.routes)
+        if plan then
             local okb, res = pcall(balancer.build, doc.backend_groups, prev and prev.balancers,
                 touched and touched.groups)
             if okb then
                 bals = res
             else
-                routes, err = nil, "balancers: " .. tostring(res)
+                plan, err = nil, "balancers: " .. tostring(res)
             end
         end
     end
     local certs, cert_pems, cert_count
     local same_certs = touched and not touched.certs and prev
-    if routes and not same_certs then
+    if plan and not same_certs then
         local okc, c, p, n = pcall(alb_ssl.build, doc.certificates)
         if okc then
             certs, cert_pems, cert_count = c, p, n
         else
-            routes, err = nil, "certificates: " .. tostring(c)
+            plan, err = nil, "certificates: " .. tostring(c)
         end
     end
-    if routes then
+    local routes
+    if plan then
+        routes = router.commit(plan)
         mark_header_filters(routes, bals)
     end
     if not routes then
@@ -235,7 +239,7 @@ local function apply(premature)
     log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
         " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms (",
         router.compiled, " rules compiled, the others reused; ", touched and "patched with deltas" or "decoded whole",
-        ")")
+        "; ", router.updated, " of ", #plan, " ports' index updated in place)")
 end
 _M.apply = apply
 

@@ -16,7 +16,7 @@
 -- is two additions and `_count` always equals `_bucket{le="+Inf"}`.
 --
 -- The request path never builds a label string twice: every matched rule object of the compiled router caches
--- its series (`rule.metrics`, rebuilt with the router on each policy), unmatched requests use one cache per
+-- its series (`rule.metrics`; a rule a new policy keeps, same key on the same port, keeps them), unmatched requests use one cache per
 -- port. The gauges (`nginx_http_connections`, `metrics_cache_size`) are computed at scrape time.
 local init = require("alb.init")
 
@@ -176,7 +176,6 @@ local nomatch = {} -- port -> cache (bounded by the listening ports)
 
 local function rule_cache(rule, port)
     local c = new_cache(port, str(rule.name), rule.source)
-    c.id = tostring(rule.i)
     rule.metrics = c
     return c
 end
@@ -347,13 +346,15 @@ local function matched_rule(ctx, port, went_upstream)
     return (router.match(st.routes, port, {}))
 end
 
---- rule id to keep in $alb_rule (phase.rewrite, matched requests with features that go upstream)
+--- rule id to keep in $alb_rule (phase.rewrite, matched requests with features that go upstream): the rule's
+--- position as a string, made once per position (alb/router.lua clears `rule.id` when a policy moves the rule)
 function _M.rule_id(rule)
-    local c = rule.metrics
-    if c then
-        return c.id
+    local id = rule.id
+    if not id then
+        id = tostring(rule.i)
+        rule.id = id
     end
-    return tostring(rule.i)
+    return id
 end
 
 local match = string.match
