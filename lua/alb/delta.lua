@@ -98,7 +98,7 @@ local function patch_groups(old, d, touched)
         repl[changed[i].name] = changed[i]
         touched[changed[i].name] = true
     end
-    local out, added = {}, false
+    local kept = {}
     for i = 1, #old do
         local g = old[i]
         local name = g.name
@@ -108,18 +108,32 @@ local function patch_groups(old, d, touched)
                 repl[name] = nil
                 g = n
             end
-            out[#out + 1] = g
+            kept[#kept + 1] = g
         end
     end
+    local added = {}
     for i = 1, #changed do
         local g = changed[i]
         if repl[g.name] then -- not in the base: a new group
-            out[#out + 1] = g
-            added = true
+            added[#added + 1] = g
         end
     end
-    if added then
-        sort(out, by_name)
+    if #added == 0 then
+        return kept
+    end
+    -- the base's groups are sorted by name (a policy's always are): merge the few new ones in, instead of
+    -- sorting 10,000 groups with a Lua comparator for every delta that adds one
+    sort(added, by_name)
+    local out, a, k, na, nk = {}, 1, 1, #added, #kept
+    for i = 1, na + nk do
+        local ga, gk = added[a], kept[k]
+        if ga and (not gk or ga.name < gk.name) then
+            out[i] = ga
+            a = a + 1
+        else
+            out[i] = gk
+            k = k + 1
+        end
     end
     return out
 end

@@ -162,6 +162,11 @@ local function load(dict, v)
     return doc, touched
 end
 
+-- seconds -> whole milliseconds, for the log
+local function ms(sec)
+    return math.floor(sec * 1000 + 0.5)
+end
+
 --- apply the stored policy if it changed since this worker last applied one
 local function apply(premature)
     if premature then
@@ -183,12 +188,18 @@ local function apply(premature)
     if err == "superseded" then
         return
     end
+    ngx.update_time()
+    local t_load = ngx.now()
     local prev = _M.state
     -- the router is prepared (new rules compiled) first and committed last: committing updates the ports of
     -- the routes in place, so nothing after it may fail
     local plan, bals
+    local t_prep, t_bal = t_load, t_load
     if doc then
         plan, err = router.prepare(doc.http, prev and prev.routes)
+        ngx.update_time()
+        t_prep = ngx.now()
+        t_bal = t_prep
         if plan then
             local okb, res = pcall(balancer.build, doc.backend_groups, prev and prev.balancers,
                 touched and touched.groups)
@@ -197,6 +208,8 @@ local function apply(premature)
             else
                 plan, err = nil, "balancers: " .. tostring(res)
             end
+            ngx.update_time()
+            t_bal = ngx.now()
         end
     end
     local certs, cert_pems, cert_count
@@ -210,6 +223,8 @@ local function apply(premature)
         end
     end
     local routes
+    ngx.update_time()
+    local t_certs = ngx.now()
     if plan then
         routes = router.commit(plan)
         mark_header_filters(routes, bals)
@@ -236,10 +251,13 @@ local function apply(premature)
     applied_version = v
     write_ack(dict, _M.state)
     ngx.update_time()
+    local t_end = ngx.now()
     log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
-        " generation ", generation, " in ", math.floor((ngx.now() - t0) * 1000 + 0.5), " ms (",
+        " generation ", generation, " in ", ms(t_end - t0), " ms (",
         router.compiled, " rules compiled, the others reused; ", touched and "patched with deltas" or "decoded whole",
-        "; ", router.updated, " of ", #plan, " ports' index updated in place)")
+        "; ", router.updated, " of ", #plan, " ports' index updated in place; ms: load ", ms(t_load - t0),
+        ", compile ", ms(t_prep - t_load), ", balancers ", ms(t_bal - t_prep), ", certificates ", ms(t_certs - t_bal),
+        ", index ", ms(t_end - t_certs), ")")
 end
 _M.apply = apply
 
