@@ -453,7 +453,7 @@ fn router_updated_in_place_equals_a_whole_build() {
     // both answer `n` random requests
     let mut check = |rng: &mut rand::rngs::StdRng, p: &Value, step: usize, n: usize| {
         let digest = match &base {
-            Some((bp, bd)) if step % 3 != 0 => {
+            Some((bp, bd)) if !step.is_multiple_of(3) => {
                 let d = format!("{step:040x}");
                 let r = a.api(
                     "PATCH",
