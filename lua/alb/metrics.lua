@@ -16,8 +16,9 @@
 -- is two additions and `_count` always equals `_bucket{le="+Inf"}`.
 --
 -- The request path never builds a label string twice: every matched rule object of the compiled router caches
--- its series (`rule.metrics`; a rule a new policy keeps, same key on the same port, keeps them), unmatched requests use one cache per
--- port. The gauges (`nginx_http_connections`, `metrics_cache_size`) are computed at scrape time.
+-- its series (`rule.metrics`; a rule that a new policy keeps, same key on the same port, keeps them), unmatched
+-- requests use one cache per port. The gauges (`nginx_http_connections`, `metrics_cache_size`) are computed at
+-- scrape time.
 local init = require("alb.init")
 
 local ngx = ngx
