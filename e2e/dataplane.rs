@@ -265,6 +265,17 @@ fn shared_policy_fixtures() {
     }
 }
 
+/// Hosts and paths the random Rules and requests of the index tests draw from.
+const RANDOM_HOSTS: [&str; 6] = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
+const RANDOM_PATHS: [&str; 8] = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
+
+/// Frontend `ft` on `port`, the one the random Rules belong to.
+fn random_rules_frontend(port: u16) -> String {
+    format!(
+        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
+    )
+}
+
 /// A random Rule manifest of Frontend `ft` (host, path and header terms over `hosts` and `paths`) and whether it
 /// has header terms only (the router files it under the header's values).
 fn random_rule(rng: &mut rand::rngs::StdRng, name: &str, hosts: &[&str], paths: &[&str]) -> (String, bool) {
@@ -344,13 +355,10 @@ fn random_queries(rng: &mut rand::rngs::StdRng, port: u16, n: usize, hosts: &[&s
 fn indexed_router_equals_first_match_scan() {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xa1b);
-    let hosts = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
-    let paths = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
+    let (hosts, paths) = (RANDOM_HOSTS, RANDOM_PATHS);
     let dir = tempfile::tempdir().unwrap();
     let port: u16 = 18080; // only a key in the policy: /debug/match takes the port as a parameter
-    let mut docs = vec![format!(
-        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
-    )];
+    let mut docs = vec![random_rules_frontend(port)];
     let mut header_only = Vec::new();
     for i in 0..400 {
         let (doc, by_header) = random_rule(&mut rng, &format!("r{i}"), &hosts, &paths);
@@ -432,13 +440,10 @@ fn without_keys(p: &Value) -> Value {
 fn router_updated_in_place_equals_a_whole_build() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x1dc);
-    let hosts = ["a.test", "b.test", "x.a.test", "y.a.test", "deep.x.a.test", "c.test"];
-    let paths = ["/", "/api", "/api/v1", "/api/v1/items", "/static", "/s", "/login", "/x/1"];
+    let (hosts, paths) = (RANDOM_HOSTS, RANDOM_PATHS);
     let dir = tempfile::tempdir().unwrap();
     let port: u16 = 18080;
-    let frontend = format!(
-        "apiVersion: crd.alauda.io/v1\nkind: Frontend\nmetadata: {{name: ft, namespace: default}}\nspec: {{port: {port}, protocol: http}}\n"
-    );
+    let frontend = random_rules_frontend(port);
     let mut rules: Vec<(String, String)> =
         (0..300).map(|i| (format!("r{i}"), random_rule(&mut rng, &format!("r{i}"), &hosts, &paths).0)).collect();
     let mut next_name = 300;
