@@ -167,6 +167,12 @@ local function ms(sec)
     return math.floor(sec * 1000 + 0.5)
 end
 
+-- the current time, updated (apply runs long enough for the cached time to lag)
+local function clock()
+    ngx.update_time()
+    return ngx.now()
+end
+
 --- apply the stored policy if it changed since this worker last applied one
 local function apply(premature)
     if premature then
@@ -182,14 +188,12 @@ local function apply(premature)
     if not digest then
         return -- superseded while reading; next tick
     end
-    ngx.update_time()
-    local t0 = ngx.now()
+    local t0 = clock()
     local doc, touched, err = load(dict, v)
     if err == "superseded" then
         return
     end
-    ngx.update_time()
-    local t_load = ngx.now()
+    local t_load = clock()
     local prev = _M.state
     -- the router is prepared (new rules compiled) first and committed last: committing updates the ports of
     -- the routes in place, so nothing after it may fail
@@ -197,8 +201,7 @@ local function apply(premature)
     local t_prep, t_bal = t_load, t_load
     if doc then
         plan, err = router.prepare(doc.http, prev and prev.routes)
-        ngx.update_time()
-        t_prep = ngx.now()
+        t_prep = clock()
         t_bal = t_prep
         if plan then
             local okb, res = pcall(balancer.build, doc.backend_groups, prev and prev.balancers,
@@ -208,8 +211,7 @@ local function apply(premature)
             else
                 plan, err = nil, "balancers: " .. tostring(res)
             end
-            ngx.update_time()
-            t_bal = ngx.now()
+            t_bal = clock()
         end
     end
     local certs, cert_pems, cert_count
@@ -223,8 +225,7 @@ local function apply(premature)
         end
     end
     local routes
-    ngx.update_time()
-    local t_certs = ngx.now()
+    local t_certs = clock()
     if plan then
         routes = router.commit(plan)
         mark_header_filters(routes, bals)
@@ -250,8 +251,7 @@ local function apply(premature)
     end
     applied_version = v
     write_ack(dict, _M.state)
-    ngx.update_time()
-    local t_end = ngx.now()
+    local t_end = clock()
     log(NOTICE, "alb: worker ", ngx.worker.id(), " applied policy version ", v, " digest ", digest,
         " generation ", generation, " in ", ms(t_end - t0), " ms (",
         router.compiled, " rules compiled, the others reused; ", touched and "patched with deltas" or "decoded whole",

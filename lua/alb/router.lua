@@ -375,6 +375,25 @@ local function new_port(port)
         has_hosts = false, hdr = {}, hdrs = {}, compiled = {}, churn = 0, empty_reason = nil }
 end
 
+-- files rule `r` in port `p`'s index; it becomes the port's rule for its key unless the port has one (a key
+-- twice on a port: the first)
+local function add(p, r)
+    file(p, r, put)
+    local k = r.key
+    if k and not p.compiled[k] then
+        p.compiled[k] = r
+    end
+end
+
+-- takes rule `r` out of port `p`'s index, and out of `compiled` when it is the port's rule for its key
+local function drop(p, r)
+    file(p, r, take)
+    local k = r.key
+    if k and p.compiled[k] == r then
+        p.compiled[k] = nil
+    end
+end
+
 -- Phase 2 of a port: the index of the new rule list. An update of `prev` in place (unfile the rules that left,
 -- file the new ones) when the kept rules are in their old order and the change is small next to the port;
 -- else a whole build (which also clears the empty lists that updates leave behind, see `churn`).
@@ -386,36 +405,22 @@ local function commit_port(pr)
     if prev and pr.in_order and changes <= 64 + n / 16 and prev.churn + changes <= 256 + n / 2
         and place_fresh(items, fresh) then
         p = prev
-        local compiled = p.compiled
         local old = p.rules
         for k = 1, #old do
-            local r = old[k]
-            if r.seen ~= pr.stamp then
-                file(p, r, take)
-                if r.key and compiled[r.key] == r then
-                    compiled[r.key] = nil
-                end
+            if old[k].seen ~= pr.stamp then
+                drop(p, old[k])
             end
         end
         for k = 1, #fresh do
-            local r = items[fresh[k]]
-            file(p, r, put)
-            if r.key and not compiled[r.key] then
-                compiled[r.key] = r
-            end
+            add(p, items[fresh[k]])
         end
         p.churn = p.churn + changes
         _M.updated = _M.updated + 1
     else
         p = new_port(pr.port)
-        local compiled = p.compiled
         for i = 1, n do
-            local r = items[i]
-            r.ord = i * STEP
-            file(p, r, put)
-            if r.key and not compiled[r.key] then
-                compiled[r.key] = r
-            end
+            items[i].ord = i * STEP
+            add(p, items[i])
         end
     end
     for i = 1, n do
