@@ -45,8 +45,9 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// MiB with them against 155.9 MiB with `MIMALLOC_ALLOW_THP=0` and 158.1 MiB with the setting below, compile
 /// times the same within noise.
 /// The option alone stops the `madvise` on new regions; `PR_SET_THP_DISABLE` (what mimalloc itself does when the
-/// variable is set at its start, before `main`) also covers the regions mapped before. nginx, when the controller
-/// spawns it, inherits the flag: its workers' allocations are not asked to use huge pages either.
+/// variable is set at its start, before `main`) also covers the regions mapped before. nginx, when alb spawns it
+/// (`controller --spawn-nginx`, `standalone`), inherits the flag; it asks for no huge pages itself, so with the
+/// kernel's `madvise` mode that changes nothing for it.
 fn allocator_options() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one integer option of the allocator; mimalloc allows this at any time.
