@@ -39,12 +39,13 @@ impl EndpointSlice {
         if self.service_name.is_none() {
             self.service_name = self.metadata.labels.as_mut().and_then(|l| l.remove(SERVICE_NAME_LABEL));
         }
-        let meta = &mut self.metadata;
-        meta.labels = None;
-        meta.annotations = None;
-        meta.owner_references = None;
-        meta.managed_fields = None;
+        self.metadata = name_only(&mut self.metadata);
     }
+}
+
+/// The name and namespace of `meta`, taken out; nothing else of it (labels, uid, resourceVersion, timestamps).
+pub fn name_only(meta: &mut ObjectMeta) -> ObjectMeta {
+    ObjectMeta { name: meta.name.take(), namespace: meta.namespace.take(), ..Default::default() }
 }
 
 /// The label naming a slice's Service.
@@ -123,9 +124,9 @@ mod tests {
         assert_eq!(s.service_name(), Some("web"), "read from the label before compact");
         s.compact();
         assert_eq!(s.service_name(), Some("web"));
-        let m = &s.metadata;
-        assert!(m.labels.is_none() && m.annotations.is_none() && m.owner_references.is_none());
-        assert_eq!((m.name.as_deref(), m.namespace.as_deref()), (Some("web-abc"), Some("shop")));
+        let name_and_ns =
+            ObjectMeta { name: Some("web-abc".into()), namespace: Some("shop".into()), ..Default::default() };
+        assert_eq!(s.metadata, name_and_ns, "no labels, annotations, owners or resourceVersion");
         s.compact();
         assert_eq!(s.service_name(), Some("web"), "compact twice keeps it");
         let unlabelled: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();

@@ -32,7 +32,7 @@ fn hash_of(v: impl Hash) -> u64 {
 }
 
 /// An object's identity and version; `None` without a resourceVersion.
-fn version(m: &ObjectMeta) -> Option<u64> {
+pub(super) fn version(m: &ObjectMeta) -> Option<u64> {
     let rv = m.resource_version.as_deref()?;
     Some(hash_of((m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), rv)))
 }

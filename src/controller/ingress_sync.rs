@@ -5,6 +5,7 @@
 //! `--resync-period` brings the API server to what the Ingresses need. Writes not yet seen by the stores
 //! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
 
+use super::cache::Cache;
 use super::events::{EventLog, EventType, Note};
 use super::ingress_inputs::Inputs;
 use super::stores::{cloned, shared, Stores};
@@ -16,7 +17,6 @@ use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan,
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -92,8 +92,8 @@ enum Written {
     Deleted { kind: &'static str, ns: String, name: String },
 }
 
-fn seen<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, w: &Written) -> bool {
-    let get = |ns: &str, name: &str| store.get(&ObjectRef::new(name).within(ns));
+fn seen<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>, w: &Written) -> bool {
+    let get = |ns: &str, name: &str| store.get(ns, name);
     match w {
         Written::Created { ns, name, uid, .. } => get(ns, name).is_some_and(|o| o.meta().uid.as_deref() == Some(uid)),
         Written::Updated { ns, name, old_rv, .. } => {

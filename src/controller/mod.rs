@@ -7,6 +7,7 @@
 //! ([`status`]). The admin server ([`crate::admin`]) serves `/healthz`, `/readyz` and `/metrics`
 //! ([`crate::metrics`]).
 
+pub mod cache;
 pub mod dataplane;
 pub mod events;
 pub mod ingress_inputs;

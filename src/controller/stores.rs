@@ -1,10 +1,11 @@
-//! One reflector (`watcher` + `Store`) per kind the controller reads. Every change of any store bumps a
+//! One `watcher` + [`Cache`] per kind the controller reads. Every change of any store bumps a
 //! counter on a `watch` channel; the render loop and the leader work debounce on it.
 //!
 //! Watch errors (API server unreachable, RBAC, a CRD not installed yet) are logged and retried with a backoff
 //! capped at 3 s ([`WatchBackoff`]); the stores keep their last content meanwhile and are relisted when the watch
 //! returns, so changes made during an outage apply within seconds of the API server's return.
 
+use super::cache::{self, Cache};
 use super::ControllerArgs;
 use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
@@ -14,7 +15,7 @@ use crate::crd::{Frontend, Rule};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::runtime::reflector::{self, Store};
+use kube::core::ObjectMeta;
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -26,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The store of one watched Secret and the task that fills it.
-type SecretWatch = (Store<Secret>, tokio::task::JoinHandle<()>);
+type SecretWatch = (Cache<Secret>, tokio::task::JoinHandle<()>);
 
 /// A change after this long without acting on one is acted on almost at once ([`debounce_after`]).
 const QUIET: Duration = Duration::from_millis(300);
@@ -43,24 +44,24 @@ pub fn debounce_after(last: std::time::Instant) -> Duration {
 
 pub struct Stores {
     /// Frontends of this ALB (its namespace, label `alb2.<d>/name=<alb>`).
-    pub frontends: Store<Frontend>,
+    pub frontends: Cache<Frontend>,
     /// Rules of this ALB (same selection).
-    pub rules: Store<Rule>,
-    pub services: Store<Service>,
+    pub rules: Cache<Rule>,
+    pub services: Cache<Service>,
     /// Decoded into alb's own lean type ([`crate::compile::slice`]): only the fields the compiler reads.
-    pub endpoint_slices: Store<EndpointSlice>,
+    pub endpoint_slices: Cache<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
-    pub secrets: Store<Secret>,
+    pub secrets: Cache<Secret>,
     /// Basic-auth Secrets (`config.auth.basic.secret` of this ALB's Rules and Frontends): one small watch per
     /// referenced Secret, so no other Secret of the cluster is cached.
     auth_secrets: std::sync::Mutex<BTreeMap<(String, String), SecretWatch>>,
     client: Client,
     changes: Changes,
-    pub namespaces: Store<Namespace>,
-    pub ingresses: Store<Ingress>,
-    pub ingress_classes: Store<IngressClass>,
+    pub namespaces: Cache<Namespace>,
+    pub ingresses: Cache<Ingress>,
+    pub ingress_classes: Cache<IngressClass>,
     /// This ALB's own ALB2 object (at most one).
-    pub albs: Store<ALB2>,
+    pub albs: Cache<ALB2>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -89,13 +90,13 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
 }
 
 /// Of a Service the compiler and the Ingress translation read its name, namespace and the spec fields of
-/// alb's own type ([`crate::compile::service`]); its labels, annotations and owners are dropped from the cache
-/// (a real cluster's Services carry a few labels each, a map of ~0.5 KiB or more).
+/// alb's own type ([`crate::compile::service`]), and the Ingress sync's input fingerprints its uid and
+/// resourceVersion ([`super::ingress_inputs`]); the rest of its metadata is dropped from the cache (a real
+/// cluster's Services carry a few labels each, a map of ~0.5 KiB or more).
 fn trim_service(svc: &mut Service) {
-    let meta = &mut svc.metadata;
-    meta.labels = None;
-    meta.annotations = None;
-    meta.owner_references = None;
+    let m = &mut svc.metadata;
+    let (uid, rv) = (m.uid.take(), m.resource_version.take());
+    svc.metadata = ObjectMeta { uid, resource_version: rv, ..crate::compile::slice::name_only(m) };
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -161,19 +162,21 @@ fn reflect<K>(
     kind: &'static str,
     changes: Changes,
     wakes: Wakes,
-) -> (Store<K>, tokio::task::JoinHandle<()>)
+) -> (Cache<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, mut writer) = cache::cache();
     let events = watcher(api, cfg).backoff(WatchBackoff::default()).modify(move |o: &mut K| trim(kind, o));
-    let stream = reflector::reflector(writer, events);
     let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
+        let mut stream = std::pin::pin!(events);
         let mut failing = false;
         let mut memory = SpecMemory::default();
         let spec_only = matches!(wakes, Wakes::BothSpec);
         while let Some(event) = stream.next().await {
+            if let Ok(e) = &event {
+                writer.apply(e);
+            }
             match event {
                 // A (re)list is applied to the store atomically at InitDone: signal then.
                 Ok(watcher::Event::Init) => memory = SpecMemory::default(),
@@ -411,7 +414,7 @@ fn auth_secret_refs<'a>(
 
 /// The store's objects, shared with the store (no copies) and sorted by namespace/name (deterministic input for
 /// the pure functions).
-pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
+pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>) -> Vec<Arc<K>> {
     let mut v: Vec<Arc<K>> = store.state();
     v.sort_by(|a, b| {
         (a.meta().namespace.as_deref(), a.meta().name.as_deref())
@@ -421,22 +424,20 @@ pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Ar
 }
 
 /// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
-pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>) -> Vec<K> {
     shared(store).iter().map(|o| (**o).clone()).collect()
 }
 
-async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Store<K>) {
-    // kube-runtime's `Store::wait_until_ready` keeps the waker of the last task that polled it only: the render
-    // loop and the leader's Ingress sync wait on the same stores at start, and the other one slept until its
-    // timeout (the first push of a controller came 10 s after its caches were listed). Poll again every 50 ms
-    // instead of relying on that wakeup.
+async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Cache<K>) {
+    // Waits in 10 s steps to say, meanwhile, which list is missing.
     let started = std::time::Instant::now();
     let mut warn_at = Duration::from_secs(10);
     loop {
-        if tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await.is_ok() {
+        let left = warn_at.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, store.wait_until_ready()).await.is_ok() {
             return;
         }
-        if started.elapsed() >= warn_at {
+        {
             tracing::warn!(
                 "still waiting for the first list of {kind} after {} s (see the watch errors)",
                 warn_at.as_secs()
@@ -512,12 +513,14 @@ mod trim_tests {
     use crate::compile::service::Service;
 
     /// A cached Service keeps what the compiler and the translation read: alb's own type decodes the spec
-    /// fields they read (not the selector, IP family fields or status), and `trim` drops labels and owners.
+    /// fields they read (not the selector, IP family fields or status), and `trim` drops labels, owners and
+    /// timestamps. Its uid and resourceVersion stay: without them the Ingress sync's input fingerprint is
+    /// unknown and every pass plans every Ingress again.
     #[test]
     fn services_keep_ports_type_and_addresses_only() {
         let mut svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "labels": {"app": "web"},
-                         "managedFields": [{"manager": "kubectl"}]},
+            "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "uid": "u-1", "labels": {"app": "web"},
+                         "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}]},
             "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5", "clusterIPs": ["10.0.0.5"],
                      "ipFamilies": ["IPv4"], "selector": {"app": "web"}, "sessionAffinity": "None",
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
@@ -525,10 +528,11 @@ mod trim_tests {
         }))
         .unwrap();
         trim("Service", &mut svc);
+        assert!(crate::controller::ingress_inputs::version(&svc.metadata).is_some());
         assert_eq!(
             serde_json::to_value(&svc).unwrap(),
             serde_json::json!({
-                "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7"},
+                "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "uid": "u-1"},
                 "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5",
                          "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
             })

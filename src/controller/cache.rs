@@ -1,0 +1,228 @@
+//! The controller's cache of one watched kind: the objects of a `watcher` stream by namespace and name.
+//!
+//! In place of kube-runtime's reflector `Store`, which files every object under an `ObjectRef` key: 96 bytes
+//! inline plus its own copies of the name, namespace, uid and resourceVersion, ~250 bytes per object with the
+//! table's spare room. This cache files the object alone (one pointer per slot) and finds it by hashing the
+//! object's own namespace and name; at 10,000 Ingresses (~40,000 cached objects) that is ~10 MB less heap.
+//!
+//! A (re)list is built aside and swapped in whole at `InitDone`, so readers never see half a list; the cache
+//! is ready from the first swap on.
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use kube::runtime::watcher::Event;
+use kube::Resource;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// What the readers hold: cheap to clone, shared with the [`Writer`].
+pub struct Cache<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Cache<K> {
+    fn clone(&self) -> Self {
+        Cache { shared: self.shared.clone() }
+    }
+}
+
+struct Shared<K> {
+    table: RwLock<HashTable<Arc<K>>>,
+    hasher: RandomState,
+    ready: watch::Sender<bool>,
+}
+
+/// Applies watcher events to its [`Cache`].
+pub struct Writer<K> {
+    cache: Cache<K>,
+    /// The list in progress (between `Init` and `InitDone`).
+    relist: Option<HashTable<Arc<K>>>,
+}
+
+/// A new empty cache (not ready) and its writer.
+pub fn cache<K: Resource>() -> (Cache<K>, Writer<K>) {
+    let (ready, _) = watch::channel(false);
+    let shared = Arc::new(Shared { table: RwLock::new(HashTable::new()), hasher: RandomState::default(), ready });
+    let cache = Cache { shared };
+    (cache.clone(), Writer { cache, relist: None })
+}
+
+fn ns_name<K: Resource>(o: &K) -> (&str, &str) {
+    let m = o.meta();
+    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+}
+
+impl<K: Resource> Shared<K> {
+    fn hash(&self, ns: &str, name: &str) -> u64 {
+        self.hasher.hash_one((ns, name))
+    }
+
+    fn put(&self, table: &mut HashTable<Arc<K>>, obj: Arc<K>) {
+        let (ns, name) = ns_name(&*obj);
+        let h = self.hash(ns, name);
+        let found = table.find_mut(h, |o| ns_name(&**o) == (ns, name));
+        match found {
+            Some(slot) => *slot = obj,
+            None => {
+                table.insert_unique(h, obj, |o| {
+                    let (ns, name) = ns_name(&**o);
+                    self.hash(ns, name)
+                });
+            }
+        }
+    }
+}
+
+impl<K: Resource> Cache<K> {
+    /// Every object, in no particular order.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        match self.shared.table.read() {
+            Ok(t) => t.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.shared.table.read() {
+            Ok(t) => t.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
+    }
+
+    /// The object `ns/name` (`ns` is "" for cluster-scoped kinds).
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
+        let h = self.shared.hash(ns, name);
+        let find = |t: &HashTable<Arc<K>>| t.find(h, |o| ns_name(&**o) == (ns, name)).cloned();
+        match self.shared.table.read() {
+            Ok(t) => find(&t),
+            Err(poisoned) => find(&poisoned.into_inner()),
+        }
+    }
+
+    /// Returns once the first list has been applied. Any number of tasks may wait at once.
+    pub async fn wait_until_ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        // the sender lives as long as the cache: the wait ends only by the cache becoming ready
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+}
+
+impl<K: Resource + Clone> Writer<K> {
+    /// Applies one event. The object filed is a copy of the event's: serde grows a decoded list by doubling, a
+    /// copy has exactly the room its items take (the reflector this replaces filed copies too).
+    pub fn apply(&mut self, event: &Event<K>) {
+        let shared = &self.cache.shared;
+        match event {
+            Event::Init => self.relist = Some(HashTable::new()),
+            Event::InitApply(o) => {
+                let relist = self.relist.get_or_insert_with(HashTable::new);
+                shared.put(relist, Arc::new(o.clone()));
+            }
+            Event::InitDone => {
+                let fresh = self.relist.take().unwrap_or_default();
+                match shared.table.write() {
+                    Ok(mut t) => *t = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+                shared.ready.send_replace(true);
+            }
+            Event::Apply(o) => self.write(|t| shared.put(t, Arc::new(o.clone()))),
+            Event::Delete(o) => {
+                let (ns, name) = ns_name(o);
+                let h = shared.hash(ns, name);
+                self.write(|t| {
+                    if let Ok(entry) = t.find_entry(h, |x| ns_name(&**x) == (ns, name)) {
+                        entry.remove();
+                    }
+                });
+            }
+        }
+    }
+
+    fn write(&self, f: impl FnOnce(&mut HashTable<Arc<K>>)) {
+        match self.cache.shared.table.write() {
+            Ok(mut t) => f(&mut t),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::core::ObjectMeta;
+
+    fn cm(ns: &str, name: &str, v: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() },
+            data: Some([("v".to_string(), v.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    fn value(o: &ConfigMap) -> &str {
+        o.data.as_ref().and_then(|d| d.get("v")).map(String::as_str).unwrap_or("")
+    }
+
+    #[test]
+    fn applies_lists_updates_and_deletes() {
+        let (c, mut w) = cache::<ConfigMap>();
+        assert!(!*c.shared.ready.borrow());
+        w.apply(&Event::Init);
+        w.apply(&Event::InitApply(cm("a", "x", "1")));
+        w.apply(&Event::InitApply(cm("b", "x", "1")));
+        assert_eq!(c.len(), 0, "a list in progress is not visible");
+        w.apply(&Event::InitDone);
+        assert!(*c.shared.ready.borrow());
+        assert_eq!(c.len(), 2);
+        w.apply(&Event::Apply(cm("a", "x", "2")));
+        assert_eq!(c.len(), 2, "an update replaces");
+        assert_eq!(c.get("a", "x").map(|o| value(&o).to_string()), Some("2".into()));
+        assert_eq!(c.get("b", "x").map(|o| value(&o).to_string()), Some("1".into()));
+        assert!(c.get("a", "y").is_none() && c.get("", "x").is_none());
+        w.apply(&Event::Delete(cm("a", "x", "2")));
+        assert!(c.get("a", "x").is_none());
+        assert_eq!(c.len(), 1);
+        w.apply(&Event::Delete(cm("a", "gone", "")));
+        assert_eq!(c.len(), 1, "deleting an unknown object is a no-op");
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_at_init_done() {
+        let (c, mut w) = cache::<ConfigMap>();
+        w.apply(&Event::Init);
+        for i in 0..100 {
+            w.apply(&Event::InitApply(cm("ns", &format!("o{i}"), "1")));
+        }
+        w.apply(&Event::InitDone);
+        assert_eq!(c.len(), 100);
+        w.apply(&Event::Init);
+        w.apply(&Event::InitApply(cm("ns", "o5", "2")));
+        assert_eq!(c.len(), 100, "the old list stays until the new one is done");
+        w.apply(&Event::InitDone);
+        let all = c.state();
+        assert_eq!(all.len(), 1);
+        assert_eq!(value(&all[0]), "2");
+    }
+
+    #[tokio::test]
+    async fn several_waiters_are_woken() {
+        let (c, mut w) = cache::<ConfigMap>();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.wait_until_ready().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        w.apply(&Event::Init);
+        w.apply(&Event::InitDone);
+        for t in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), t).await.unwrap().unwrap();
+        }
+        assert_eq!(c.len(), 0);
+        c.wait_until_ready().await;
+    }
+}
