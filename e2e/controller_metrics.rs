@@ -297,5 +297,31 @@ fn controller_reports_leader_watched_ingresses_and_reconciles() {
     assert_eq!(f.get(RELOADS, &[("reason", "listeners_changed")]), 1.0, "{}", f.text);
     assert!(f.series("alb_controller_reconciles_total").is_empty(), "{}", f.text);
     assert!(f.series("alb_controller_status_writes_total").is_empty(), "{}", f.text);
+
+    // A status-only change of a Rule (same generation, labels and annotations) compiles nothing; a label change
+    // does. Counted on the follower, which writes no statuses of its own (the leader writes its Accepted
+    // condition back, another status-only change).
+    let rules = c.get_json(&["rules.crd.alauda.io", "-n", &ns]);
+    let rule = rules["items"][0]["metadata"]["name"].as_str().expect("a Rule").to_string();
+    let compiles = admin_scrape(admin2).get(COMPILES, &[]);
+    let status = r#"{"status":{"conditions":[{"type":"Probe","status":"True","reason":"E2E","message":"status only","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+    let out = c.kubectl(&[
+        "patch",
+        "rules.crd.alauda.io",
+        &rule,
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the debounce is 10-100 ms: a compile caused by the patch would have happened well within this
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(admin_scrape(admin2).get(COMPILES, &[]), compiles, "a status-only change compiled");
+    let out = c.kubectl(&["label", "rules.crd.alauda.io", &rule, "-n", &ns, "e2e-probe=1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    scrape_until(admin2, "a label change compiles", Duration::from_secs(10), |s| s.get(COMPILES, &[]) > compiles);
     drop(leader);
 }

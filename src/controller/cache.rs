@@ -58,17 +58,19 @@ impl<K: Resource> Shared<K> {
         self.hasher.hash_one((ns, name))
     }
 
-    fn put(&self, table: &mut HashTable<Arc<K>>, obj: Arc<K>) {
+    /// Files `obj`; returns the object of the same namespace and name it replaces.
+    fn put(&self, table: &mut HashTable<Arc<K>>, obj: Arc<K>) -> Option<Arc<K>> {
         let (ns, name) = ns_name(&*obj);
         let h = self.hash(ns, name);
         let found = table.find_mut(h, |o| ns_name(&**o) == (ns, name));
         match found {
-            Some(slot) => *slot = obj,
+            Some(slot) => Some(std::mem::replace(slot, obj)),
             None => {
                 table.insert_unique(h, obj, |o| {
                     let (ns, name) = ns_name(&**o);
                     self.hash(ns, name)
                 });
+                None
             }
         }
     }
@@ -109,9 +111,10 @@ impl<K: Resource> Cache<K> {
 }
 
 impl<K: Resource + Clone> Writer<K> {
-    /// Applies one event. The object filed is a copy of the event's: serde grows a decoded list by doubling, a
-    /// copy has exactly the room its items take (the reflector this replaces filed copies too).
-    pub fn apply(&mut self, event: &Event<K>) {
+    /// Applies one event; for an `Apply`, returns the object it replaced (the watch task tells a status-only
+    /// change by it). The object filed is a copy of the event's: serde grows a decoded list by doubling, a copy
+    /// has exactly the room its items take (the reflector this replaces filed copies too).
+    pub fn apply(&mut self, event: &Event<K>) -> Option<Arc<K>> {
         let shared = &self.cache.shared;
         match event {
             Event::Init => self.relist = Some(HashTable::new()),
@@ -127,7 +130,7 @@ impl<K: Resource + Clone> Writer<K> {
                 }
                 shared.ready.send_replace(true);
             }
-            Event::Apply(o) => self.write(|t| shared.put(t, Arc::new(o.clone()))),
+            Event::Apply(o) => return self.write(|t| shared.put(t, Arc::new(o.clone()))),
             Event::Delete(o) => {
                 let (ns, name) = ns_name(o);
                 let h = shared.hash(ns, name);
@@ -138,9 +141,10 @@ impl<K: Resource + Clone> Writer<K> {
                 });
             }
         }
+        None
     }
 
-    fn write(&self, f: impl FnOnce(&mut HashTable<Arc<K>>)) {
+    fn write<T>(&self, f: impl FnOnce(&mut HashTable<Arc<K>>) -> T) -> T {
         match self.cache.shared.table.write() {
             Ok(mut t) => f(&mut t),
             Err(poisoned) => f(&mut poisoned.into_inner()),
@@ -177,11 +181,14 @@ mod tests {
         w.apply(&Event::InitDone);
         assert!(*c.shared.ready.borrow());
         assert_eq!(c.len(), 2);
-        w.apply(&Event::Apply(cm("a", "x", "2")));
+        let replaced = w.apply(&Event::Apply(cm("a", "x", "2")));
+        assert_eq!(replaced.map(|o| value(&o).to_string()), Some("1".into()), "returns what it replaced");
         assert_eq!(c.len(), 2, "an update replaces");
         assert_eq!(c.get("a", "x").map(|o| value(&o).to_string()), Some("2".into()));
         assert_eq!(c.get("b", "x").map(|o| value(&o).to_string()), Some("1".into()));
         assert!(c.get("a", "y").is_none() && c.get("", "x").is_none());
+        assert!(w.apply(&Event::Apply(cm("c", "new", "1"))).is_none());
+        w.apply(&Event::Delete(cm("c", "new", "1")));
         w.apply(&Event::Delete(cm("a", "x", "2")));
         assert!(c.get("a", "x").is_none());
         assert_eq!(c.len(), 1);

@@ -121,25 +121,14 @@ enum Wakes {
     BothSpec,
 }
 
-/// Per object of a `BothSpec` kind: the fingerprint last seen, to tell status-only changes.
-#[derive(Default)]
-struct SpecMemory(std::collections::HashMap<(String, String), u64>);
-
-impl SpecMemory {
-    /// Records `meta`; true when the compiler-relevant part is unchanged since the last event of the object.
-    fn unchanged(&mut self, meta: &kube::core::ObjectMeta) -> bool {
-        let key = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
-        match crate::crd::spec_fingerprint(meta) {
-            Some(fp) => self.0.insert(key, fp) == Some(fp),
-            None => {
-                self.0.remove(&key);
-                false
-            }
-        }
-    }
-
-    fn forget(&mut self, meta: &kube::core::ObjectMeta) {
-        self.0.remove(&(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()));
+/// Whether `new` differs from the object it replaced in what the compiler reads: false for a status-only
+/// change (same generation, labels, annotations and deletion mark; see [`crate::crd::spec_fingerprint`]).
+/// Without a generation (or without an object before) nothing can be told: a change.
+fn spec_changed(old: Option<&kube::core::ObjectMeta>, new: &kube::core::ObjectMeta) -> bool {
+    let fp = crate::crd::spec_fingerprint;
+    match (old.and_then(fp), fp(new)) {
+        (Some(a), Some(b)) => a != b,
+        _ => true,
     }
 }
 
@@ -171,20 +160,15 @@ where
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(events);
         let mut failing = false;
-        let mut memory = SpecMemory::default();
         let spec_only = matches!(wakes, Wakes::BothSpec);
         while let Some(event) = stream.next().await {
-            if let Ok(e) = &event {
-                writer.apply(e);
-            }
+            let replaced = match &event {
+                Ok(e) => writer.apply(e),
+                Err(_) => None,
+            };
             match event {
-                // A (re)list is applied to the store atomically at InitDone: signal then.
-                Ok(watcher::Event::Init) => memory = SpecMemory::default(),
-                Ok(watcher::Event::InitApply(o)) => {
-                    if spec_only {
-                        memory.unchanged(o.meta());
-                    }
-                }
+                // A (re)list is applied to the cache atomically at InitDone: signal then.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(event) => {
                     if failing {
                         tracing::info!("watch of {kind} is back");
@@ -192,11 +176,7 @@ where
                     }
                     let status_only = spec_only
                         && match &event {
-                            watcher::Event::Apply(o) => memory.unchanged(o.meta()),
-                            watcher::Event::Delete(o) => {
-                                memory.forget(o.meta());
-                                false
-                            }
+                            watcher::Event::Apply(o) => !spec_changed(replaced.as_deref().map(|r| r.meta()), o.meta()),
                             _ => false,
                         };
                     changes.bump(if status_only { Wakes::Ingress } else { wakes });
@@ -583,8 +563,8 @@ mod auth_ref_tests {
 }
 
 #[cfg(test)]
-mod spec_memory_tests {
-    use super::SpecMemory;
+mod spec_change_tests {
+    use super::spec_changed;
     use kube::core::ObjectMeta;
 
     fn meta(generation: Option<i64>, label: &str, rv: &str) -> ObjectMeta {
@@ -600,19 +580,19 @@ mod spec_memory_tests {
 
     #[test]
     fn only_status_changes_are_unchanged() {
-        let mut m = SpecMemory::default();
-        assert!(!m.unchanged(&meta(Some(1), "a", "1")), "first sight is a change");
+        assert!(spec_changed(None, &meta(Some(1), "a", "1")), "first sight is a change");
         // a status patch: new resourceVersion, same generation, labels and annotations
-        assert!(m.unchanged(&meta(Some(1), "a", "2")));
-        assert!(!m.unchanged(&meta(Some(2), "a", "3")), "spec change");
-        assert!(!m.unchanged(&meta(Some(2), "b", "4")), "label change");
+        assert!(!spec_changed(Some(&meta(Some(1), "a", "1")), &meta(Some(1), "a", "2")));
+        assert!(spec_changed(Some(&meta(Some(1), "a", "2")), &meta(Some(2), "a", "3")), "spec change");
+        assert!(spec_changed(Some(&meta(Some(2), "a", "3")), &meta(Some(2), "b", "4")), "label change");
         let mut annotated = meta(Some(2), "b", "5");
         annotated.annotations = Some([("alb.rule.cpaas.io/x".to_string(), "y".to_string())].into());
-        assert!(!m.unchanged(&annotated), "annotation change");
+        assert!(spec_changed(Some(&meta(Some(2), "b", "4")), &annotated), "annotation change");
+        let mut deleting = meta(Some(2), "b", "6");
+        deleting.deletion_timestamp = Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
+        assert!(spec_changed(Some(&meta(Some(2), "b", "5")), &deleting), "deletion mark");
         // without a generation nothing can be told: always a change
-        assert!(!m.unchanged(&meta(None, "b", "6")));
-        assert!(!m.unchanged(&meta(None, "b", "7")));
-        m.forget(&meta(Some(2), "b", "8"));
-        assert!(!m.unchanged(&meta(Some(2), "b", "9")), "forgotten: a change again");
+        assert!(spec_changed(Some(&meta(None, "b", "6")), &meta(None, "b", "7")));
+        assert!(spec_changed(Some(&meta(Some(2), "b", "6")), &meta(None, "b", "7")));
     }
 }
