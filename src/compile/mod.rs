@@ -44,6 +44,7 @@ pub mod certs;
 pub mod dslx;
 pub mod features;
 pub mod index;
+pub mod meta;
 pub mod order;
 pub mod service;
 pub mod slice;

@@ -2,21 +2,39 @@
 //! (`compile/backends.rs`, `ingress/translate.rs`, `ingress/annotations`).
 //!
 //! The controller caches every Service of the cluster. k8s-openapi's `Service` is 824 bytes before any of its
-//! strings (its spec has room for ~30 fields); this one is 456, 360 of them the metadata, and serde skips the
-//! rest while decoding. The JSON shape and the field names are the API's, so manifests, watch events, test fixtures and the
-//! code that reads `spec.ports` decode and read the same way. The operator, which writes Services, uses
-//! k8s-openapi's type.
+//! strings (its spec has room for ~30 fields); this one is 192: of the metadata it keeps name, namespace, uid and
+//! resourceVersion ([`NameMeta`]), and serde skips the rest while decoding. It decodes from the API's JSON (through
+//! [`ServiceObject`]), so manifests, test fixtures and the code that reads `metadata.name` or `spec.ports` decode
+//! and read the same way. The operator, which writes Services, uses k8s-openapi's type.
 
+use super::meta::NameMeta;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(from = "ServiceObject")]
 pub struct Service {
     #[serde(default)]
-    pub metadata: ObjectMeta,
+    pub metadata: NameMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<ServiceSpec>,
+}
+
+/// A Service as the watch decodes it: kube's watcher reads each object's `ObjectMeta` (its resourceVersion);
+/// the cache keeps the [`Service`] made of it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ServiceObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<ServiceSpec>,
+}
+
+impl From<ServiceObject> for Service {
+    fn from(mut o: ServiceObject) -> Service {
+        Service { metadata: NameMeta::versioned(&mut o.metadata), spec: o.spec }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -32,7 +50,7 @@ pub struct ServiceSpec {
     pub external_name: Option<String>,
 }
 
-lean_resource!(Service, group: "", version: "v1", kind: "Service", plural: "services");
+lean_resource!(ServiceObject, group: "", version: "v1", kind: "Service", plural: "services");
 
 #[cfg(test)]
 mod tests {
@@ -60,8 +78,13 @@ mod tests {
             serde_json::from_value(json!({"spec": {"type": "ExternalName", "externalName": "db.example.com"}}))
                 .unwrap();
         assert_eq!(ext.spec.unwrap().external_name.as_deref(), Some("db.example.com"));
-        assert_eq!(Service::url_path(&(), Some("shop")), "/api/v1/namespaces/shop/services");
-        assert_eq!(Service::api_version(&()), "v1");
+        assert_eq!(ServiceObject::url_path(&(), Some("shop")), "/api/v1/namespaces/shop/services");
+        assert_eq!(ServiceObject::api_version(&()), "v1");
+        let m = &s.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref(), m.resource_version.as_deref()),
+            (Some("web"), Some("shop"), Some("7"))
+        );
         // the same JSON shape back (what the standalone's and the tests' fixtures rely on)
         let back = serde_json::to_value(&s).unwrap();
         assert_eq!(back["spec"]["clusterIP"], "10.96.0.9");

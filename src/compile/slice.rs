@@ -3,15 +3,43 @@
 //!
 //! The controller caches every EndpointSlice of the cluster. Decoded into k8s-openapi's full type, a one-endpoint
 //! slice took ~2.9 KiB of heap (every endpoint carries room for targetRef, nodeName, zone, hints, ...); decoded
-//! into this one, serde skips the fields alb never reads. The JSON shape is the API's, so manifests, watch events
-//! and test fixtures decode the same way.
+//! into this one, serde skips the fields alb never reads. Of the metadata it keeps name and namespace
+//! ([`NameMeta`]) and its Service's name (a label map of one entry costs ~0.5 KiB per slice, a field the name
+//! alone). It decodes from the API's JSON (through [`EndpointSliceObject`]), so manifests and test fixtures
+//! decode the same way.
 
+use super::meta::NameMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "EndpointSliceObject", rename_all = "camelCase")]
 pub struct EndpointSlice {
+    #[serde(default)]
+    pub metadata: NameMeta,
+    #[serde(default)]
+    pub address_type: String,
+    #[serde(default)]
+    pub ports: Option<Vec<EndpointPort>>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The `kubernetes.io/service-name` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+impl EndpointSlice {
+    /// The Service this slice belongs to (its `kubernetes.io/service-name` label).
+    pub fn service_name(&self) -> Option<&str> {
+        self.service_name.as_deref()
+    }
+}
+
+/// An EndpointSlice as the watch decodes it: kube's watcher reads each object's `ObjectMeta` (its
+/// resourceVersion); the cache keeps the [`EndpointSlice`] made of it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSliceObject {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
@@ -20,32 +48,19 @@ pub struct EndpointSlice {
     pub ports: Option<Vec<EndpointPort>>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
-    /// The `kubernetes.io/service-name` label once [`EndpointSlice::compact`] took it out of the labels (a map
-    /// of one entry costs ~0.5 KiB per slice, a field the name alone). Not part of the JSON.
-    #[serde(skip)]
-    pub service_name: Option<String>,
 }
 
-impl EndpointSlice {
-    /// The Service this slice belongs to (its `kubernetes.io/service-name` label).
-    pub fn service_name(&self) -> Option<&str> {
-        let label = || self.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
-        self.service_name.as_deref().or_else(|| label().map(String::as_str))
-    }
-
-    /// Keeps of the metadata only what the compiler reads: name, namespace, and the Service name (moved into
-    /// [`EndpointSlice::service_name`]). The controller's cache holds every slice of the cluster this way.
-    pub fn compact(&mut self) {
-        if self.service_name.is_none() {
-            self.service_name = self.metadata.labels.as_mut().and_then(|l| l.remove(SERVICE_NAME_LABEL));
+impl From<EndpointSliceObject> for EndpointSlice {
+    fn from(mut o: EndpointSliceObject) -> EndpointSlice {
+        let service_name = o.metadata.labels.as_mut().and_then(|l| l.remove(SERVICE_NAME_LABEL));
+        EndpointSlice {
+            metadata: NameMeta::names(&mut o.metadata),
+            address_type: o.address_type,
+            ports: o.ports,
+            endpoints: o.endpoints,
+            service_name,
         }
-        self.metadata = name_only(&mut self.metadata);
     }
-}
-
-/// The name and namespace of `meta`, taken out; nothing else of it (labels, uid, resourceVersion, timestamps).
-pub fn name_only(meta: &mut ObjectMeta) -> ObjectMeta {
-    ObjectMeta { name: meta.name.take(), namespace: meta.namespace.take(), ..Default::default() }
 }
 
 /// The label naming a slice's Service.
@@ -73,7 +88,7 @@ pub struct EndpointConditions {
     pub ready: Option<bool>,
 }
 
-lean_resource!(EndpointSlice, group: "discovery.k8s.io", version: "v1", kind: "EndpointSlice", plural: "endpointslices");
+lean_resource!(EndpointSliceObject, group: "discovery.k8s.io", version: "v1", kind: "EndpointSlice", plural: "endpointslices");
 
 #[cfg(test)]
 mod tests {
@@ -98,38 +113,39 @@ mod tests {
         });
         let s: EndpointSlice = serde_json::from_value(full).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("web-abc"));
-        assert_eq!(s.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"], "web");
+        assert_eq!(s.service_name(), Some("web"));
         assert_eq!(s.address_type, "IPv4");
         assert_eq!(s.ports, Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080) }]));
         assert_eq!(s.endpoints[0].addresses, ["10.0.0.1"]);
         assert_eq!(s.endpoints[0].conditions, Some(EndpointConditions { ready: Some(true) }));
         assert_eq!(s.endpoints[1].conditions, None);
         assert_eq!(
-            EndpointSlice::url_path(&(), Some("shop")),
+            EndpointSliceObject::url_path(&(), Some("shop")),
             "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"
         );
-        assert_eq!(EndpointSlice::api_version(&()), "discovery.k8s.io/v1");
+        assert_eq!(EndpointSliceObject::api_version(&()), "discovery.k8s.io/v1");
     }
 
     #[test]
-    fn compact_keeps_the_service_name_only() {
-        let mut s: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": "web-abc", "namespace": "shop", "resourceVersion": "7",
+    fn keeps_name_namespace_and_the_service_name_only() {
+        let s: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "shop", "resourceVersion": "7", "uid": "u-1",
                          "labels": {"kubernetes.io/service-name": "web", "app": "web"},
                          "annotations": {"a": "b"}, "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
                          "name": "web", "uid": "u"}]},
             "addressType": "IPv4", "endpoints": []
         }))
         .unwrap();
-        assert_eq!(s.service_name(), Some("web"), "read from the label before compact");
-        s.compact();
         assert_eq!(s.service_name(), Some("web"));
         let name_and_ns =
-            ObjectMeta { name: Some("web-abc".into()), namespace: Some("shop".into()), ..Default::default() };
-        assert_eq!(s.metadata, name_and_ns, "no labels, annotations, owners or resourceVersion");
-        s.compact();
-        assert_eq!(s.service_name(), Some("web"), "compact twice keeps it");
+            NameMeta { name: Some("web-abc".into()), namespace: Some("shop".into()), ..Default::default() };
+        assert_eq!(s.metadata, name_and_ns, "no uid or resourceVersion");
         let unlabelled: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
         assert_eq!(unlabelled.service_name(), None);
+    }
+
+    #[test]
+    fn smaller_than_with_the_full_metadata() {
+        assert!(std::mem::size_of::<EndpointSlice>() + 200 < std::mem::size_of::<EndpointSliceObject>());
     }
 }

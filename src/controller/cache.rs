@@ -7,14 +7,53 @@
 //!
 //! A (re)list is built aside and swapped in whole at `InitDone`, so readers never see half a list; the cache
 //! is ready from the first swap on.
+//!
+//! What is filed is made of the watched object by the writer's conversion: a copy of it for most kinds, alb's
+//! lean types for Services and EndpointSlices (`compile/service.rs`, `compile/slice.rs`).
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use kube::core::ObjectMeta;
 use kube::runtime::watcher::Event;
 use kube::Resource;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+
+/// What a cache files its objects by.
+pub trait Keyed {
+    /// Namespace ("" for cluster-scoped kinds) and name.
+    fn ns_name(&self) -> (&str, &str);
+    /// The full metadata, for the kinds that keep it.
+    fn object_meta(&self) -> Option<&ObjectMeta> {
+        None
+    }
+}
+
+impl<K: Resource> Keyed for K {
+    fn ns_name(&self) -> (&str, &str) {
+        let m = self.meta();
+        (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+    }
+
+    fn object_meta(&self) -> Option<&ObjectMeta> {
+        Some(self.meta())
+    }
+}
+
+impl Keyed for crate::compile::service::Service {
+    fn ns_name(&self) -> (&str, &str) {
+        let m = &self.metadata;
+        (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+    }
+}
+
+impl Keyed for crate::compile::slice::EndpointSlice {
+    fn ns_name(&self) -> (&str, &str) {
+        let m = &self.metadata;
+        (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+    }
+}
 
 /// What the readers hold: cheap to clone, shared with the [`Writer`].
 pub struct Cache<K> {
@@ -33,27 +72,28 @@ struct Shared<K> {
     ready: watch::Sender<bool>,
 }
 
-/// Applies watcher events to its [`Cache`].
-pub struct Writer<K> {
+/// Applies the watcher events of `W` objects to its [`Cache`] of `K`s.
+pub struct Writer<W, K> {
     cache: Cache<K>,
+    /// What is filed for a watched object.
+    convert: fn(&W) -> K,
     /// The list in progress (between `Init` and `InitDone`).
     relist: Option<HashTable<Arc<K>>>,
 }
 
-/// A new empty cache (not ready) and its writer.
-pub fn cache<K: Resource>() -> (Cache<K>, Writer<K>) {
+/// A new empty cache (not ready) and its writer, which files `convert(o)` for each watched `o`.
+pub fn cache<W, K: Keyed>(convert: fn(&W) -> K) -> (Cache<K>, Writer<W, K>) {
     let (ready, _) = watch::channel(false);
     let shared = Arc::new(Shared { table: RwLock::new(HashTable::new()), hasher: RandomState::default(), ready });
     let cache = Cache { shared };
-    (cache.clone(), Writer { cache, relist: None })
+    (cache.clone(), Writer { cache, convert, relist: None })
 }
 
-fn ns_name<K: Resource>(o: &K) -> (&str, &str) {
-    let m = o.meta();
-    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+fn ns_name<K: Keyed>(o: &K) -> (&str, &str) {
+    o.ns_name()
 }
 
-impl<K: Resource> Shared<K> {
+impl<K: Keyed> Shared<K> {
     fn hash(&self, ns: &str, name: &str) -> u64 {
         self.hasher.hash_one((ns, name))
     }
@@ -76,7 +116,7 @@ impl<K: Resource> Shared<K> {
     }
 }
 
-impl<K: Resource> Cache<K> {
+impl<K: Keyed> Cache<K> {
     /// Every object, in no particular order.
     pub fn state(&self) -> Vec<Arc<K>> {
         match self.shared.table.read() {
@@ -110,17 +150,18 @@ impl<K: Resource> Cache<K> {
     }
 }
 
-impl<K: Resource + Clone> Writer<K> {
+impl<W: Keyed, K: Keyed> Writer<W, K> {
     /// Applies one event; for an `Apply`, returns the object it replaced (the watch task tells a status-only
-    /// change by it). The object filed is a copy of the event's: serde grows a decoded list by doubling, a copy
-    /// has exactly the room its items take (the reflector this replaces filed copies too).
-    pub fn apply(&mut self, event: &Event<K>) -> Option<Arc<K>> {
+    /// change by it). What is filed is made anew of the event's object (a copy, or a lean conversion): serde
+    /// grows a decoded list by doubling, a copy has exactly the room its items take.
+    pub fn apply(&mut self, event: &Event<W>) -> Option<Arc<K>> {
         let shared = &self.cache.shared;
+        let convert = self.convert;
         match event {
             Event::Init => self.relist = Some(HashTable::new()),
             Event::InitApply(o) => {
                 let relist = self.relist.get_or_insert_with(HashTable::new);
-                shared.put(relist, Arc::new(o.clone()));
+                shared.put(relist, Arc::new(convert(o)));
             }
             Event::InitDone => {
                 let fresh = self.relist.take().unwrap_or_default();
@@ -130,7 +171,7 @@ impl<K: Resource + Clone> Writer<K> {
                 }
                 shared.ready.send_replace(true);
             }
-            Event::Apply(o) => return self.write(|t| shared.put(t, Arc::new(o.clone()))),
+            Event::Apply(o) => return self.write(|t| shared.put(t, Arc::new(convert(o)))),
             Event::Delete(o) => {
                 let (ns, name) = ns_name(o);
                 let h = shared.hash(ns, name);
@@ -172,7 +213,7 @@ mod tests {
 
     #[test]
     fn applies_lists_updates_and_deletes() {
-        let (c, mut w) = cache::<ConfigMap>();
+        let (c, mut w) = cache::<ConfigMap, ConfigMap>(ConfigMap::clone);
         assert!(!*c.shared.ready.borrow());
         w.apply(&Event::Init);
         w.apply(&Event::InitApply(cm("a", "x", "1")));
@@ -198,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_everything_at_init_done() {
-        let (c, mut w) = cache::<ConfigMap>();
+        let (c, mut w) = cache::<ConfigMap, ConfigMap>(ConfigMap::clone);
         w.apply(&Event::Init);
         for i in 0..100 {
             w.apply(&Event::InitApply(cm("ns", &format!("o{i}"), "1")));
@@ -216,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn several_waiters_are_woken() {
-        let (c, mut w) = cache::<ConfigMap>();
+        let (c, mut w) = cache::<ConfigMap, ConfigMap>(ConfigMap::clone);
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let c = c.clone();

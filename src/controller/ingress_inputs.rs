@@ -32,9 +32,17 @@ fn hash_of(v: impl Hash) -> u64 {
 }
 
 /// An object's identity and version; `None` without a resourceVersion.
-pub(super) fn version(m: &ObjectMeta) -> Option<u64> {
-    let rv = m.resource_version.as_deref()?;
-    Some(hash_of((m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), rv)))
+fn version(m: &ObjectMeta) -> Option<u64> {
+    fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())
+}
+
+/// [`version`] of a Service (whose cached metadata is alb's lean [`crate::compile::meta::NameMeta`]).
+fn service_version(m: &crate::compile::meta::NameMeta) -> Option<u64> {
+    fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())
+}
+
+pub(super) fn fields_version(ns: Option<&str>, name: Option<&str>, uid: Option<&str>, rv: Option<&str>) -> Option<u64> {
+    Some(hash_of((ns, name, uid, rv?)))
 }
 
 impl<'a> Inputs<'a> {
@@ -49,7 +57,7 @@ impl<'a> Inputs<'a> {
             None => complete = false,
         };
         for svc in world.services {
-            add(svc.metadata.namespace.as_deref().unwrap_or_default(), version(&svc.metadata));
+            add(svc.metadata.namespace.as_deref().unwrap_or_default(), service_version(&svc.metadata));
         }
         for ns in world.namespaces {
             add(ns.metadata.name.as_deref().unwrap_or_default(), version(&ns.metadata));

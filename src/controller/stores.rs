@@ -5,17 +5,16 @@
 //! capped at 3 s ([`WatchBackoff`]); the stores keep their last content meanwhile and are relisted when the watch
 //! returns, so changes made during an outage apply within seconds of the API server's return.
 
-use super::cache::{self, Cache};
+use super::cache::{self, Cache, Keyed};
 use super::ControllerArgs;
-use crate::compile::service::Service;
-use crate::compile::slice::EndpointSlice;
+use crate::compile::service::{Service, ServiceObject};
+use crate::compile::slice::{EndpointSlice, EndpointSliceObject};
 use crate::compile::Snapshot;
 use crate::crd::alb2::ALB2;
 use crate::crd::{Frontend, Rule};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::core::ObjectMeta;
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -47,8 +46,9 @@ pub struct Stores {
     pub frontends: Cache<Frontend>,
     /// Rules of this ALB (same selection).
     pub rules: Cache<Rule>,
+    /// Kept as alb's own lean type ([`crate::compile::service`]): only the fields the compiler reads.
     pub services: Cache<Service>,
-    /// Decoded into alb's own lean type ([`crate::compile::slice`]): only the fields the compiler reads.
+    /// Kept as alb's own lean type ([`crate::compile::slice`]): only the fields the compiler reads.
     pub endpoint_slices: Cache<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only (certificates of https Frontends and Rules).
     pub secrets: Cache<Secret>,
@@ -80,23 +80,16 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
             a.remove(LAST_APPLIED);
         }
     }
-    let any = obj as &mut dyn std::any::Any;
-    if let Some(svc) = any.downcast_mut::<Service>() {
-        trim_service(svc);
-    } else if let Some(slice) = any.downcast_mut::<EndpointSlice>() {
-        // of its metadata the compiler reads name, namespace and the Service label
-        slice.compact();
-    }
 }
 
-/// Of a Service the compiler and the Ingress translation read its name, namespace and the spec fields of
-/// alb's own type ([`crate::compile::service`]), and the Ingress sync's input fingerprints its uid and
-/// resourceVersion ([`super::ingress_inputs`]); the rest of its metadata is dropped from the cache (a real
-/// cluster's Services carry a few labels each, a map of ~0.5 KiB or more).
-fn trim_service(svc: &mut Service) {
-    let m = &mut svc.metadata;
-    let (uid, rv) = (m.uid.take(), m.resource_version.take());
-    svc.metadata = ObjectMeta { uid, resource_version: rv, ..crate::compile::slice::name_only(m) };
+/// What the cache keeps of a watched Service ([`crate::compile::service`]).
+fn lean_service(o: &ServiceObject) -> Service {
+    Service::from(o.clone())
+}
+
+/// What the cache keeps of a watched EndpointSlice ([`crate::compile::slice`]).
+fn lean_slice(o: &EndpointSliceObject) -> EndpointSlice {
+    EndpointSlice::from(o.clone())
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -144,19 +137,22 @@ impl Changes {
     }
 }
 
-/// Spawns a reflector for `api` filtered by `cfg`; every applied change bumps the channels `wakes` names.
-fn reflect<K>(
-    api: Api<K>,
+/// Spawns a watch of `api` filtered by `cfg` into a cache of `convert(object)`s; every applied change bumps the
+/// channels `wakes` names.
+fn reflect<W, K>(
+    api: Api<W>,
     cfg: watcher::Config,
     kind: &'static str,
     changes: Changes,
     wakes: Wakes,
+    convert: fn(&W) -> K,
 ) -> (Cache<K>, tokio::task::JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    W: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Keyed + Send + Sync + 'static,
 {
-    let (reader, mut writer) = cache::cache();
-    let events = watcher(api, cfg).backoff(WatchBackoff::default()).modify(move |o: &mut K| trim(kind, o));
+    let (reader, mut writer) = cache::cache(convert);
+    let events = watcher(api, cfg).backoff(WatchBackoff::default()).modify(move |o: &mut W| trim(kind, o));
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(events);
         let mut failing = false;
@@ -176,7 +172,9 @@ where
                     }
                     let status_only = spec_only
                         && match &event {
-                            watcher::Event::Apply(o) => !spec_changed(replaced.as_deref().map(|r| r.meta()), o.meta()),
+                            watcher::Event::Apply(o) => {
+                                !spec_changed(replaced.as_deref().and_then(Keyed::object_meta), o.meta())
+                            }
                             _ => false,
                         };
                     changes.bump(if status_only { Wakes::Ingress } else { wakes });
@@ -200,28 +198,45 @@ impl Stores {
         let mut tasks = Vec::new();
         let mut go = |t| tasks.push(t);
         let c = || changes.clone();
-        let (frontends, t) =
-            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Frontend", c(), Wakes::BothSpec);
+        let (frontends, t) = reflect(
+            Api::namespaced(client.clone(), ns),
+            all().labels(&mine),
+            "Frontend",
+            c(),
+            Wakes::BothSpec,
+            Frontend::clone,
+        );
         go(t);
-        let (rules, t) =
-            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", c(), Wakes::BothSpec);
+        let (rules, t) = reflect(
+            Api::namespaced(client.clone(), ns),
+            all().labels(&mine),
+            "Rule",
+            c(),
+            Wakes::BothSpec,
+            Rule::clone,
+        );
         go(t);
-        let (services, t) = reflect(Api::all(client.clone()), all(), "Service", c(), Wakes::Both);
+        let (services, t) =
+            reflect(Api::<ServiceObject>::all(client.clone()), all(), "Service", c(), Wakes::Both, lean_service);
         go(t);
-        let (endpoint_slices, t) = reflect(Api::all(client.clone()), all(), "EndpointSlice", c(), Wakes::Policy);
+        let slices = Api::<EndpointSliceObject>::all(client.clone());
+        let (endpoint_slices, t) = reflect(slices, all(), "EndpointSlice", c(), Wakes::Policy, lean_slice);
         go(t);
         let tls = all().fields("type=kubernetes.io/tls");
-        let (secrets, t) = reflect(Api::all(client.clone()), tls, "Secret", c(), Wakes::Policy);
+        let (secrets, t) = reflect(Api::all(client.clone()), tls, "Secret", c(), Wakes::Policy, Secret::clone);
         go(t);
-        let (namespaces, t) = reflect(Api::all(client.clone()), all(), "Namespace", c(), Wakes::Ingress);
+        let (namespaces, t) =
+            reflect(Api::all(client.clone()), all(), "Namespace", c(), Wakes::Ingress, Namespace::clone);
         go(t);
-        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", c(), Wakes::Ingress);
+        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", c(), Wakes::Ingress, Ingress::clone);
         go(t);
-        let (ingress_classes, t) = reflect(Api::all(client.clone()), all(), "IngressClass", c(), Wakes::Ingress);
+        let (ingress_classes, t) =
+            reflect(Api::all(client.clone()), all(), "IngressClass", c(), Wakes::Ingress, IngressClass::clone);
         go(t);
         let by_name = format!("metadata.name={}", args.alb_name);
         let albs_cfg = all().fields(&by_name);
-        let (albs, t) = reflect(Api::namespaced(client.clone(), ns), albs_cfg, "ALB2", c(), Wakes::BothSpec);
+        let (albs, t) =
+            reflect(Api::namespaced(client.clone(), ns), albs_cfg, "ALB2", c(), Wakes::BothSpec, ALB2::clone);
         go(t);
         Stores {
             frontends,
@@ -323,6 +338,7 @@ impl Stores {
                     "Secret (basic auth)",
                     self.changes.clone(),
                     Wakes::Policy,
+                    Secret::clone,
                 );
                 fresh.push(store.clone());
                 watches.insert((ns, name), (store, task));
@@ -394,21 +410,18 @@ fn auth_secret_refs<'a>(
 
 /// The store's objects, shared with the store (no copies) and sorted by namespace/name (deterministic input for
 /// the pure functions).
-pub fn shared<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>) -> Vec<Arc<K>> {
+pub fn shared<K: Keyed>(store: &Cache<K>) -> Vec<Arc<K>> {
     let mut v: Vec<Arc<K>> = store.state();
-    v.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-    });
+    v.sort_by(|a, b| a.ns_name().cmp(&b.ns_name()));
     v
 }
 
 /// The store's objects, owned and sorted by namespace/name (deterministic input for the pure functions).
-pub fn cloned<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>) -> Vec<K> {
+pub fn cloned<K: Keyed + Clone>(store: &Cache<K>) -> Vec<K> {
     shared(store).iter().map(|o| (**o).clone()).collect()
 }
 
-async fn wait_logged<K: Resource<DynamicType = ()> + Clone>(kind: &str, store: &Cache<K>) {
+async fn wait_logged<K: Keyed>(kind: &str, store: &Cache<K>) {
     // Waits in 10 s steps to say, meanwhile, which list is missing.
     let started = std::time::Instant::now();
     let mut warn_at = Duration::from_secs(10);
@@ -488,17 +501,17 @@ mod backoff_tests {
 }
 
 #[cfg(test)]
-mod trim_tests {
-    use super::trim;
-    use crate::compile::service::Service;
+mod lean_tests {
+    use super::{lean_service, lean_slice, trim};
+    use crate::compile::service::ServiceObject;
 
     /// A cached Service keeps what the compiler and the translation read: alb's own type decodes the spec
-    /// fields they read (not the selector, IP family fields or status), and `trim` drops labels, owners and
-    /// timestamps. Its uid and resourceVersion stay: without them the Ingress sync's input fingerprint is
-    /// unknown and every pass plans every Ingress again.
+    /// fields they read (not the selector, IP family fields or status), and of the metadata name, namespace,
+    /// uid and resourceVersion. The last two stay: without them the Ingress sync's input fingerprint is unknown
+    /// and every pass plans every Ingress again.
     #[test]
     fn services_keep_ports_type_and_addresses_only() {
-        let mut svc: Service = serde_json::from_value(serde_json::json!({
+        let mut watched: ServiceObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "a", "resourceVersion": "7", "uid": "u-1", "labels": {"app": "web"},
                          "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}]},
             "spec": {"type": "ClusterIP", "clusterIP": "10.0.0.5", "clusterIPs": ["10.0.0.5"],
@@ -507,8 +520,16 @@ mod trim_tests {
             "status": {"loadBalancer": {}}
         }))
         .unwrap();
-        trim("Service", &mut svc);
-        assert!(crate::controller::ingress_inputs::version(&svc.metadata).is_some());
+        trim("Service", &mut watched);
+        let svc = lean_service(&watched);
+        let m = &svc.metadata;
+        assert!(crate::controller::ingress_inputs::fields_version(
+            m.namespace.as_deref(),
+            m.name.as_deref(),
+            m.uid.as_deref(),
+            m.resource_version.as_deref()
+        )
+        .is_some());
         assert_eq!(
             serde_json::to_value(&svc).unwrap(),
             serde_json::json!({
@@ -519,20 +540,24 @@ mod trim_tests {
         );
     }
 
-    /// A cached EndpointSlice keeps its Service's name (out of the labels), no labels, annotations or owners.
+    /// A cached EndpointSlice keeps its name, namespace and Service's name (out of the labels).
     #[test]
     fn slices_keep_their_service_name_only() {
-        let mut slice: crate::compile::slice::EndpointSlice = serde_json::from_value(serde_json::json!({
+        let watched: crate::compile::slice::EndpointSliceObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "a", "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
-                         "name": "web", "uid": "u"}], "annotations": {"x": "y"},
+                         "name": "web", "uid": "u"}], "annotations": {"x": "y"}, "resourceVersion": "3",
                          "labels": {"kubernetes.io/service-name": "web", "app": "web"}},
             "addressType": "IPv4", "endpoints": []
         }))
         .unwrap();
-        trim("EndpointSlice", &mut slice);
-        let m = &slice.metadata;
+        let slice = lean_slice(&watched);
         assert_eq!(slice.service_name(), Some("web"));
-        assert!(m.labels.is_none() && m.annotations.is_none() && m.owner_references.is_none());
+        let name_and_ns = crate::compile::meta::NameMeta {
+            name: Some("web-1".into()),
+            namespace: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(slice.metadata, name_and_ns);
     }
 }
 
