@@ -231,7 +231,7 @@ struct Ctx<'a> {
     /// A Rule's group is named after the Rule: its name is borrowed from the snapshot.
     groups: HashMap<Cow<'a, str>, (Arc<BackendGroup>, GroupOwner<'a>)>,
     /// Port → rules with their sort keys. Boxed: sorting and collecting move pointers, not whole rules.
-    ports: BTreeMap<u16, Vec<(SortKey<'a>, Box<HttpRule>)>>,
+    ports: BTreeMap<u16, order::Ranked<'a, HttpRule>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
     secrets: features::SecretIndex<'a>,
     /// Accepted tcp/udp Frontends.
@@ -449,7 +449,7 @@ impl<'a> Ctx<'a> {
             config,
             key: String::new(),
         };
-        self.ports.entry(port).or_default().push((key, Box::new(rule)));
+        self.ports.entry(port).or_default().push(key, rule);
     }
 
     fn rules(&mut self, snapshot: &'a Snapshot, accepted: &Accepted<'a>, known: &BTreeSet<(&str, &str)>) {
@@ -463,6 +463,16 @@ impl<'a> Ctx<'a> {
             .map(|r| (ns_of(&r.metadata), name_of(&r.metadata), label(&r.metadata, &ft_label), &**r))
             .collect();
         rules.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // Each port's list sized once for the Rules that name one of its Frontends.
+        let mut per_port: BTreeMap<u16, usize> = BTreeMap::new();
+        for &(ns, _, ft, _) in &rules {
+            if let Some(&port) = ft.and_then(|ft| accepted.get(&(ns, ft))) {
+                *per_port.entry(port).or_default() += 1;
+            }
+        }
+        for (port, n) in per_port {
+            self.ports.entry(port).or_default().reserve(n);
+        }
         for (ns, name, ft, rl) in rules {
             let meta = &rl.metadata;
             let Some(ft) = ft else {
@@ -577,7 +587,7 @@ impl<'a> Ctx<'a> {
                 config,
                 key: String::new(),
             };
-            self.ports.entry(port).or_default().push((key, Box::new(rule)));
+            self.ports.entry(port).or_default().push(key, rule);
         }
     }
 }
@@ -679,9 +689,8 @@ fn compile_with(
     let certificates = cert_map.certificates;
 
     let mut http = BTreeMap::new();
-    for (port, mut entries) in std::mem::take(&mut ctx.ports) {
-        order::sort(&mut entries);
-        http.insert(port.to_string(), HttpPort { rules: entries.into_iter().map(|(_, r)| *r).collect() });
+    for (port, ranked) in std::mem::take(&mut ctx.ports) {
+        http.insert(port.to_string(), HttpPort { rules: ranked.into_sorted() });
     }
     let backend_groups = dedupe_groups(sorted_groups(ctx.groups), &mut http);
     let mut policy =
