@@ -21,6 +21,11 @@ pub struct NameMeta {
 }
 
 impl NameMeta {
+    /// Namespace ("" when unset) and name.
+    pub fn ns_name(&self) -> (&str, &str) {
+        (self.namespace.as_deref().unwrap_or(""), self.name.as_deref().unwrap_or(""))
+    }
+
     /// Name and namespace of `meta`, taken out of it.
     pub fn names(meta: &mut ObjectMeta) -> NameMeta {
         NameMeta { name: meta.name.take(), namespace: meta.namespace.take(), ..Default::default() }

@@ -43,15 +43,13 @@ impl<K: Resource> Keyed for K {
 
 impl Keyed for crate::compile::service::Service {
     fn ns_name(&self) -> (&str, &str) {
-        let m = &self.metadata;
-        (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+        self.metadata.ns_name()
     }
 }
 
 impl Keyed for crate::compile::slice::EndpointSlice {
     fn ns_name(&self) -> (&str, &str) {
-        let m = &self.metadata;
-        (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+        self.metadata.ns_name()
     }
 }
 
@@ -89,10 +87,6 @@ pub fn cache<W, K: Keyed>(convert: fn(&W) -> K) -> (Cache<K>, Writer<W, K>) {
     (cache.clone(), Writer { cache, convert, relist: None })
 }
 
-fn ns_name<K: Keyed>(o: &K) -> (&str, &str) {
-    o.ns_name()
-}
-
 impl<K: Keyed> Shared<K> {
     fn hash(&self, ns: &str, name: &str) -> u64 {
         self.hasher.hash_one((ns, name))
@@ -100,14 +94,14 @@ impl<K: Keyed> Shared<K> {
 
     /// Files `obj`; returns the object of the same namespace and name it replaces.
     fn put(&self, table: &mut HashTable<Arc<K>>, obj: Arc<K>) -> Option<Arc<K>> {
-        let (ns, name) = ns_name(&*obj);
+        let (ns, name) = obj.ns_name();
         let h = self.hash(ns, name);
-        let found = table.find_mut(h, |o| ns_name(&**o) == (ns, name));
+        let found = table.find_mut(h, |o| o.ns_name() == (ns, name));
         match found {
             Some(slot) => Some(std::mem::replace(slot, obj)),
             None => {
                 table.insert_unique(h, obj, |o| {
-                    let (ns, name) = ns_name(&**o);
+                    let (ns, name) = o.ns_name();
                     self.hash(ns, name)
                 });
                 None
@@ -135,7 +129,7 @@ impl<K: Keyed> Cache<K> {
     /// The object `ns/name` (`ns` is "" for cluster-scoped kinds).
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
         let h = self.shared.hash(ns, name);
-        let find = |t: &HashTable<Arc<K>>| t.find(h, |o| ns_name(&**o) == (ns, name)).cloned();
+        let find = |t: &HashTable<Arc<K>>| t.find(h, |o| o.ns_name() == (ns, name)).cloned();
         match self.shared.table.read() {
             Ok(t) => find(&t),
             Err(poisoned) => find(&poisoned.into_inner()),
@@ -173,10 +167,10 @@ impl<W: Keyed, K: Keyed> Writer<W, K> {
             }
             Event::Apply(o) => return self.write(|t| shared.put(t, Arc::new(convert(o)))),
             Event::Delete(o) => {
-                let (ns, name) = ns_name(o);
+                let (ns, name) = o.ns_name();
                 let h = shared.hash(ns, name);
                 self.write(|t| {
-                    if let Ok(entry) = t.find_entry(h, |x| ns_name(&**x) == (ns, name)) {
+                    if let Ok(entry) = t.find_entry(h, |x| x.ns_name() == (ns, name)) {
                         entry.remove();
                     }
                 });
