@@ -158,10 +158,13 @@ impl<W: Keyed, K: Keyed> Writer<W, K> {
                 shared.put(relist, Arc::new(convert(o)));
             }
             Event::InitDone => {
-                let fresh = self.relist.take().unwrap_or_default();
-                match shared.table.write() {
-                    Ok(mut t) => *t = fresh,
-                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                // Without a list begun (no Init: not something the watcher sends) the content stays: an empty
+                // swap would drop every object and, with them, every route compiled from them.
+                if let Some(fresh) = self.relist.take() {
+                    match shared.table.write() {
+                        Ok(mut t) => *t = fresh,
+                        Err(poisoned) => *poisoned.into_inner() = fresh,
+                    }
                 }
                 shared.ready.send_replace(true);
             }
@@ -247,6 +250,11 @@ mod tests {
         let all = c.state();
         assert_eq!(all.len(), 1);
         assert_eq!(value(&all[0]), "2");
+        w.apply(&Event::InitDone);
+        assert_eq!(c.len(), 1, "an InitDone without a list begun changes nothing");
+        w.apply(&Event::Init);
+        w.apply(&Event::InitDone);
+        assert_eq!(c.len(), 0, "an empty list empties the cache");
     }
 
     #[tokio::test]
