@@ -26,13 +26,13 @@ impl NameMeta {
         (self.namespace.as_deref().unwrap_or(""), self.name.as_deref().unwrap_or(""))
     }
 
-    /// Name and namespace of `meta`, taken out of it.
-    pub fn names(meta: &mut ObjectMeta) -> NameMeta {
-        NameMeta { name: meta.name.take(), namespace: meta.namespace.take(), ..Default::default() }
+    /// Name and namespace of `meta`.
+    pub fn names(meta: &ObjectMeta) -> NameMeta {
+        NameMeta { name: meta.name.clone(), namespace: meta.namespace.clone(), ..Default::default() }
     }
 
-    /// Name, namespace, uid and resourceVersion of `meta`, taken out of it.
-    pub fn versioned(meta: &mut ObjectMeta) -> NameMeta {
-        NameMeta { uid: meta.uid.take(), resource_version: meta.resource_version.take(), ..NameMeta::names(meta) }
+    /// Name, namespace, uid and resourceVersion of `meta`.
+    pub fn versioned(meta: &ObjectMeta) -> NameMeta {
+        NameMeta { uid: meta.uid.clone(), resource_version: meta.resource_version.clone(), ..NameMeta::names(meta) }
     }
 }

@@ -230,7 +230,7 @@ struct Ctx<'a> {
     /// Backend groups by name, with what produced each (named in the rejection of a later duplicate).
     /// A Rule's group is named after the Rule: its name is borrowed from the snapshot.
     groups: HashMap<Cow<'a, str>, (Arc<BackendGroup>, GroupOwner<'a>)>,
-    /// Port → rules with their sort keys. Boxed: sorting and collecting move pointers, not whole rules.
+    /// Port → rules with their sort keys, put into match order in place ([`order::Ranked`]).
     ports: BTreeMap<u16, order::Ranked<'a, HttpRule>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
     secrets: features::SecretIndex<'a>,

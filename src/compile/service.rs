@@ -31,9 +31,17 @@ pub struct ServiceObject {
     pub spec: Option<ServiceSpec>,
 }
 
+impl Service {
+    /// What the controller's cache keeps of a watched Service: copies of the parts above, nothing else (its
+    /// labels and annotations are not copied only to be dropped).
+    pub fn of(o: &ServiceObject) -> Service {
+        Service { metadata: NameMeta::versioned(&o.metadata), spec: o.spec.clone() }
+    }
+}
+
 impl From<ServiceObject> for Service {
-    fn from(mut o: ServiceObject) -> Service {
-        Service { metadata: NameMeta::versioned(&mut o.metadata), spec: o.spec }
+    fn from(o: ServiceObject) -> Service {
+        Service::of(&o)
     }
 }
 

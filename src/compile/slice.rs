@@ -50,16 +50,22 @@ pub struct EndpointSliceObject {
     pub endpoints: Vec<Endpoint>,
 }
 
-impl From<EndpointSliceObject> for EndpointSlice {
-    fn from(mut o: EndpointSliceObject) -> EndpointSlice {
-        let service_name = o.metadata.labels.as_mut().and_then(|l| l.remove(SERVICE_NAME_LABEL));
+impl EndpointSlice {
+    /// What the controller's cache keeps of a watched slice: copies of the parts above, nothing else.
+    pub fn of(o: &EndpointSliceObject) -> EndpointSlice {
         EndpointSlice {
-            metadata: NameMeta::names(&mut o.metadata),
-            address_type: o.address_type,
-            ports: o.ports,
-            endpoints: o.endpoints,
-            service_name,
+            metadata: NameMeta::names(&o.metadata),
+            address_type: o.address_type.clone(),
+            ports: o.ports.clone(),
+            endpoints: o.endpoints.clone(),
+            service_name: o.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned(),
         }
+    }
+}
+
+impl From<EndpointSliceObject> for EndpointSlice {
+    fn from(o: EndpointSliceObject) -> EndpointSlice {
+        EndpointSlice::of(&o)
     }
 }
 

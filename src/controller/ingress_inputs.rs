@@ -41,6 +41,7 @@ fn service_version(m: &crate::compile::meta::NameMeta) -> Option<u64> {
     fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())
 }
 
+/// The identity and version of an object from its namespace, name, uid and resourceVersion.
 pub(super) fn fields_version(ns: Option<&str>, name: Option<&str>, uid: Option<&str>, rv: Option<&str>) -> Option<u64> {
     Some(hash_of((ns, name, uid, rv?)))
 }

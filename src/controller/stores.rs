@@ -82,16 +82,6 @@ fn trim<K: Resource + 'static>(kind: &str, obj: &mut K) {
     }
 }
 
-/// What the cache keeps of a watched Service ([`crate::compile::service`]).
-fn lean_service(o: &ServiceObject) -> Service {
-    Service::from(o.clone())
-}
-
-/// What the cache keeps of a watched EndpointSlice ([`crate::compile::slice`]).
-fn lean_slice(o: &EndpointSliceObject) -> EndpointSlice {
-    EndpointSlice::from(o.clone())
-}
-
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Who is woken by a change of a kind: the render loop (`policy`: what the compiler reads) and the leader's
@@ -217,10 +207,10 @@ impl Stores {
         );
         go(t);
         let (services, t) =
-            reflect(Api::<ServiceObject>::all(client.clone()), all(), "Service", c(), Wakes::Both, lean_service);
+            reflect(Api::<ServiceObject>::all(client.clone()), all(), "Service", c(), Wakes::Both, Service::of);
         go(t);
         let slices = Api::<EndpointSliceObject>::all(client.clone());
-        let (endpoint_slices, t) = reflect(slices, all(), "EndpointSlice", c(), Wakes::Policy, lean_slice);
+        let (endpoint_slices, t) = reflect(slices, all(), "EndpointSlice", c(), Wakes::Policy, EndpointSlice::of);
         go(t);
         let tls = all().fields("type=kubernetes.io/tls");
         let (secrets, t) = reflect(Api::all(client.clone()), tls, "Secret", c(), Wakes::Policy, Secret::clone);
@@ -502,8 +492,10 @@ mod backoff_tests {
 
 #[cfg(test)]
 mod lean_tests {
-    use super::{lean_service, lean_slice, trim};
+    use super::trim;
+    use crate::compile::service::Service;
     use crate::compile::service::ServiceObject;
+    use crate::compile::slice::EndpointSlice;
 
     /// A cached Service keeps what the compiler and the translation read: alb's own type decodes the spec
     /// fields they read (not the selector, IP family fields or status), and of the metadata name, namespace,
@@ -521,7 +513,7 @@ mod lean_tests {
         }))
         .unwrap();
         trim("Service", &mut watched);
-        let svc = lean_service(&watched);
+        let svc = Service::of(&watched);
         let m = &svc.metadata;
         assert!(crate::controller::ingress_inputs::fields_version(
             m.namespace.as_deref(),
@@ -550,7 +542,7 @@ mod lean_tests {
             "addressType": "IPv4", "endpoints": []
         }))
         .unwrap();
-        let slice = lean_slice(&watched);
+        let slice = EndpointSlice::of(&watched);
         assert_eq!(slice.service_name(), Some("web"));
         let name_and_ns = crate::compile::meta::NameMeta {
             name: Some("web-1".into()),
