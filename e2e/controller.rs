@@ -295,11 +295,28 @@ fn ingress_becomes_rules_routes_edits_without_reload_and_deletes() {
     assert_eq!(st[0]["ip"], "127.0.0.1", "{st}");
     assert_eq!(st[0]["ports"][0]["port"], serde_json::json!(port), "{st}");
 
+    // Someone else's label and annotation on the generated Rule: the update below keeps them (the controller
+    // caches a lean copy of each Rule and writes an update over the object as the API server holds it).
+    let rule_name = rules[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let uid = rules[0]["metadata"]["uid"].clone();
+    for (verb, kv) in [("label", "team=payments"), ("annotate", "example.com/owner=alice")] {
+        let out = env.c.kubectl(&[verb, "rule", &rule_name, "-n", &env.ns, kv]);
+        assert!(out.status.success(), "kubectl {verb}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     // Edit the path: rerouted, no nginx reload; the pass plans the edited Ingress only ("keep" is unchanged).
     let pids = ctl.pids();
     let mark = ctl.proc.log_len();
     env.c.apply(&env.ingress_yaml(&env.ns, "web", Some(&env.alb), &[("/b", "svc-b")]));
     wait_for("/b routed to b", Duration::from_secs(2), || routes_to(port, "/b", "b").then_some(()));
+    let rules = env.rules_of(&env.ns, "web");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let m = &rules[0]["metadata"];
+    assert_eq!((m["name"].as_str(), &m["uid"]), (Some(rule_name.as_str()), &uid), "updated in place: {m}");
+    assert_eq!(rules[0]["spec"]["dslx"][0]["values"][0], serde_json::json!(["STARTS_WITH", "/b"]));
+    assert_eq!(m["labels"]["team"], "payments", "foreign label kept: {m}");
+    assert_eq!(m["annotations"]["example.com/owner"], "alice", "foreign annotation kept: {m}");
+    assert_eq!(m["ownerReferences"][0]["kind"], "Frontend", "{m}");
     ctl.proc.wait_log_after(
         mark,
         "ingress pass: 1 of 2 claimed Ingresses planned (1 unchanged",

@@ -117,7 +117,7 @@ pub fn snapshot_with_ingresses(
     let (frontends, rules, warnings) = crate::ingress::translate_all(cfg, &world);
     snap.frontends = others;
     snap.frontends.extend(frontends.into_iter().map(Arc::new));
-    snap.rules.extend(rules.into_iter().map(Arc::new));
+    snap.rules.extend(rules.into_iter().map(|r| Arc::new(r.into())));
     (snap, problems, warnings)
 }
 

@@ -119,7 +119,7 @@ struct Origin {
 impl Origin {
     fn of(rule: &Rule) -> Option<Origin> {
         let m = &rule.metadata;
-        Some(Origin { name: name_hash(rule), uid: m.uid.clone()?, spec: crate::crd::spec_fingerprint(m)? })
+        Some(Origin { name: name_hash(rule), uid: m.uid.clone()?, spec: m.fingerprint()? })
     }
 }
 

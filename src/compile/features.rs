@@ -178,7 +178,7 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
     out.rewrite = rewrite.and_then(|r| check_rewrite(r, &mut errs)).map(Box::new);
 
     // header rewrite: the annotations win over spec.config.
-    let ann = |k: &str| input.rule.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
+    let ann = |k: &str| input.rule.metadata.annotations.get(k);
     let mut rreq: Option<RewriteRequest> = key(cfg, "rewrite_request", &mut errs);
     let areq = annotation_rewrite_request(input.domain);
     if let Some(text) = ann(&areq) {

@@ -1,6 +1,7 @@
 //! Rule spec / annotations / Secrets → `HttpRule.config`.
 
 use super::*;
+use crate::compile::meta::Pairs;
 use crate::compile::testutil::{frontend, rule, NS};
 use k8s_openapi::ByteString;
 use serde_json::json;
@@ -101,7 +102,7 @@ fn rewrite_legacy_regex_and_prefix() {
 #[test]
 fn vhost_and_header_annotations() {
     let mut rl = rule("r", "ft", json!({"vhost": "up.test"}));
-    rl.metadata.annotations = Some(
+    rl.metadata.annotations = Pairs::from_map(
         [
             (
                 "alb.rule.cpaas.io/rewrite-request".to_string(),
@@ -127,7 +128,7 @@ fn vhost_and_header_annotations() {
 #[test]
 fn invalid_annotation_is_reported_and_the_rule_keeps_routing() {
     let mut rl = rule("r", "ft", json!({}));
-    rl.metadata.annotations = Some(
+    rl.metadata.annotations = Pairs::from_map(
         [
             ("alb.rule.cpaas.io/rewrite-request".to_string(), "{not json".to_string()),
             ("alb.rule.cpaas.io/rewrite-response".to_string(), r#"{"headers": {"Bad Name": "x"}}"#.to_string()),
@@ -140,7 +141,7 @@ fn invalid_annotation_is_reported_and_the_rule_keeps_routing() {
     assert_eq!(errs[0].field, "metadata.annotations[\"alb.rule.cpaas.io/rewrite-request\"]");
     // header values with CR/LF are refused
     let mut rl = rule("r", "ft", json!({}));
-    rl.metadata.annotations = Some(
+    rl.metadata.annotations = Pairs::from_map(
         [("alb.rule.cpaas.io/rewrite-response".to_string(), r#"{"headers": {"X": "a\r\nb"}}"#.to_string())].into(),
     );
     let (c, errs) = translate_with(rl, None, &[]);

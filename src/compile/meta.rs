@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,5 +35,137 @@ impl NameMeta {
     /// Name, namespace, uid and resourceVersion of `meta`.
     pub fn versioned(meta: &ObjectMeta) -> NameMeta {
         NameMeta { uid: meta.uid.clone(), resource_version: meta.resource_version.clone(), ..NameMeta::names(meta) }
+    }
+}
+
+/// What the compiler and the Ingress planner read of any object's metadata: Frontends, Secrets and ALB2s keep
+/// k8s-openapi's `ObjectMeta`, Rules the lean [`crate::crd::RuleMeta`].
+pub trait Meta {
+    /// Namespace ("" when unset).
+    fn ns(&self) -> &str;
+    /// Name ("" when unset).
+    fn name(&self) -> &str;
+    fn label(&self, key: &str) -> Option<&str>;
+    fn annotation(&self, key: &str) -> Option<&str>;
+}
+
+impl Meta for ObjectMeta {
+    fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// Labels or annotations in two allocations instead of a `BTreeMap`'s node (11 slots, ~540 bytes, even for two
+/// entries) plus two `String`s per entry: the keys and values one after the other in `text`, and where each ends.
+/// In key order (made from a `BTreeMap`); lookups scan, which for the few entries of an object is as fast.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Pairs {
+    text: Box<str>,
+    /// End of key i at `ends[2 * i]`, of its value at `ends[2 * i + 1]`.
+    ends: Box<[u32]>,
+}
+
+impl Pairs {
+    pub fn of(map: Option<&BTreeMap<String, String>>) -> Pairs {
+        let map = match map {
+            Some(m) if !m.is_empty() => m,
+            _ => return Pairs::default(),
+        };
+        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(map.len() * 2);
+        for (k, v) in map {
+            for s in [k, v] {
+                text.push_str(s);
+                // an object's metadata is far below 4 GiB (the API server's limit is 1.5 MiB)
+                ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+            }
+        }
+        Pairs { text: text.into_boxed_str(), ends: ends.into_boxed_slice() }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let at = |i: usize| self.ends.get(i).map_or(0, |e| *e as usize);
+        (0..self.ends.len() / 2).map(move |i| {
+            let (start, mid, end) = (if i == 0 { 0 } else { at(2 * i - 1) }, at(2 * i), at(2 * i + 1));
+            (self.text.get(start..mid).unwrap_or(""), self.text.get(mid..end).unwrap_or(""))
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// Test fixtures edit the labels of the objects they compile.
+#[cfg(test)]
+impl Pairs {
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// As the API's `Option<BTreeMap>` (None when empty).
+    pub fn to_map(&self) -> Option<BTreeMap<String, String>> {
+        (!self.is_empty()).then(|| self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    pub fn from_map(map: BTreeMap<String, String>) -> Pairs {
+        Pairs::of(Some(&map))
+    }
+
+    pub fn insert(&mut self, key: &str, value: &str) {
+        let mut m = self.to_map().unwrap_or_default();
+        m.insert(key.into(), value.into());
+        *self = Pairs::from_map(m);
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        let mut m = self.to_map().unwrap_or_default();
+        m.remove(key);
+        *self = Pairs::from_map(m);
+    }
+}
+
+impl std::fmt::Debug for Pairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_keep_keys_and_values_in_order() {
+        let map: BTreeMap<String, String> = [("b", "2"), ("a", ""), ("", "empty key"), ("c\0d", "nul\0inside")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let p = Pairs::of(Some(&map));
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.get("a"), Some(""));
+        assert_eq!(p.get("b"), Some("2"));
+        assert_eq!(p.get(""), Some("empty key"));
+        assert_eq!(p.get("c\0d"), Some("nul\0inside"));
+        assert_eq!(p.get("d"), None);
+        assert_eq!(p.to_map(), Some(map.clone()));
+        assert!(p.iter().map(|(k, _)| k).eq(map.keys().map(String::as_str)));
+        assert_eq!(Pairs::of(None), Pairs::of(Some(&BTreeMap::new())));
+        assert!(Pairs::of(None).is_empty() && Pairs::of(None).to_map().is_none() && Pairs::default().get("").is_none());
     }
 }

@@ -59,7 +59,7 @@ use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VER
 use backends::Lookup;
 use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use meta::Meta;
 use order::SortKey;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,7 +161,7 @@ pub struct Reject {
 }
 
 impl Reject {
-    fn new(kind: &str, meta: &ObjectMeta, field: String, reason: &str, problem: &str) -> Reject {
+    fn new(kind: &str, meta: &dyn Meta, field: String, reason: &str, problem: &str) -> Reject {
         let (namespace, name) = (ns_of(meta).to_string(), name_of(meta).to_string());
         let message = format!("{kind} {namespace}/{name}: {field} {problem}");
         Reject { kind: kind.into(), namespace, name, field, reason: reason.into(), message }
@@ -196,16 +196,16 @@ pub struct Compiled {
     pub certificates_change_at: Option<i64>,
 }
 
-fn ns_of(meta: &ObjectMeta) -> &str {
-    meta.namespace.as_deref().unwrap_or("")
+fn ns_of<M: Meta + ?Sized>(meta: &M) -> &str {
+    meta.ns()
 }
 
-fn name_of(meta: &ObjectMeta) -> &str {
-    meta.name.as_deref().unwrap_or("")
+fn name_of<M: Meta + ?Sized>(meta: &M) -> &str {
+    meta.name()
 }
 
-fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
+fn label<'a, M: Meta + ?Sized>(meta: &'a M, key: &str) -> Option<&'a str> {
+    meta.label(key)
 }
 
 /// The synthetic catch-all of a Frontend default backend.
@@ -249,7 +249,7 @@ struct Ctx<'a> {
 /// The producer of a backend group: `<kind> <ns>/<name>` (kind `Rule`, `Frontend` or `error_pages of Rule`).
 struct GroupOwner<'a> {
     kind: &'static str,
-    meta: &'a ObjectMeta,
+    meta: &'a dyn Meta,
 }
 
 impl fmt::Display for GroupOwner<'_> {
@@ -259,14 +259,14 @@ impl fmt::Display for GroupOwner<'_> {
 }
 
 impl<'a> Ctx<'a> {
-    fn selected(&self, meta: &ObjectMeta) -> bool {
+    fn selected(&self, meta: &dyn Meta) -> bool {
         match &self.opts.alb_name {
             None => true,
             Some(alb) => label(meta, &self.name_label) == Some(alb.as_str()),
         }
     }
 
-    fn reject(&mut self, kind: &str, meta: &ObjectMeta, field: String, reason: &str, problem: &str) {
+    fn reject(&mut self, kind: &str, meta: &dyn Meta, field: String, reason: &str, problem: &str) {
         self.rejects.push(Reject::new(kind, meta, field, reason, problem));
     }
 
@@ -275,7 +275,7 @@ impl<'a> Ctx<'a> {
     fn add_group(
         &mut self,
         kind: &'static str,
-        meta: &'a ObjectMeta,
+        meta: &'a dyn Meta,
         group: Cow<'a, str>,
         sg: &crd::ServiceGroup,
         rule: Option<usize>,
@@ -294,8 +294,7 @@ impl<'a> Ctx<'a> {
             }
         }
         // Ingress `service-upstream` (src/ingress/balance.rs): ClusterIP instead of endpoints.
-        let cluster_ip = kind == "Rule"
-            && meta.annotations.as_ref().and_then(|a| a.get(&self.service_upstream)).is_some_and(|v| v == "true");
+        let cluster_ip = kind == "Rule" && meta.annotation(&self.service_upstream).is_some_and(|v| v == "true");
         let resolved = match cluster_ip {
             true => backends::resolve_with(&group, sg, ns_of(meta), &self.lookup, "TCP", true),
             false => backends::resolve(&group, sg, ns_of(meta), &self.lookup),
@@ -320,7 +319,7 @@ impl<'a> Ctx<'a> {
 
     /// The backend group of a Rule's `config.error_pages.service` (shared by the Rules naming the same Service
     /// port); `None` (reported on the Rule) when the Service or port does not exist.
-    fn error_group(&mut self, meta: &'a ObjectMeta, svc: &crate::policy::config::ErrorService) -> Option<String> {
+    fn error_group(&mut self, meta: &'a dyn Meta, svc: &crate::policy::config::ErrorService) -> Option<String> {
         let name = backends::error_group_name(svc);
         if self.groups.contains_key(name.as_str()) {
             return Some(name);
@@ -760,7 +759,7 @@ impl Ctx<'_> {
     /// The policy's `backend_protocol` of a Rule or Frontend default backend on `port`, lower-cased: `""`,
     /// `http`, `https`, `grpc` or `grpcs` (anything else is reported and becomes `""`). On a grpc listener it is
     /// always `grpc` (h2c to the backend) or `grpcs` (`https`/`grpcs`).
-    fn backend_protocol(&mut self, kind: &str, meta: &ObjectMeta, spec: &str, port: u16) -> String {
+    fn backend_protocol(&mut self, kind: &str, meta: &dyn Meta, spec: &str, port: u16) -> String {
         let mut p = spec.trim().to_lowercase();
         if !matches!(p.as_str(), "" | "http" | "https" | "grpc" | "grpcs") {
             let problem = format!("is {spec:?}, not one of http, https, grpc, grpcs: the listener's default is used");

@@ -2,6 +2,7 @@
 
 use super::testutil::*;
 use super::*;
+use crate::compile::meta::Pairs;
 use serde_json::{json, Value};
 
 fn opts() -> CompileOptions {
@@ -206,7 +207,7 @@ fn unknown_frontend() {
     s.rules.push(Arc::new(rule_to("nowhere", "alb-dev-09999", 1, json!([url("EQ", "/")]), "api", 80)));
     s.rules.push(Arc::new(rule_to("to-https", "alb-dev-00443", 1, json!([url("EQ", "/")]), "api", 80)));
     let mut nolabel = rule_to("nolabel", "x", 1, json!([url("EQ", "/")]), "api", 80);
-    nolabel.metadata.labels.as_mut().unwrap().remove("alb2.cpaas.io/frontend");
+    nolabel.metadata.labels.remove("alb2.cpaas.io/frontend");
     s.rules.push(Arc::new(nolabel));
     let mut other_ns = rule_to("other-ns", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
     other_ns.metadata.namespace = Some("elsewhere".into());
@@ -239,7 +240,7 @@ fn other_albs_are_ignored_silently() {
     ft.metadata.labels = Some([("alb2.cpaas.io/name".to_string(), "other".to_string())].into());
     s.frontends.push(Arc::new(ft));
     let mut rl = rule_to("theirs", "other-00080", 1, json!([url("EQ", "/")]), "api", 80);
-    rl.metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/name".into(), "other".into());
+    rl.metadata.labels.insert("alb2.cpaas.io/name", "other");
     s.rules.push(Arc::new(rl));
     let c = compile(&s, &opts());
     assert!(c.rejects.is_empty(), "{:?}", c.rejects);
@@ -258,7 +259,7 @@ fn custom_domain_labels() {
         Arc::make_mut(ft).metadata.labels = Some([("alb2.example.org/name".to_string(), ALB.to_string())].into());
     }
     let mut rl = rule_to("r", "alb-dev-00080", 1, json!([url("EQ", "/")]), "api", 80);
-    rl.metadata.labels = Some(
+    rl.metadata.labels = Pairs::from_map(
         [
             ("alb2.example.org/name".to_string(), ALB.to_string()),
             ("alb2.example.org/frontend".to_string(), "alb-dev-00080".to_string()),
@@ -445,12 +446,7 @@ fn group_name_collision_is_rejected() {
     fa.metadata.namespace = Some("ns-a".into());
     let mut fb = frontend("alb-dev-00081", 81, "http", None);
     fb.metadata.namespace = Some("ns-b".into());
-    Arc::make_mut(&mut s.rules[1])
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("alb2.cpaas.io/frontend".into(), "alb-dev-00081".into());
+    Arc::make_mut(&mut s.rules[1]).metadata.labels.insert("alb2.cpaas.io/frontend", "alb-dev-00081");
     s.frontends = arcs(vec![fa, fb]);
     let c = compile(&s, &CompileOptions { alb_name: None, ..opts() });
     assert_eq!(c.rejects.len(), 1, "{:?}", c.rejects);
@@ -649,7 +645,7 @@ fn cached_equals_scratch(mut cache: cache::CompileCache) {
     s.rules[0] = Arc::new(ra.clone());
     assert_eq!(step(&s, &opts(), "r-a status"), Hits { moved: 1, ..hits(4, 4, 3) });
     // r-a gets an annotation (which its features could read): computed again.
-    ra.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+    ra.metadata.annotations = Pairs::from_map([("note".to_string(), "x".to_string())].into());
     s.rules[0] = Arc::new(ra);
     assert_eq!(step(&s, &opts(), "r-a annotated"), hits(3, 3, 2));
 

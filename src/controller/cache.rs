@@ -9,11 +9,10 @@
 //! is ready from the first swap on.
 //!
 //! What is filed is made of the watched object by the writer's conversion: a copy of it for most kinds, alb's
-//! lean types for Services and EndpointSlices (`compile/service.rs`, `compile/slice.rs`).
+//! lean types for Rules, Services and EndpointSlices (`crd/rule.rs`, `compile/service.rs`, `compile/slice.rs`).
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
-use kube::core::ObjectMeta;
 use kube::runtime::watcher::Event;
 use kube::Resource;
 use std::hash::BuildHasher;
@@ -24,9 +23,14 @@ use tokio::sync::watch;
 pub trait Keyed {
     /// Namespace ("" for cluster-scoped kinds) and name.
     fn ns_name(&self) -> (&str, &str);
-    /// The full metadata, for the kinds that keep it.
-    fn object_meta(&self) -> Option<&ObjectMeta> {
+    /// [`crate::crd::spec_fingerprint`] of the object's metadata, for the kinds whose status-only changes are
+    /// told apart (Frontend, Rule, ALB2).
+    fn spec_fingerprint(&self) -> Option<u64> {
         None
+    }
+    /// uid and resourceVersion (the Ingress sync waits for its writes to show), for the kinds that keep them.
+    fn uid_rv(&self) -> (Option<&str>, Option<&str>) {
+        (None, None)
     }
 }
 
@@ -36,8 +40,27 @@ impl<K: Resource> Keyed for K {
         (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
     }
 
-    fn object_meta(&self) -> Option<&ObjectMeta> {
-        Some(self.meta())
+    fn spec_fingerprint(&self) -> Option<u64> {
+        crate::crd::spec_fingerprint(self.meta())
+    }
+
+    fn uid_rv(&self) -> (Option<&str>, Option<&str>) {
+        (self.meta().uid.as_deref(), self.meta().resource_version.as_deref())
+    }
+}
+
+impl Keyed for crate::crd::Rule {
+    fn ns_name(&self) -> (&str, &str) {
+        use crate::compile::meta::Meta;
+        (self.metadata.ns(), self.metadata.name())
+    }
+
+    fn spec_fingerprint(&self) -> Option<u64> {
+        self.metadata.fingerprint()
+    }
+
+    fn uid_rv(&self) -> (Option<&str>, Option<&str>) {
+        (self.metadata.uid.as_deref(), self.metadata.resource_version.as_deref())
     }
 }
 

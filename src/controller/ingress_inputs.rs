@@ -93,7 +93,9 @@ impl<'a> Inputs<'a> {
         version(&ing.metadata)?.hash(&mut s);
         self.namespaces.get(ing.metadata.namespace.as_deref().unwrap_or_default()).hash(&mut s);
         for r in rules {
-            version(&r.metadata)?.hash(&mut s);
+            let m = &r.metadata;
+            fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())?
+                .hash(&mut s);
         }
         Some(s.finish() | 1)
     }

@@ -5,13 +5,14 @@
 //! `--resync-period` brings the API server to what the Ingresses need. Writes not yet seen by the stores
 //! hold the next pass back (up to [`CATCH_UP`]), so a stale cache never makes us create a Rule twice.
 
-use super::cache::Cache;
+use super::cache::{Cache, Keyed};
 use super::events::{EventLog, EventType, Note};
 use super::ingress_inputs::Inputs;
 use super::stores::{cloned, shared, Stores};
 use super::ControllerArgs;
+use crate::compile::meta::{Meta, Pairs};
 use crate::crd::alb2::ALB2;
-use crate::crd::{self, Frontend, Rule};
+use crate::crd::{self, Frontend, Rule, RuleObject};
 use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
 use futures::StreamExt;
@@ -92,13 +93,11 @@ enum Written {
     Deleted { kind: &'static str, ns: String, name: String },
 }
 
-fn seen<K: Resource<DynamicType = ()> + Clone>(store: &Cache<K>, w: &Written) -> bool {
+fn seen<K: Keyed>(store: &Cache<K>, w: &Written) -> bool {
     let get = |ns: &str, name: &str| store.get(ns, name);
     match w {
-        Written::Created { ns, name, uid, .. } => get(ns, name).is_some_and(|o| o.meta().uid.as_deref() == Some(uid)),
-        Written::Updated { ns, name, old_rv, .. } => {
-            get(ns, name).is_none_or(|o| o.meta().resource_version.as_deref() != Some(old_rv))
-        }
+        Written::Created { ns, name, uid, .. } => get(ns, name).is_some_and(|o| o.uid_rv().0 == Some(uid)),
+        Written::Updated { ns, name, old_rv, .. } => get(ns, name).is_none_or(|o| o.uid_rv().1 != Some(old_rv)),
         Written::Deleted { ns, name, .. } => get(ns, name).is_none(),
     }
 }
@@ -164,15 +163,13 @@ pub fn alb_addresses(alb: &ALB2) -> Vec<String> {
 fn source_of<'a>(
     keys: &SourceLabels,
     source: Option<&'a crd::Source>,
-    labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    labels: Option<&'a Pairs>,
 ) -> Option<(&'a str, &'a str)> {
     if let Some(s) = source.filter(|s| !s.kind.is_empty()) {
         return (s.kind == SOURCE_TYPE).then_some((s.namespace.as_str(), s.name.as_str()));
     }
     let l = labels?;
-    (l.get(&keys.kind)?.as_str() == SOURCE_TYPE)
-        .then(|| Some((l.get(&keys.ns)?.as_str(), l.get(&keys.name)?.as_str())))
-        .flatten()
+    (l.get(&keys.kind)? == SOURCE_TYPE).then(|| Some((l.get(&keys.ns)?, l.get(&keys.name)?))).flatten()
 }
 
 /// Namespace → names of the Ingresses a pass claimed, looked up by `&str`.
@@ -259,7 +256,7 @@ impl IngressSync {
         }
     }
 
-    fn rules_api(&self) -> Api<Rule> {
+    fn rules_api(&self) -> Api<RuleObject> {
         Api::namespaced(self.client.clone(), &self.args.alb_namespace)
     }
 
@@ -336,7 +333,7 @@ impl IngressSync {
         let source_labels = SourceLabels::new(&cfg.domain);
         let mut by_source: HashMap<(&str, &str), Vec<&Rule>> = HashMap::with_capacity(rules.len());
         for r in rules.iter().map(|r| &**r) {
-            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), Some(&r.metadata.labels)) {
                 by_source.entry(src).or_default().push(r);
             }
         }
@@ -367,7 +364,7 @@ impl IngressSync {
                 .copied()
                 .collect();
             // In namespace/name order, as the pure planner's tests feed them (the store's order is arbitrary).
-            mine.sort_by_key(|r| ns_name(&r.metadata));
+            mine.sort_by_key(|r| (r.metadata.ns(), r.metadata.name()));
             let fingerprint = inputs.of_ingress(ing, &mine);
             if fingerprint.is_some() && self.clean.get(&key) == fingerprint.as_ref() {
                 unchanged += 1;
@@ -445,7 +442,7 @@ impl IngressSync {
         let rules = self.stores.rules.state();
         let mut orphans = BTreeSet::new();
         for r in &rules {
-            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), r.metadata.labels.as_ref()) {
+            if let Some(src) = source_of(&source_labels, r.spec.source.as_ref(), Some(&r.metadata.labels)) {
                 orphans.insert(src);
             }
         }
@@ -568,18 +565,25 @@ impl IngressSync {
             written.push(self.create_rule(cfg, rule).await?);
         }
         for (ns, name) in plan.delete_rules {
-            match Api::<Rule>::namespaced(self.client.clone(), &ns).delete(&name, &DeleteParams::default()).await {
+            match Api::<RuleObject>::namespaced(self.client.clone(), &ns).delete(&name, &DeleteParams::default()).await
+            {
                 Ok(_) => tracing::info!("deleted Rule {ns}/{name}"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(api_err("delete", "Rule", &ns, &name)(e)),
             }
             written.push(Written::Deleted { kind: "Rule", ns, name });
         }
-        for mut rule in plan.update_rules {
-            let (ns, name) = ns_name(&rule.metadata);
-            let old_rv = rule.metadata.resource_version.clone().unwrap_or_default();
-            rule.metadata.managed_fields = None;
-            self.rules_api().replace(&name, &pp, &rule).await.map_err(api_err("update", "Rule", &ns, &name))?;
+        for want in plan.update_rules {
+            // The cache keeps only what alb reads of a Rule: the update is written over the object as the API
+            // server holds it now (a Rule deleted meanwhile is created again by the next pass).
+            let (ns, name) = ns_name(&want.metadata);
+            let api = self.rules_api();
+            let Some(current) = api.get_opt(&name).await.map_err(api_err("read", "Rule", &ns, &name))? else {
+                continue;
+            };
+            let old_rv = current.metadata.resource_version.clone().unwrap_or_default();
+            let rule = ingress::plan::updated(cfg, current, &want);
+            api.replace(&name, &pp, &rule).await.map_err(api_err("update", "Rule", &ns, &name))?;
             tracing::info!("updated Rule {ns}/{name}");
             written.push(Written::Updated { kind: "Rule", ns, name, old_rv });
         }
@@ -587,7 +591,7 @@ impl IngressSync {
     }
 
     /// Creates a Rule; when its name is taken (by a Rule of another Ingress), tries the next names.
-    async fn create_rule(&self, cfg: &AlbIngressConfig, mut rule: Rule) -> Result<Written, SyncError> {
+    async fn create_rule(&self, cfg: &AlbIngressConfig, mut rule: RuleObject) -> Result<Written, SyncError> {
         let pp = PostParams::default();
         for attempt in 1..=NAME_ATTEMPTS {
             let (ns, name) = ns_name(&rule.metadata);
@@ -677,7 +681,7 @@ impl IngressSync {
 }
 
 /// The next deterministic name for a generated Rule whose name is taken.
-fn next_name(cfg: &AlbIngressConfig, rule: &Rule, attempt: u32) -> Option<String> {
+fn next_name(cfg: &AlbIngressConfig, rule: &RuleObject, attempt: u32) -> Option<String> {
     let d = &cfg.domain;
     let labels = rule.metadata.labels.as_ref()?;
     let annos = rule.metadata.annotations.as_ref()?;
@@ -796,7 +800,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(source_of(&keys, None, Some(&labels)), Some(("n2", "i2")));
+        assert_eq!(source_of(&keys, None, Some(&Pairs::from_map(labels))), Some(("n2", "i2")));
         assert_eq!(source_of(&keys, None, None), None);
     }
 }

@@ -5,6 +5,8 @@
 use super::events::{EventLog, EventType, Note};
 use super::render_loop::Published;
 use crate::compile::Reject;
+use crate::crd::{Frontend, RuleObject};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -31,9 +33,8 @@ struct Desired {
 }
 
 impl Desired {
-    fn of(kind: &str, meta: &ObjectMeta, rejects: &[Reject]) -> Desired {
-        let ns = meta.namespace.as_deref().unwrap_or("");
-        let name = meta.name.as_deref().unwrap_or("");
+    fn of(kind: &str, obj: &Target, rejects: &[Reject]) -> Desired {
+        let (ns, name) = (obj.ns, obj.name);
         let mine: Vec<&Reject> =
             rejects.iter().filter(|r| r.kind == kind && r.namespace == ns && r.name == name).collect();
         match mine.first() {
@@ -41,13 +42,13 @@ impl Desired {
                 accepted: true,
                 reason: ACCEPTED.into(),
                 message: format!("{kind} is part of the policy"),
-                generation: meta.generation,
+                generation: obj.generation,
             },
             Some(first) => Desired {
                 accepted: false,
                 reason: first.reason.clone(),
                 message: mine.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("; "),
-                generation: meta.generation,
+                generation: obj.generation,
             },
         }
     }
@@ -83,6 +84,34 @@ fn accepted_condition(conditions: Option<&Vec<Condition>>) -> Option<&Condition>
 
 type Key = (&'static str, String, String);
 
+/// The object whose condition is written: a Frontend (k8s metadata) or a Rule (alb's lean metadata).
+struct Target<'a> {
+    ns: &'a str,
+    name: &'a str,
+    uid: Option<&'a str>,
+    generation: Option<i64>,
+}
+
+impl<'a> Target<'a> {
+    fn of(meta: &'a ObjectMeta) -> Target<'a> {
+        Target {
+            ns: meta.namespace.as_deref().unwrap_or(""),
+            name: meta.name.as_deref().unwrap_or(""),
+            uid: meta.uid.as_deref(),
+            generation: meta.generation,
+        }
+    }
+
+    fn of_rule(meta: &'a crate::crd::RuleMeta) -> Target<'a> {
+        use crate::compile::meta::Meta;
+        Target { ns: meta.ns(), name: meta.name(), uid: meta.uid.as_deref(), generation: meta.generation }
+    }
+
+    fn key(&self, kind: &'static str) -> Key {
+        (kind, self.ns.to_string(), self.name.to_string())
+    }
+}
+
 pub struct StatusWriter {
     client: Client,
     events: EventLog,
@@ -107,29 +136,36 @@ impl StatusWriter {
         let mut live = std::collections::HashSet::new();
         for ft in &p.frontends {
             let current = accepted_condition(ft.status.as_ref().and_then(|s| s.conditions.as_ref()));
-            live.insert(key("Frontend", &ft.metadata));
-            failed |= !self.one(&**ft, "Frontend", current, &p.compiled.rejects).await;
+            let t = Target::of(&ft.metadata);
+            live.insert(t.key("Frontend"));
+            failed |= !self.one::<Frontend>(&t, "Frontend", current, &p.compiled.rejects).await;
         }
         for rl in p.rules.iter().filter_map(std::sync::Weak::upgrade) {
             let current = accepted_condition(rl.status.as_ref().and_then(|s| s.conditions.as_ref()));
-            live.insert(key("Rule", &rl.metadata));
-            failed |= !self.one(&*rl, "Rule", current, &p.compiled.rejects).await;
+            let t = Target::of_rule(&rl.metadata);
+            live.insert(t.key("Rule"));
+            failed |= !self.one::<RuleObject>(&t, "Rule", current, &p.compiled.rejects).await;
         }
         self.written.retain(|k, _| live.contains(k));
         failed
     }
 
-    /// One object; returns false on an API error.
-    async fn one<K>(&mut self, obj: &K, kind: &'static str, current: Option<&Condition>, rejects: &[Reject]) -> bool
+    /// One object, of API type `K`; returns false on an API error.
+    async fn one<K>(
+        &mut self,
+        obj: &Target<'_>,
+        kind: &'static str,
+        current: Option<&Condition>,
+        rejects: &[Reject],
+    ) -> bool
     where
         K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
             + Clone
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let meta = obj.meta();
-        let desired = Desired::of(kind, meta, rejects);
-        let k = key(kind, meta);
+        let desired = Desired::of(kind, obj, rejects);
+        let k = obj.key(kind);
         if current.is_some_and(|c| desired.matches(c)) {
             self.written.insert(k, desired);
             return true;
@@ -166,17 +202,21 @@ impl StatusWriter {
                 message: &desired.message,
                 action: "Compile",
             };
-            if let Err(e) = self.events.publish(&ev, &obj.object_ref(&())).await {
+            let object = ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                namespace: Some(ns.clone()),
+                name: Some(name.clone()),
+                uid: obj.uid.map(String::from),
+                ..Default::default()
+            };
+            if let Err(e) = self.events.publish(&ev, &object).await {
                 tracing::warn!("cannot record an Event for {kind} {ns}/{name}: {e}");
             }
         }
         self.written.insert(k, desired);
         true
     }
-}
-
-fn key(kind: &'static str, meta: &ObjectMeta) -> Key {
-    (kind, meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
 /// Writes statuses for every compiled policy until aborted (leadership lost).
@@ -226,20 +266,20 @@ mod tests {
     #[test]
     fn desired_condition_from_rejects() {
         let rejects = vec![reject("bad", "InvalidRegex")];
-        let ok = Desired::of("Rule", &meta("good", 1), &rejects);
+        let ok = Desired::of("Rule", &Target::of(&meta("good", 1)), &rejects);
         assert!(ok.accepted);
         assert_eq!(ok.reason, ACCEPTED);
-        let bad = Desired::of("Rule", &meta("bad", 3), &rejects);
+        let bad = Desired::of("Rule", &Target::of(&meta("bad", 3)), &rejects);
         assert!(!bad.accepted);
         assert_eq!(bad.reason, "InvalidRegex");
         assert_eq!(bad.generation, Some(3));
         // The same name of another kind is not affected.
-        assert!(Desired::of("Frontend", &meta("bad", 1), &rejects).accepted);
+        assert!(Desired::of("Frontend", &Target::of(&meta("bad", 1)), &rejects).accepted);
     }
 
     #[test]
     fn condition_keeps_transition_time_while_status_holds() {
-        let bad = Desired::of("Rule", &meta("bad", 1), &[reject("bad", "InvalidRegex")]);
+        let bad = Desired::of("Rule", &Target::of(&meta("bad", 1)), &[reject("bad", "InvalidRegex")]);
         let first = bad.condition(None);
         assert!(bad.matches(&first));
         let again = bad.condition(Some(&first));

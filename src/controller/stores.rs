@@ -65,9 +65,10 @@ pub struct Stores {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Kinds this controller writes back with `replace` (Frontend, Rule, ALB2) keep every annotation: a `replace`
-/// from a trimmed copy would drop `kubectl.kubernetes.io/last-applied-configuration` from the user's object.
-const KEEP_ANNOTATIONS: &[&str] = &["Frontend", "Rule", "ALB2"];
+/// Kinds this controller writes back with `replace` from their cached copy (Frontend, ALB2) keep every
+/// annotation: a `replace` from a trimmed copy would drop `kubectl.kubernetes.io/last-applied-configuration` from
+/// the user's object. (A Rule update is written over the object read at write time, `ingress_sync.rs`.)
+const KEEP_ANNOTATIONS: &[&str] = &["Frontend", "ALB2"];
 
 /// What the caches never need: `managedFields` (often the biggest part of an object; an update without them
 /// keeps the server's) and, for kinds we only read, kubectl's last-applied copy of the whole object. At 1,000
@@ -107,9 +108,8 @@ enum Wakes {
 /// Whether `new` differs from the object it replaced in what the compiler reads: false for a status-only
 /// change (same generation, labels, annotations and deletion mark; see [`crate::crd::spec_fingerprint`]).
 /// Without a generation (or without an object before) nothing can be told: a change.
-fn spec_changed(old: Option<&kube::core::ObjectMeta>, new: &kube::core::ObjectMeta) -> bool {
-    let fp = crate::crd::spec_fingerprint;
-    match (old.and_then(fp), fp(new)) {
+fn spec_changed(old: Option<u64>, new: &kube::core::ObjectMeta) -> bool {
+    match (old, crate::crd::spec_fingerprint(new)) {
         (Some(a), Some(b)) => a != b,
         _ => true,
     }
@@ -163,7 +163,7 @@ where
                     let status_only = spec_only
                         && match &event {
                             watcher::Event::Apply(o) => {
-                                !spec_changed(replaced.as_deref().and_then(Keyed::object_meta), o.meta())
+                                !spec_changed(replaced.as_deref().and_then(Keyed::spec_fingerprint), o.meta())
                             }
                             _ => false,
                         };
@@ -197,14 +197,8 @@ impl Stores {
             Frontend::clone,
         );
         go(t);
-        let (rules, t) = reflect(
-            Api::namespaced(client.clone(), ns),
-            all().labels(&mine),
-            "Rule",
-            c(),
-            Wakes::BothSpec,
-            Rule::clone,
-        );
+        let (rules, t) =
+            reflect(Api::namespaced(client.clone(), ns), all().labels(&mine), "Rule", c(), Wakes::BothSpec, Rule::of);
         go(t);
         let (services, t) =
             reflect(Api::<ServiceObject>::all(client.clone()), all(), "Service", c(), Wakes::Both, Service::of);
@@ -599,17 +593,23 @@ mod spec_change_tests {
     fn only_status_changes_are_unchanged() {
         assert!(spec_changed(None, &meta(Some(1), "a", "1")), "first sight is a change");
         // a status patch: new resourceVersion, same generation, labels and annotations
-        assert!(!spec_changed(Some(&meta(Some(1), "a", "1")), &meta(Some(1), "a", "2")));
-        assert!(spec_changed(Some(&meta(Some(1), "a", "2")), &meta(Some(2), "a", "3")), "spec change");
-        assert!(spec_changed(Some(&meta(Some(2), "a", "3")), &meta(Some(2), "b", "4")), "label change");
+        assert!(!spec_changed(crate::crd::spec_fingerprint(&meta(Some(1), "a", "1")), &meta(Some(1), "a", "2")));
+        assert!(
+            spec_changed(crate::crd::spec_fingerprint(&meta(Some(1), "a", "2")), &meta(Some(2), "a", "3")),
+            "spec change"
+        );
+        assert!(
+            spec_changed(crate::crd::spec_fingerprint(&meta(Some(2), "a", "3")), &meta(Some(2), "b", "4")),
+            "label change"
+        );
         let mut annotated = meta(Some(2), "b", "5");
         annotated.annotations = Some([("alb.rule.cpaas.io/x".to_string(), "y".to_string())].into());
-        assert!(spec_changed(Some(&meta(Some(2), "b", "4")), &annotated), "annotation change");
+        assert!(spec_changed(crate::crd::spec_fingerprint(&meta(Some(2), "b", "4")), &annotated), "annotation change");
         let mut deleting = meta(Some(2), "b", "6");
         deleting.deletion_timestamp = Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
-        assert!(spec_changed(Some(&meta(Some(2), "b", "5")), &deleting), "deletion mark");
+        assert!(spec_changed(crate::crd::spec_fingerprint(&meta(Some(2), "b", "5")), &deleting), "deletion mark");
         // without a generation nothing can be told: always a change
-        assert!(spec_changed(Some(&meta(None, "b", "6")), &meta(None, "b", "7")));
-        assert!(spec_changed(Some(&meta(Some(2), "b", "6")), &meta(None, "b", "7")));
+        assert!(spec_changed(crate::crd::spec_fingerprint(&meta(None, "b", "6")), &meta(None, "b", "7")));
+        assert!(spec_changed(crate::crd::spec_fingerprint(&meta(Some(2), "b", "6")), &meta(None, "b", "7")));
     }
 }

@@ -13,7 +13,7 @@ pub mod rule;
 #[allow(unused_imports)] // public API for the controller
 pub use frontend::{Frontend, FrontendSpec, FrontendStatus, PortInstance};
 #[allow(unused_imports)]
-pub use rule::{DslxTerm, Rule, RuleSpec, RuleStatus};
+pub use rule::{DslxTerm, Rule, RuleMeta, RuleObject, RuleSpec, RuleStatus};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -63,10 +63,22 @@ pub fn label_project(domain: &str) -> String {
 /// generation, labels, annotations and deletion mark; None without a generation (not served by an API server).
 /// The controller's stores tell status-only changes by it, the compile cache a Rule replaced by a status write.
 pub fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
+    fn pairs(m: &Option<std::collections::BTreeMap<String, String>>) -> Vec<(&str, &str)> {
+        m.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    fingerprint_of(meta.generation, &pairs(&meta.labels), &pairs(&meta.annotations), meta.deletion_timestamp.is_some())
+}
+
+/// [`spec_fingerprint`] of its parts (labels and annotations in key order), for alb's lean [`RuleMeta`] too.
+pub fn fingerprint_of(
+    generation: Option<i64>,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    deleting: bool,
+) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let generation = meta.generation?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut h);
+    (generation?, labels, annotations, deleting).hash(&mut h);
     Some(h.finish())
 }
 
@@ -115,11 +127,14 @@ pub fn all_crds() -> anyhow::Result<Vec<(&'static str, Crd)>> {
     let mut out = vec![
         ("crd.alauda.io_alaudaloadbalancer2.yaml", alb2::crd()?),
         ("crd.alauda.io_frontends.yaml", Frontend::crd()),
-        ("crd.alauda.io_rules.yaml", Rule::crd()),
+        ("crd.alauda.io_rules.yaml", RuleObject::crd()),
     ];
     for (_, crd) in &mut out {
+        let kind = crd.spec.names.kind.clone();
         for v in &mut crd.spec.versions {
             if let Some(schema) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                // titled by the Rust type; the Rule's is `RuleObject` (`rule.rs`), its kind `Rule`
+                schema.title = Some(kind.clone());
                 let mut value = serde_json::to_value(&*schema)?;
                 strip_defaults(&mut value);
                 *schema = serde_json::from_value(value)?;

@@ -1,7 +1,11 @@
 //! `Rule` (`crd.alauda.io/v1`): one L7 routing rule of a Frontend (controlplane.md §1.6).
+//!
+//! Two types: [`RuleObject`], the API object alb writes (and the CRD's schema), and [`Rule`], what alb reads and
+//! the controller caches by the ten thousand: the same spec and status with lean metadata ([`RuleMeta`]).
 
 use super::{null_default, preserve_unknown_object, ServiceGroup, Source};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use crate::compile::meta::{Meta, Pairs};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +17,7 @@ use serde::{Deserialize, Serialize};
     group = "crd.alauda.io",
     version = "v1",
     kind = "Rule",
+    root = "RuleObject",
     plural = "rules",
     shortname = "rl",
     namespaced,
@@ -79,6 +84,98 @@ pub struct RuleSpec {
     pub config: Option<serde_json::Value>,
 }
 
+/// A Rule as alb reads it: the compiler's input, the controller's cache (10,000 Rules are 10,000 of these), the
+/// Ingress planner's view of the Rules that exist. Decodes from the API's JSON (through [`RuleObject`]), so
+/// manifests and fixtures read as before.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(from = "RuleObject")]
+pub struct Rule {
+    pub metadata: RuleMeta,
+    pub spec: RuleSpec,
+    pub status: Option<RuleStatus>,
+}
+
+/// What alb reads of a Rule's metadata. k8s-openapi's `ObjectMeta` is 360 bytes before its strings, and its
+/// label and annotation maps take ~540 bytes each even for two entries; a Rule made from an Ingress has nine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub generation: Option<i64>,
+    pub labels: Pairs,
+    pub annotations: Pairs,
+    /// [`owners_hash`] of the ownerReferences: the Ingress planner compares them, nothing reads them.
+    pub owners: u64,
+    /// `deletionTimestamp` is set.
+    pub deleting: bool,
+}
+
+/// A hash of ownerReferences (none and an empty list hash the same).
+pub fn owners_hash(refs: Option<&[OwnerReference]>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for r in refs.unwrap_or(&[]) {
+        (&r.api_version, &r.kind, &r.name, &r.uid, r.controller, r.block_owner_deletion).hash(&mut h);
+    }
+    h.finish()
+}
+
+impl RuleMeta {
+    pub fn of(m: &ObjectMeta) -> RuleMeta {
+        RuleMeta {
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            uid: m.uid.clone(),
+            resource_version: m.resource_version.clone(),
+            generation: m.generation,
+            labels: Pairs::of(m.labels.as_ref()),
+            annotations: Pairs::of(m.annotations.as_ref()),
+            owners: owners_hash(m.owner_references.as_deref()),
+            deleting: m.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// [`super::spec_fingerprint`] of the object this was made of.
+    pub fn fingerprint(&self) -> Option<u64> {
+        let labels: Vec<(&str, &str)> = self.labels.iter().collect();
+        let annotations: Vec<(&str, &str)> = self.annotations.iter().collect();
+        super::fingerprint_of(self.generation, &labels, &annotations, self.deleting)
+    }
+}
+
+impl Meta for RuleMeta {
+    fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key)
+    }
+}
+
+impl Rule {
+    /// What the controller's cache keeps of a watched Rule (copies; the object is not taken apart).
+    pub fn of(o: &RuleObject) -> Rule {
+        Rule { metadata: RuleMeta::of(&o.metadata), spec: o.spec.clone(), status: o.status.clone() }
+    }
+}
+
+impl From<RuleObject> for Rule {
+    fn from(o: RuleObject) -> Rule {
+        Rule { metadata: RuleMeta::of(&o.metadata), spec: o.spec, status: o.status }
+    }
+}
+
 /// One ANDed term of a dslx: `values` rows are ORed, each row is `[OP, args...]`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct DslxTerm {
@@ -107,7 +204,7 @@ mod tests {
 
     #[test]
     fn crd_names_and_schema() {
-        let crd = Rule::crd();
+        let crd = RuleObject::crd();
         let v = serde_json::to_value(&crd).unwrap();
         assert_eq!(v["metadata"]["name"], "rules.crd.alauda.io");
         assert_eq!(v["spec"]["group"], "crd.alauda.io");
@@ -160,9 +257,51 @@ mod tests {
         }
     }
 
+    /// The cached Rule keeps what alb reads, and tells a status-only change as the full object does.
+    #[test]
+    fn lean_rule_keeps_what_alb_reads() {
+        let obj: RuleObject = serde_json::from_value(json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u-1", "resourceVersion": "42", "generation": 3,
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": {"alb2.cpaas.io/name": "alb", "alb2.cpaas.io/frontend": "alb-00080"},
+                         "annotations": {"a": "1"},
+                         "ownerReferences": [{"apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+                                              "name": "alb-00080", "uid": "ft"}]},
+            "spec": {"priority": 5, "dslx": [{"type": "URL", "values": [["STARTS_WITH", "/a"]]}]},
+            "status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        let lean = Rule::of(&obj);
+        let m = &lean.metadata;
+        assert_eq!(
+            (m.ns(), m.name(), m.uid.as_deref(), m.resource_version.as_deref()),
+            ("ns", "r", Some("u-1"), Some("42"))
+        );
+        assert_eq!(m.label("alb2.cpaas.io/frontend"), Some("alb-00080"));
+        assert_eq!(m.annotation("a"), Some("1"));
+        assert_eq!(m.owners, owners_hash(obj.metadata.owner_references.as_deref()));
+        assert_ne!(m.owners, owners_hash(None));
+        assert_eq!(lean.spec, obj.spec);
+        assert_eq!(lean.status, obj.status);
+        // decoding straight into the lean type (manifests, fixtures) gives the same
+        assert_eq!(serde_json::from_value::<Rule>(serde_json::to_value(&obj).unwrap()).unwrap(), lean);
+        // the watch compares the cached Rule's fingerprint with the next object's
+        assert_eq!(m.fingerprint(), super::super::spec_fingerprint(&obj.metadata));
+        assert!(m.fingerprint().is_some());
+        let mut relabelled = obj.clone();
+        relabelled.metadata.labels.as_mut().unwrap().insert("x".into(), "y".into());
+        assert_ne!(Rule::of(&relabelled).metadata.fingerprint(), m.fingerprint());
+        let mut deleting = obj.clone();
+        deleting.metadata.deletion_timestamp = obj.metadata.creation_timestamp.clone();
+        assert_eq!(Rule::of(&deleting).metadata.fingerprint(), super::super::spec_fingerprint(&deleting.metadata));
+        assert_ne!(Rule::of(&deleting).metadata.fingerprint(), m.fingerprint());
+    }
+
     #[test]
     fn deserializes_original_object() {
-        let rl: Rule = serde_json::from_value(json!({
+        let rl: RuleObject = serde_json::from_value(json!({
             "apiVersion": "crd.alauda.io/v1", "kind": "Rule",
             "metadata": {"name": "alb-dev-00080-abc", "namespace": "cpaas-system",
                          "labels": {"alb2.cpaas.io/name": "alb-dev", "alb2.cpaas.io/frontend": "alb-dev-00080"}},

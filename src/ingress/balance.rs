@@ -12,7 +12,7 @@
 //! Cookie affinity wins over `upstream-hash-by` (as in ingress-nginx).
 
 use super::annotations::{Annotations, Invalid};
-use crate::crd::Rule;
+use crate::crd::RuleObject;
 
 pub const AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
 pub const AFFINITY_MODE: &str = "nginx.ingress.kubernetes.io/affinity-mode";
@@ -258,7 +258,7 @@ pub fn cookie_attribute(c: &Cookie, rule_path: Option<&str>) -> String {
 }
 
 /// The literal path of a Rule (its URL term is `EQ` or `STARTS_WITH`), for the default cookie path.
-fn literal_path(rule: &Rule) -> Option<&str> {
+fn literal_path(rule: &RuleObject) -> Option<&str> {
     let url = rule.spec.dslx.as_ref()?.iter().find(|t| t.kind == "URL")?;
     let row = url.values.first()?;
     matches!(row.first().map(String::as_str), Some("EQ" | "STARTS_WITH")).then_some(())?;
@@ -266,7 +266,7 @@ fn literal_path(rule: &Rule) -> Option<&str> {
 }
 
 /// Sets the affinity of every Rule of the Ingress; returns the `(reason, message)` warnings to report.
-pub fn apply(a: &Annotations, domain: &str, rules: &mut [Rule]) -> Vec<(&'static str, String)> {
+pub fn apply(a: &Annotations, domain: &str, rules: &mut [RuleObject]) -> Vec<(&'static str, String)> {
     let b = parse(a);
     let mut out: Vec<(&'static str, String)> =
         b.bad.iter().map(|e| ("InvalidAnnotation", e.message("the annotation is ignored"))).collect();

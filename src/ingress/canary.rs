@@ -24,7 +24,7 @@ use super::annotations::{Annotations, Invalid};
 use super::claim::claims;
 use super::translate::{annotation_path_index, annotation_rule_index, dsl_string, rule_name};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld};
-use crate::crd::{self, DslxTerm, Rule, ServiceGroup, ServiceRef};
+use crate::crd::{self, DslxTerm, RuleObject, ServiceGroup, ServiceRef};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use std::collections::BTreeSet;
 
@@ -319,19 +319,19 @@ pub fn percent(weight: u32, total: u32) -> (i32, i32) {
     (100 - canary, canary)
 }
 
-fn annotation_usize(rule: &Rule, key: &str) -> Option<usize> {
+fn annotation_usize(rule: &RuleObject, key: &str) -> Option<usize> {
     rule.metadata.annotations.as_ref()?.get(key)?.parse().ok()
 }
 
 /// A copy of the main Rule `main` with one more dslx term, another serviceGroup and its own identity.
 fn variant(
-    main: &Rule,
+    main: &RuleObject,
     ing: &Ingress,
     (r, p): (usize, usize),
     (tag, terms, sg): (&str, Vec<DslxTerm>, ServiceGroup),
     domain: &str,
     taken: &mut BTreeSet<String>,
-) -> Rule {
+) -> RuleObject {
     let mut out = main.clone();
     let (ns, name) = key_of(ing);
     let ft = main.metadata.labels.as_ref().and_then(|l| l.get(&crd::label_frontend(domain))).cloned();
@@ -394,7 +394,7 @@ pub fn apply(
     cfg: &AlbIngressConfig,
     world: &IngressWorld<'_>,
     ing: &Ingress,
-    rules: &mut Vec<Rule>,
+    rules: &mut Vec<RuleObject>,
     taken: &mut BTreeSet<String>,
 ) {
     if !matches!(parse(&Annotations::new(ing, &cfg.domain)), Ok(None)) {

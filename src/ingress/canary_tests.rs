@@ -29,12 +29,12 @@ fn parsed(annos: &[(&str, &str)]) -> Result<Option<Canary>, Vec<Invalid>> {
     parse(&Annotations::new(&ing, "cpaas.io"))
 }
 
-fn services(rule: &Rule) -> Vec<(String, String, i32, Option<i32>)> {
+fn services(rule: &RuleObject) -> Vec<(String, String, i32, Option<i32>)> {
     let sg = rule.spec.service_group.as_ref().unwrap();
     sg.services.iter().map(|s| (s.namespace.clone(), s.name.clone(), s.port, s.weight)).collect()
 }
 
-fn dslx(rule: &Rule) -> Value {
+fn dslx(rule: &RuleObject) -> Value {
     js(rule.spec.dslx.as_ref().unwrap())
 }
 
@@ -169,7 +169,7 @@ fn header_and_cookie_rules_rank_above_main() {
     want.as_array_mut().unwrap().push(json!({"type": "COOKIE", "key": "canary", "values": [["EQ", "never"]]}));
     assert_eq!(dslx(c_never), want);
     // Ranking: same priority; header > cookie > main by complexity.
-    let cx = |r: &Rule| crate::compile::dslx::complexity(r.spec.dslx.as_ref().unwrap());
+    let cx = |r: &RuleObject| crate::compile::dslx::complexity(r.spec.dslx.as_ref().unwrap());
     assert!(exp.rules.iter().all(|r| r.spec.priority == base.spec.priority));
     assert!(cx(always) > cx(c_always) && cx(c_always) > cx(&base));
     assert_eq!(cx(always), cx(never));

@@ -5,10 +5,15 @@
 //! updates. Rule names are deterministic ([`super::translate::rule_name`]); should a create still meet
 //! `AlreadyExists` (a Rule of another Ingress with the same name), the controller retries with the next
 //! `attempt`.
+//!
+//! The Rules that exist are the controller's cached [`Rule`]s, which keep only what alb reads: an update is
+//! planned as the expected object under the existing name, and [`updated`] merges it into the object the API
+//! server holds at write time.
 
 use super::translate::{annotation_path_index, annotation_rule_index, Expected, SOURCE_TYPE};
 use super::AlbIngressConfig;
-use crate::crd::{self, Frontend, Rule};
+use crate::compile::meta::{Meta, Pairs};
+use crate::crd::{self, Frontend, Rule, RuleObject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,9 +23,9 @@ pub struct Plan {
     pub create_frontends: Vec<Frontend>,
     /// Existing objects (name, resourceVersion, uid kept) with the new content.
     pub update_frontends: Vec<Frontend>,
-    pub create_rules: Vec<Rule>,
-    /// Existing objects (name, resourceVersion, uid kept) with the new content.
-    pub update_rules: Vec<Rule>,
+    pub create_rules: Vec<RuleObject>,
+    /// The expected objects under the name of the Rule each replaces: written with [`updated`].
+    pub update_rules: Vec<RuleObject>,
     /// `(namespace, name)`.
     pub delete_rules: Vec<(String, String)>,
 }
@@ -49,37 +54,34 @@ fn ns_name(meta: &ObjectMeta) -> (String, String) {
     (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-fn get<'a>(m: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
-    m.as_ref().and_then(|m| m.get(key)).map(String::as_str)
+fn rule_ns_name(rule: &Rule) -> (String, String) {
+    (rule.metadata.ns().to_string(), Meta::name(&rule.metadata).to_string())
 }
 
 /// Identity of an ingress Rule: (Frontend label, `"<ruleIdx>:<pathIdx>"`); `None` without identity annotations.
-fn identity(cfg: &AlbIngressConfig, rule: &Rule) -> Option<(String, String)> {
+fn identity(cfg: &AlbIngressConfig, m: &dyn Meta) -> Option<(String, String)> {
     let d = &cfg.domain;
-    let m = &rule.metadata;
-    let ft = get(&m.labels, &crd::label_frontend(d))?;
-    let r = get(&m.annotations, &annotation_rule_index(d))?;
-    let p = get(&m.annotations, &annotation_path_index(d))?;
+    let ft = m.label(&crd::label_frontend(d))?;
+    let r = m.annotation(&annotation_rule_index(d))?;
+    let p = m.annotation(&annotation_path_index(d))?;
     Some((ft.to_string(), format!("{r}:{p}")))
 }
 
 /// Labels the translation owns: `alb*` and `<d>/project`.
-fn relevant_labels(cfg: &AlbIngressConfig, m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    let project = crd::label_project(&cfg.domain);
-    m.iter()
-        .flatten()
-        .filter(|(k, _)| k.starts_with("alb") || **k == project)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+fn owned_label(project: &str) -> impl Fn(&str) -> bool + '_ {
+    move |k| k.starts_with("alb") || k == project
 }
 
 /// Annotations the translation owns: `alb*` and `nginx.ingress*`.
-fn relevant_annotations(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    m.iter()
-        .flatten()
-        .filter(|(k, _)| k.starts_with("alb") || k.starts_with("nginx.ingress"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+fn owned_annotation(k: &str) -> bool {
+    k.starts_with("alb") || k.starts_with("nginx.ingress")
+}
+
+/// The owned entries of a cached Rule's and of an expected object's labels (or annotations) are the same (both
+/// iterate in key order).
+fn same_owned(have: &Pairs, want: &Option<BTreeMap<String, String>>, owned: impl Fn(&str) -> bool) -> bool {
+    let want = want.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()));
+    have.iter().filter(|(k, _)| owned(k)).eq(want.filter(|(k, _)| owned(k)))
 }
 
 /// `existing` with the owned labels/annotations replaced by `expected`'s (foreign keys kept).
@@ -95,12 +97,26 @@ fn merged(
 }
 
 /// Whether an existing Rule already has the expected content (spec, owned labels/annotations, owners).
-fn same_content(cfg: &AlbIngressConfig, existing: &Rule, expected: &Rule) -> bool {
+fn same_content(cfg: &AlbIngressConfig, existing: &Rule, expected: &RuleObject) -> bool {
+    let (have, want) = (&existing.metadata, &expected.metadata);
+    let project = crd::label_project(&cfg.domain);
     existing.spec == expected.spec
-        && relevant_labels(cfg, &existing.metadata.labels) == relevant_labels(cfg, &expected.metadata.labels)
-        && relevant_annotations(&existing.metadata.annotations) == relevant_annotations(&expected.metadata.annotations)
-        && existing.metadata.owner_references.as_deref().unwrap_or(&[])
-            == expected.metadata.owner_references.as_deref().unwrap_or(&[])
+        && same_owned(&have.labels, &want.labels, owned_label(&project))
+        && same_owned(&have.annotations, &want.annotations, owned_annotation)
+        && have.owners == crd::rule::owners_hash(want.owner_references.as_deref())
+}
+
+/// The object to write for a planned update: `current` (as the API server holds it now) with the expected spec,
+/// owned labels and annotations (foreign ones kept) and owners.
+pub fn updated(cfg: &AlbIngressConfig, mut current: RuleObject, expected: &RuleObject) -> RuleObject {
+    let project = crd::label_project(&cfg.domain);
+    let (m, e) = (&mut current.metadata, &expected.metadata);
+    m.labels = merged(&m.labels, &e.labels, owned_label(&project));
+    m.annotations = merged(&m.annotations, &e.annotations, owned_annotation);
+    m.owner_references = e.owner_references.clone();
+    m.managed_fields = None;
+    current.spec = expected.spec.clone();
+    current
 }
 
 fn has_service_group(ft: &Frontend) -> bool {
@@ -134,16 +150,16 @@ pub fn plan(
     // Existing rules by identity, oldest name first so the survivor of duplicates is stable.
     let mut by_key: BTreeMap<(String, String), Vec<&Rule>> = BTreeMap::new();
     let mut sorted: Vec<&Rule> = existing_rules.iter().collect();
-    sorted.sort_by_key(|r| ns_name(&r.metadata));
+    sorted.sort_by_key(|r| rule_ns_name(r));
     for r in sorted {
-        match identity(cfg, r) {
+        match identity(cfg, &r.metadata) {
             Some(k) => by_key.entry(k).or_default().push(r),
-            None => out.delete_rules.push(ns_name(&r.metadata)),
+            None => out.delete_rules.push(rule_ns_name(r)),
         }
     }
     let mut wanted = BTreeSet::new();
     for exp in &expected.rules {
-        let Some(key) = identity(cfg, exp) else { continue };
+        let Some(key) = identity(cfg, &exp.metadata) else { continue };
         wanted.insert(key.clone());
         let Some(have) = by_key.get(&key).and_then(|v| v.first()) else {
             out.create_rules.push(exp.clone());
@@ -152,20 +168,14 @@ pub fn plan(
         if same_content(cfg, have, exp) {
             continue;
         }
-        let project = crd::label_project(&cfg.domain);
-        let mut u = (*have).clone();
-        u.spec = exp.spec.clone();
-        u.metadata.labels =
-            merged(&have.metadata.labels, &exp.metadata.labels, |k| k.starts_with("alb") || k == project);
-        u.metadata.annotations = merged(&have.metadata.annotations, &exp.metadata.annotations, |k| {
-            k.starts_with("alb") || k.starts_with("nginx.ingress")
-        });
-        u.metadata.owner_references = exp.metadata.owner_references.clone();
+        let mut u = exp.clone();
+        u.metadata.name = have.metadata.name.clone();
+        u.metadata.namespace = have.metadata.namespace.clone();
         out.update_rules.push(u);
     }
     for (key, rules) in &by_key {
         let extras = if wanted.contains(key) { &rules[1..] } else { &rules[..] };
-        out.delete_rules.extend(extras.iter().map(|r| ns_name(&r.metadata)));
+        out.delete_rules.extend(extras.iter().map(|r| rule_ns_name(r)));
     }
     out.shrink_to_fit();
     out
@@ -178,9 +188,9 @@ pub fn is_rule_of(cfg: &AlbIngressConfig, rule: &Rule, ns: &str, name: &str) -> 
     }
     let d = &cfg.domain;
     let l = &rule.metadata.labels;
-    get(l, &crd::label_source_type(d)) == Some(SOURCE_TYPE)
-        && get(l, &crd::label_source_ns(d)) == Some(&ns.chars().take(63).collect::<String>())
-        && get(l, &crd::label_source_name(d)) == Some(&name.chars().take(63).collect::<String>())
+    l.get(&crd::label_source_type(d)) == Some(SOURCE_TYPE)
+        && l.get(&crd::label_source_ns(d)) == Some(&ns.chars().take(63).collect::<String>())
+        && l.get(&crd::label_source_name(d)) == Some(&name.chars().take(63).collect::<String>())
 }
 
 /// An Ingress that is deleted or not claimed any more: delete its Rules; on the ingress Frontends
@@ -194,7 +204,7 @@ pub fn cleanup(
 ) -> Plan {
     let mut out = Plan::default();
     for r in existing_rules.iter().filter(|r| is_rule_of(cfg, r, ing_ns, ing_name)) {
-        out.delete_rules.push(ns_name(&r.metadata));
+        out.delete_rules.push(rule_ns_name(r));
     }
     out.delete_rules.sort();
     let ports: Vec<i32> = [cfg.http_port, cfg.https_port].iter().filter(|p| **p != 0).map(|p| i32::from(*p)).collect();
@@ -244,10 +254,16 @@ mod tests {
     }
 
     /// What the API server would hold after creating `r`.
-    fn stored(mut r: Rule, rv: &str) -> Rule {
+    fn stored(mut r: RuleObject, rv: &str) -> RuleObject {
         r.metadata.resource_version = Some(rv.into());
         r.metadata.uid = Some(format!("uid-{rv}"));
+        r.metadata.generation = Some(1);
         r
+    }
+
+    /// As the controller caches them.
+    fn cached(rules: &[RuleObject]) -> Vec<Rule> {
+        rules.iter().map(Rule::of).collect()
     }
 
     #[test]
@@ -259,7 +275,7 @@ mod tests {
         assert_eq!(p.create_rules.len(), 2);
         assert!(p.update_rules.is_empty() && p.delete_rules.is_empty());
         let existing: Vec<Rule> =
-            p.create_rules.into_iter().enumerate().map(|(i, r)| stored(r, &i.to_string())).collect();
+            p.create_rules.into_iter().enumerate().map(|(i, r)| Rule::from(stored(r, &i.to_string()))).collect();
         let again = plan(&cfg, &exp, &existing, &w.frontends);
         assert!(again.is_empty(), "{again:?}");
     }
@@ -293,15 +309,24 @@ mod tests {
         let mut anon = stored(exp.rules[1].clone(), "9");
         anon.metadata.name = Some("alb-dev-00080-anon".into());
         anon.metadata.annotations = None;
-        let p = plan(&cfg, &exp, &[old, dup, gone, anon], &w.frontends);
+        let p = plan(&cfg, &exp, &cached(&[old, dup.clone(), gone, anon]), &w.frontends);
         assert_eq!(p.create_rules.len(), 1, "path 1 is missing");
         assert_eq!(p.create_rules[0].metadata.name, exp.rules[1].metadata.name);
         assert_eq!(p.update_rules.len(), 1);
         let u = &p.update_rules[0];
         assert_eq!(u.metadata.name.as_deref(), Some("alb-dev-00080-zzzy"), "the first by name survives");
-        assert_eq!(u.metadata.resource_version.as_deref(), Some("7"));
-        assert_eq!(u.spec.priority, 5);
-        assert_eq!(u.metadata.labels.as_ref().unwrap()["team"], "x", "foreign labels kept");
+        assert_eq!(u.metadata.namespace.as_deref(), Some("cpaas-system"));
+        // written over the object as the API server holds it at write time
+        let w = updated(&cfg, dup, u);
+        assert_eq!(w.metadata.name.as_deref(), Some("alb-dev-00080-zzzy"));
+        assert_eq!(w.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(w.metadata.uid.as_deref(), Some("uid-7"));
+        assert_eq!(w.spec.priority, 5);
+        assert_eq!(w.metadata.labels.as_ref().unwrap()["team"], "x", "foreign labels kept");
+        assert_eq!(w.metadata.labels.as_ref().unwrap().len(), exp.rules[0].metadata.labels.as_ref().unwrap().len() + 1);
+        assert_eq!(w.metadata.annotations, exp.rules[0].metadata.annotations);
+        assert_eq!(w.metadata.owner_references, exp.rules[0].metadata.owner_references);
+        assert!(same_content(&cfg, &Rule::from(w), &exp.rules[0]), "the written object plans nothing more");
         let mut del = p.delete_rules.clone();
         del.sort();
         let names: Vec<&str> = del.iter().map(|(_, n)| n.as_str()).collect();
@@ -317,7 +342,7 @@ mod tests {
         elsewhere.metadata.labels.as_mut().unwrap().insert("alb2.cpaas.io/frontend".into(), "alb-dev-00443".into());
         let mut no_owner = stored(exp.rules[1].clone(), "2");
         no_owner.metadata.owner_references = None;
-        let p = plan(&cfg, &exp, &[elsewhere.clone(), no_owner], &w.frontends);
+        let p = plan(&cfg, &exp, &cached(&[elsewhere.clone(), no_owner]), &w.frontends);
         assert_eq!(p.delete_rules, vec![ns_name(&elsewhere.metadata)]);
         assert_eq!(p.create_rules.len(), 1);
         assert_eq!(p.update_rules.len(), 1);
@@ -354,17 +379,17 @@ mod tests {
         let rules = expected(&cfg, &w.world(), &two_paths()).rules;
         let mut foreign = rules[0].clone();
         foreign.spec.source.as_mut().unwrap().name = "someone-else".into();
-        let p = cleanup(&cfg, "ns1", "web", &[rules[0].clone(), rules[1].clone(), foreign], &w.frontends);
+        let p = cleanup(&cfg, "ns1", "web", &cached(&[rules[0].clone(), rules[1].clone(), foreign]), &w.frontends);
         assert_eq!(p.delete_rules.len(), 2);
         assert!(p.update_frontends.is_empty(), "the Frontend's source is another Ingress");
-        let p = cleanup(&cfg, "ns1", "dflt", &rules, &w.frontends);
+        let p = cleanup(&cfg, "ns1", "dflt", &cached(&rules), &w.frontends);
         assert!(p.delete_rules.is_empty());
         let u = &p.update_frontends[0];
         assert!(u.spec.service_group.is_none() && u.spec.source.is_none() && u.spec.backend_protocol.is_empty());
         // Labels alone identify the source when spec.source is absent.
         let mut by_label = rules[0].clone();
         by_label.spec.source = None;
-        assert!(is_rule_of(&cfg, &by_label, "ns1", "web"));
-        assert!(!is_rule_of(&cfg, &by_label, "ns1", "webx"));
+        assert!(is_rule_of(&cfg, &Rule::from(by_label.clone()), "ns1", "web"));
+        assert!(!is_rule_of(&cfg, &Rule::from(by_label), "ns1", "webx"));
     }
 }

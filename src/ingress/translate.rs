@@ -3,7 +3,7 @@
 use super::annotations::{Annotations, PathAnnotations};
 use super::claim::{claims, frontend_at, namespace_project};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
-use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, Rule, RuleSpec, ServiceGroup, ServiceRef, Source};
+use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, RuleObject, RuleSpec, ServiceGroup, ServiceRef, Source};
 use crate::policy::config::Redirect;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -41,7 +41,7 @@ pub struct Expected {
     pub frontends: Vec<Frontend>,
     /// One Rule per path per Frontend. Rules of a Frontend without a uid (not created yet) have no
     /// ownerReference: the next pass adds it.
-    pub rules: Vec<Rule>,
+    pub rules: Vec<RuleObject>,
     pub warnings: Vec<IngressWarning>,
     /// `(port, "http"|"https")` of the Frontends, for `status.loadBalancer`.
     pub ports: Vec<(u16, &'static str)>,
@@ -547,7 +547,7 @@ impl<'a> Translator<'a> {
         cert: String,
         host_tls: bool,
         taken: &mut BTreeSet<String>,
-    ) -> Rule {
+    ) -> RuleObject {
         let (cfg, d) = (self.cfg, self.cfg.domain.as_str());
         let ft_name = ft.metadata.name.clone().unwrap_or_default();
         let name = (0..)
@@ -585,7 +585,7 @@ impl<'a> Translator<'a> {
         };
         let a = pr.annos.as_ref();
         let cors = a.and_then(|a| a.cors.as_ref());
-        Rule {
+        RuleObject {
             metadata: ObjectMeta {
                 name: Some(name),
                 namespace: Some(cfg.alb_namespace.clone()),
@@ -699,7 +699,7 @@ fn key_of(meta: &ObjectMeta) -> (String, String) {
 pub fn translate_all(
     cfg: &AlbIngressConfig,
     world: &IngressWorld<'_>,
-) -> (Vec<Frontend>, Vec<Rule>, Vec<IngressWarning>) {
+) -> (Vec<Frontend>, Vec<RuleObject>, Vec<IngressWarning>) {
     let mut frontends: Vec<Frontend> = world.frontends.to_vec();
     let (mut rules, mut warnings) = (Vec::new(), Vec::new());
     let mut taken = BTreeSet::new();

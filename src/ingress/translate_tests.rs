@@ -25,7 +25,7 @@ fn run(cfg: &AlbIngressConfig, w: &World, ing: &Ingress) -> Expected {
     expected(cfg, &w.world(), ing)
 }
 
-fn match_of(rule: &Rule) -> Value {
+fn match_of(rule: &RuleObject) -> Value {
     serde_json::to_value(rule.spec.dslx.as_ref().unwrap()).unwrap()
 }
 
@@ -508,11 +508,11 @@ fn annotated(mut ing: Ingress, annos: &[(&str, &str)]) -> Ingress {
     ing
 }
 
-fn config_of(rule: &Rule) -> Value {
+fn config_of(rule: &RuleObject) -> Value {
     rule.spec.config.clone().unwrap()
 }
 
-fn on_port(exp: &Expected, port: i32) -> Vec<&Rule> {
+fn on_port(exp: &Expected, port: i32) -> Vec<&RuleObject> {
     let ft = format!("alb-dev-{port:05}");
     exp.rules.iter().filter(|r| r.metadata.labels.as_ref().unwrap()["alb2.cpaas.io/frontend"] == ft).collect()
 }
@@ -594,7 +594,7 @@ fn app_root_www_and_aliases() {
     let exp = run(&cfg(), &World::default(), &ing);
     assert!(exp.warnings.is_empty(), "{:?}", exp.warnings);
     assert_eq!(exp.rules.len(), 4 + 2 + 2, "4 paths, app-root for 2 hosts, www twin for 2 hosts");
-    let extra = |p: usize| -> Vec<&Rule> {
+    let extra = |p: usize| -> Vec<&RuleObject> {
         let idx = p.to_string();
         exp.rules
             .iter()
