@@ -71,9 +71,10 @@ pub struct HttpRule {
     /// Prefix expression, see docs/policy.md "Expr".
     /// Shared: a compilation takes it from the previous one for an unchanged Rule (`compile::cache`).
     #[serde(rename = "match")]
-    pub matcher: Arc<Value>,
+    pub matcher: Json,
+    /// An [`Index`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<Arc<Index>>,
+    pub index: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     #[serde(default)]
@@ -85,6 +86,44 @@ pub struct HttpRule {
     /// set by [`Policy::set_rule_keys_from`]. The data plane reuses what it compiled for an equal key on the same port.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+}
+
+/// A part of a rule the controller only writes into the policy (its match expression, its index hints), kept
+/// as its JSON text: a match expression is ~80 bytes as text and ~650 as a `serde_json::Value` tree, index hints
+/// ~60 against ~250 as an [`Index`] (at 10,000 rules ~6 MB less). Shared between the compilations that keep it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Json(Arc<serde_json::value::RawValue>);
+
+impl Json {
+    /// (Serialising alb's own types and `Value`s does not fail: the error is serde_json's signature.)
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Json, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(|raw| Json(Arc::from(raw)))
+    }
+
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Read back (tests evaluate match expressions and check index hints).
+    #[cfg(test)]
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_str(self.text()).unwrap_or_else(|e| panic!("{}: {e}", self.text()))
+    }
+}
+
+/// Read through a `Value`, so any deserializer will do (a `RawValue` alone reads only from JSON text, not from
+/// the buffered content of an untagged enum like the delta's rule references).
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        Json::of(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.text() == other.text()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,7 +255,7 @@ fn same_content(a: &HttpRule, b: &HttpRule) -> bool {
         && *backend_protocol == b.backend_protocol
         && *source == b.source
         && *index == b.index
-        && (Arc::ptr_eq(matcher, &b.matcher) || **matcher == *b.matcher)
+        && *matcher == b.matcher
         && *config == b.config
 }
 
@@ -262,6 +301,26 @@ mod tests {
     fn fixture(name: &str) -> String {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/fixtures/policy").join(name);
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// A match expression is written as the tree it was made of, and reads back from text or from a tree.
+    #[test]
+    fn json_parts_are_their_text() {
+        let expr = serde_json::json!(["AND", ["STARTS_WITH", "URL", "/a"], ["IN", "HOST", "a.com", "\"q\"\u{e9}"]]);
+        let m = Json::of(&expr).unwrap();
+        assert_eq!(m.text(), expr.to_string());
+        assert_eq!(serde_json::to_string(&m).unwrap(), expr.to_string());
+        assert_eq!(m.parse::<Value>(), expr);
+        let pretty = serde_json::to_string_pretty(&expr).unwrap();
+        let from_text: Json = serde_json::from_str(&format!(" {pretty} ")).unwrap();
+        let from_tree: Json = serde_json::from_value(expr.clone()).unwrap();
+        assert_eq!((from_text.text(), from_tree.text()), (m.text(), m.text()), "read back compact");
+        assert_eq!(from_text, m);
+        assert_ne!(Json::of(&serde_json::json!(["OR"])).unwrap(), m);
+        let index = Index { hosts: vec!["a.com".into()], prefixes: vec!["/a".into()], ..Default::default() };
+        let j = Json::of(&index).unwrap();
+        assert_eq!(j.text(), r#"{"hosts":["a.com"],"prefixes":["/a"]}"#);
+        assert_eq!(j.parse::<Index>(), index);
     }
 
     /// The Rust side of the contract: every fixture the Lua side is tested with is a `Policy`, and

@@ -29,9 +29,8 @@ use crate::compile::slice::EndpointSlice;
 use crate::compile::{CompileOptions, Snapshot};
 use crate::crd::{Frontend, Rule};
 use crate::policy::config::RuleConfig;
-use crate::policy::{BackendGroup, Index};
+use crate::policy::{BackendGroup, Json};
 use foldhash::{HashMap, HashMapExt};
-use serde_json::Value;
 use std::sync::{Arc, Weak};
 
 /// Carried from one compilation to the next by whoever compiles repeatedly (render loop, standalone, `alb policy
@@ -127,9 +126,9 @@ impl Origin {
 #[derive(Debug, Clone)]
 pub struct Dslx {
     pub complexity: i64,
-    pub matcher: Arc<Value>,
+    pub matcher: Json,
     pub dsl_len: usize,
-    pub index: Option<Arc<Index>>,
+    pub index: Option<Json>,
 }
 
 #[derive(Default)]

@@ -55,7 +55,7 @@ pub(crate) mod testutil;
 use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{self, Frontend, Rule};
-use crate::policy::{BackendGroup, HttpPort, HttpRule, Policy, Source, POLICY_VERSION};
+use crate::policy::{BackendGroup, HttpPort, HttpRule, Json, Policy, Source, POLICY_VERSION};
 use backends::Lookup;
 use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -206,6 +206,11 @@ fn name_of<M: Meta + ?Sized>(meta: &M) -> &str {
 
 fn label<'a, M: Meta + ?Sized>(meta: &'a M, key: &str) -> Option<&'a str> {
     meta.label(key)
+}
+
+/// A dslx's match expression and index hints as the policy's JSON.
+fn written(dslx: &[crd::DslxTerm], expr: &serde_json::Value) -> Result<(Json, Option<Json>), serde_json::Error> {
+    Ok((Json::of(expr)?, index::derive(dslx).map(|i| Json::of(&i)).transpose()?))
 }
 
 /// The synthetic catch-all of a Frontend default backend.
@@ -420,11 +425,18 @@ impl<'a> Ctx<'a> {
             return;
         }
         let d = default_dslx();
-        let matcher = dslx::to_match(&d);
+        let expr = dslx::to_match(&d);
+        let (matcher, index) = match written(&d, &expr) {
+            Ok(m) => m,
+            Err(e) => {
+                let problem = format!("gives a match expression that cannot be written: {e}");
+                return self.reject("Frontend", meta, "spec.serviceGroup".into(), "InvalidMatch", &problem);
+            }
+        };
         let key = SortKey {
             priority: DEFAULT_RULE_PRIORITY,
             complexity: DEFAULT_RULE_COMPLEXITY,
-            dsl_len: dslx::internal_dsl_len(&d, &matcher),
+            dsl_len: dslx::internal_dsl_len(&d, &expr),
             name: name_of(meta),
             namespace: ns_of(meta),
         };
@@ -441,8 +453,8 @@ impl<'a> Ctx<'a> {
                 namespace: ns_of(meta).into(),
                 name: name_of(meta).into(),
             },
-            matcher: matcher.into(),
-            index: index::derive(&d).map(Arc::new),
+            matcher,
+            index,
             upstream: Some(group),
             backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
             config,
@@ -514,12 +526,20 @@ impl<'a> Ctx<'a> {
                 if !errs.is_empty() {
                     return None;
                 }
-                let matcher = dslx::to_match(terms);
+                let expr = dslx::to_match(terms);
+                let (matcher, index) = match written(terms, &expr) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let problem = format!("gives a match expression that cannot be written: {e}");
+                        errs.push(dslx::DslxError { field: "spec.dslx".into(), reason: "InvalidMatch", problem });
+                        return None;
+                    }
+                };
                 Some(cache::Dslx {
                     complexity: dslx::complexity(terms),
-                    dsl_len: dslx::internal_dsl_len(terms, &matcher),
-                    matcher: Arc::new(matcher),
-                    index: index::derive(terms).map(Arc::new),
+                    dsl_len: dslx::internal_dsl_len(terms, &expr),
+                    matcher,
+                    index,
                 })
             });
             let Some(d) = d else {

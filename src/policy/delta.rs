@@ -424,11 +424,12 @@ mod tests {
             .map(|i| {
                 let mut r = template.clone();
                 r.name = format!("rule-{i}");
-                r.matcher = std::sync::Arc::new(serde_json::json!([
+                r.matcher = crate::policy::Json::of(&serde_json::json!([
                     "AND",
                     ["EQ", "HOST", format!("h{i}.example.com")],
                     ["STARTS_WITH", "URL", "/api"]
-                ]));
+                ]))
+                .unwrap();
                 r
             })
             .collect();
