@@ -1,6 +1,8 @@
-//! The metadata alb keeps of the objects it caches by the ten thousand and only reads (Services,
-//! EndpointSlices): the API's field names, so the code that reads `metadata.name` reads it the same way, but 96
-//! bytes instead of k8s-openapi's `ObjectMeta` (360 bytes before any of its strings).
+//! The metadata alb keeps of the objects it caches by the ten thousand: [`NameMeta`] for the ones it only reads
+//! by name (Services, EndpointSlices; the API's field names, so the code that reads `metadata.name` reads it the
+//! same way, but 96 bytes instead of k8s-openapi's `ObjectMeta`, 360 bytes before any of its strings), [`Pairs`]
+//! for the labels and annotations of a cached Rule (`crd/rule.rs`), and the [`Meta`] view the compiler and the
+//! Ingress planner read any object's metadata through.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
