@@ -43,7 +43,21 @@ struct Reports {
 type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
 
 /// One planned Ingress: the object (held by its write only), its key, what to report and its plan.
-type Work = (Arc<Ingress>, (String, String), Reports, Plan);
+type Work = (Arc<Ingress>, (String, String), Reports, PackedPlan);
+
+/// A [`Plan`] waiting for its writes, as its JSON: at start-up every Ingress's plan (its Rules to create, as API
+/// objects: ~2.6 KB each with their label and annotation maps) waits at once, and as JSON each is half that.
+struct PackedPlan(Box<[u8]>);
+
+impl PackedPlan {
+    fn of(plan: &Plan) -> Result<PackedPlan, serde_json::Error> {
+        serde_json::to_vec(plan).map(|v| PackedPlan(v.into_boxed_slice()))
+    }
+
+    fn unpack(&self) -> Result<Plan, serde_json::Error> {
+        serde_json::from_slice(&self.0)
+    }
+}
 
 /// The planned Ingresses' write futures, made one at a time. (An iterator type of its own, boxed futures: with a
 /// closure and its unboxed future in the stream's type the spawned task fails the higher-ranked `Send` check.)
@@ -57,7 +71,9 @@ struct Writes<'a> {
 impl<'a> Iterator for Writes<'a> {
     type Item = WriteFuture<'a>;
     fn next(&mut self) -> Option<WriteFuture<'a>> {
-        let (ing, key, reports, plan) = self.work.next()?;
+        let (ing, key, reports, packed) = self.work.next()?;
+        // (made by PackedPlan::of from a Plan: reads back; an error would leave the Ingress unsynced, and logged)
+        let plan = packed.unpack().map_err(|e| format!("ingress {}/{}: planned writes lost: {e}", key.0, key.1));
         Some(Box::pin(self.sync.sync_one(self.cfg, self.addresses, ing, key, reports, plan)))
     }
 }
@@ -83,6 +99,8 @@ pub enum SyncError {
     Api { verb: &'static str, kind: &'static str, ns: String, name: String, source: kube::Error },
     #[error("no free name for a Rule of Frontend {0} after {NAME_ATTEMPTS} attempts")]
     NoName(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A write the stores must show before the next pass.
@@ -385,7 +403,11 @@ impl IngressSync {
             }
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
-            work.push((ing.clone(), key, reports, plan));
+            match PackedPlan::of(&plan) {
+                Ok(packed) => work.push((ing.clone(), key, reports, packed)),
+                // (not clean: planned again by the next pass)
+                Err(e) => tracing::error!("ingress {}/{}: cannot hold its planned writes: {e}", key.0, key.1),
+            }
         }
         if !work.is_empty() {
             tracing::info!(
@@ -496,12 +518,15 @@ impl IngressSync {
         ing: Arc<Ingress>,
         key: (String, String),
         exp: Reports,
-        plan: Plan,
+        plan: Result<Plan, String>,
     ) -> Outcome {
-        let changed = !plan.is_empty();
+        let changed = plan.as_ref().is_ok_and(|p| !p.is_empty());
         let fingerprint = exp.fingerprint;
         let mut out = Outcome { key, fingerprint, written: Vec::new(), deferred: false, reported: None, error: None };
-        let applied = self.apply(cfg, plan, &mut out.written).await;
+        let applied = match plan {
+            Ok(plan) => self.apply(cfg, plan, &mut out.written).await,
+            Err(e) => Err(SyncError::Internal(e)),
+        };
         // (kept until the pass ends: a Vec grown by one push has room for 4)
         out.written.shrink_to_fit();
         let (ns, name) = (&out.key.0, &out.key.1);
@@ -736,6 +761,41 @@ pub async fn run(mut sync: IngressSync, mut changes: watch::Receiver<u64>, resyn
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// A plan waiting for its writes reads back as it was planned.
+    #[test]
+    fn packed_plan_reads_back() {
+        let rule: RuleObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Rule",
+            "metadata": {"name": "alb-00080-web-0-0", "namespace": "alb",
+                         "labels": {"alb2.cpaas.io/name": "alb", "alb2.cpaas.io/frontend": "alb-00080"},
+                         "annotations": {"alb2.cpaas.io/source-ingress-rule-index": "0"},
+                         "ownerReferences": [{"apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+                                              "name": "alb-00080", "uid": "ft"}]},
+            "spec": {"priority": 5, "dslx": [{"type": "URL", "values": [["STARTS_WITH", "/a"]]}],
+                     "serviceGroup": {"services": [{"name": "web", "namespace": "app", "port": 80, "weight": 100}]},
+                     "config": {"rewrite": {"target": "/"}}}
+        }))
+        .unwrap();
+        let ft: Frontend = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+            "metadata": {"name": "alb-00080", "namespace": "alb", "resourceVersion": "7"},
+            "spec": {"port": 80, "protocol": "http"}
+        }))
+        .unwrap();
+        let plan = Plan {
+            create_frontends: vec![ft.clone()],
+            update_frontends: vec![ft],
+            create_rules: vec![rule.clone()],
+            update_rules: vec![rule],
+            delete_rules: vec![("alb".into(), "gone".into())],
+        };
+        let back = PackedPlan::of(&plan).unwrap().unpack().unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&plan).unwrap());
+        assert_eq!(back.create_rules[0].metadata.owner_references, plan.create_rules[0].metadata.owner_references);
+        assert_eq!(back.create_rules[0].spec, plan.create_rules[0].spec);
+        assert_eq!(back.delete_rules, plan.delete_rules);
+    }
 
     #[derive(Parser)]
     struct Cli {
