@@ -49,6 +49,16 @@ impl<K: Resource> Keyed for K {
     }
 }
 
+impl Keyed for crate::ingress::Ingress {
+    fn ns_name(&self) -> (&str, &str) {
+        self.ns_name()
+    }
+
+    fn uid_rv(&self) -> (Option<&str>, Option<&str>) {
+        (self.metadata.uid.as_deref(), self.metadata.resource_version.as_deref())
+    }
+}
+
 impl Keyed for crate::crd::Rule {
     fn ns_name(&self) -> (&str, &str) {
         use crate::compile::meta::Meta;

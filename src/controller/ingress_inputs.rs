@@ -11,8 +11,8 @@
 //! an object lacks a resourceVersion (never the case for objects read from the API server).
 
 use crate::crd::Rule;
+use crate::ingress::Ingress;
 use crate::ingress::{canary, AlbIngressConfig, IngressWorld};
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -33,6 +33,11 @@ fn hash_of(v: impl Hash) -> u64 {
 
 /// An object's identity and version; `None` without a resourceVersion.
 fn version(m: &ObjectMeta) -> Option<u64> {
+    fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())
+}
+
+/// [`version`] of a Rule or Ingress (whose cached metadata is alb's [`crate::compile::meta::LeanMeta`]).
+fn lean_version(m: &crate::compile::meta::LeanMeta) -> Option<u64> {
     fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())
 }
 
@@ -73,7 +78,7 @@ impl<'a> Inputs<'a> {
         // the world's canary index, which the translation of every main Ingress reads too
         for ing in world.canaries.of(world.ingresses).iter().filter_map(|&n| world.ingresses.get(n)) {
             let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
-            match version(&ing.metadata) {
+            match lean_version(&ing.metadata) {
                 Some(v) => {
                     global = global.wrapping_add(v).wrapping_add(hash_of(namespaces.get(ns)));
                 }
@@ -90,12 +95,10 @@ impl<'a> Inputs<'a> {
         }
         let mut s = DefaultHasher::new();
         self.global?.hash(&mut s);
-        version(&ing.metadata)?.hash(&mut s);
+        lean_version(&ing.metadata)?.hash(&mut s);
         self.namespaces.get(ing.metadata.namespace.as_deref().unwrap_or_default()).hash(&mut s);
         for r in rules {
-            let m = &r.metadata;
-            fields_version(m.namespace.as_deref(), m.name.as_deref(), m.uid.as_deref(), m.resource_version.as_deref())?
-                .hash(&mut s);
+            lean_version(&r.metadata)?.hash(&mut s);
         }
         Some(s.finish() | 1)
     }

@@ -15,10 +15,10 @@ use crate::crd::alb2::ALB2;
 use crate::crd::{self, Frontend, Rule, RuleObject};
 use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
+use crate::ingress::{object::IngressObject, Ingress};
 use futures::StreamExt;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -370,7 +370,7 @@ impl IngressSync {
                 continue;
             }
             claimed.insert(ingress_id(ing));
-            let key = ns_name(&ing.metadata);
+            let key = lean_ns_name(&ing.metadata);
             // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
             // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
@@ -655,7 +655,7 @@ impl IngressSync {
 
     async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, message: &str) {
         let ev = Note { type_, reason, message, action: "Sync" };
-        if let Err(e) = self.events.publish(&ev, &ing.object_ref(&())).await {
+        if let Err(e) = self.events.publish(&ev, &ing.object_ref()).await {
             tracing::warn!("cannot record an Event for ingress {:?}: {e}", ing.metadata.name);
         }
     }
@@ -671,8 +671,8 @@ impl IngressSync {
             return Ok(());
         }
         let kept: Vec<_> = entries.into_iter().filter(|e| !ours(e)).collect();
-        let (ns, name) = ns_name(&ing.metadata);
-        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        let (ns, name) = lean_ns_name(&ing.metadata);
+        let api: Api<IngressObject> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"loadBalancer": {"ingress": kept}}});
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
         if let Some(m) = &self.metrics {
@@ -693,8 +693,8 @@ impl IngressSync {
         if current == Some(&want) {
             return Ok(());
         }
-        let (ns, name) = ns_name(&ing.metadata);
-        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        let (ns, name) = lean_ns_name(&ing.metadata);
+        let api: Api<IngressObject> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"loadBalancer": want}});
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
         if let Some(m) = &self.metrics {
@@ -716,6 +716,10 @@ fn next_name(cfg: &AlbIngressConfig, rule: &RuleObject, attempt: u32) -> Option<
     let src = rule.spec.source.as_ref()?;
     // `<p>` or, for a canary header/cookie Rule, `<p>-canary-...` (src/ingress/canary.rs).
     ingress::canary::rule_name_for(ft, &src.namespace, &src.name, r, p, attempt)
+}
+
+fn lean_ns_name(meta: &crate::compile::meta::LeanMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {

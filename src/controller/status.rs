@@ -102,7 +102,7 @@ impl<'a> Target<'a> {
         }
     }
 
-    fn of_rule(meta: &'a crate::crd::RuleMeta) -> Target<'a> {
+    fn of_lean(meta: &'a crate::compile::meta::LeanMeta) -> Target<'a> {
         use crate::compile::meta::Meta;
         Target { ns: meta.ns(), name: meta.name(), uid: meta.uid.as_deref(), generation: meta.generation }
     }
@@ -142,7 +142,7 @@ impl StatusWriter {
         }
         for rl in p.rules.iter().filter_map(std::sync::Weak::upgrade) {
             let current = accepted_condition(rl.status.as_ref().and_then(|s| s.conditions.as_ref()));
-            let t = Target::of_rule(&rl.metadata);
+            let t = Target::of_lean(&rl.metadata);
             live.insert(t.key("Rule"));
             failed |= !self.one::<RuleObject>(&t, "Rule", current, &p.compiled.rejects).await;
         }

@@ -12,9 +12,10 @@ use crate::compile::slice::{EndpointSlice, EndpointSliceObject};
 use crate::compile::Snapshot;
 use crate::crd::alb2::ALB2;
 use crate::crd::{Frontend, Rule};
+use crate::ingress::{object::IngressObject, Ingress};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::IngressClass;
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -212,7 +213,8 @@ impl Stores {
         let (namespaces, t) =
             reflect(Api::all(client.clone()), all(), "Namespace", c(), Wakes::Ingress, Namespace::clone);
         go(t);
-        let (ingresses, t) = reflect(Api::all(client.clone()), all(), "Ingress", c(), Wakes::Ingress, Ingress::clone);
+        let (ingresses, t) =
+            reflect(Api::<IngressObject>::all(client.clone()), all(), "Ingress", c(), Wakes::Ingress, Ingress::of);
         go(t);
         let (ingress_classes, t) =
             reflect(Api::all(client.clone()), all(), "IngressClass", c(), Wakes::Ingress, IngressClass::clone);

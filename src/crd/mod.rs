@@ -13,7 +13,7 @@ pub mod rule;
 #[allow(unused_imports)] // public API for the controller
 pub use frontend::{Frontend, FrontendSpec, FrontendStatus, PortInstance};
 #[allow(unused_imports)]
-pub use rule::{DslxTerm, Rule, RuleMeta, RuleObject, RuleSpec, RuleStatus};
+pub use rule::{DslxTerm, Rule, RuleObject, RuleSpec, RuleStatus};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -69,7 +69,7 @@ pub fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
     fingerprint_of(meta.generation, &pairs(&meta.labels), &pairs(&meta.annotations), meta.deletion_timestamp.is_some())
 }
 
-/// [`spec_fingerprint`] of its parts (labels and annotations in key order), for alb's lean [`RuleMeta`] too.
+/// [`spec_fingerprint`] of its parts (labels and annotations in key order), for alb's lean [`crate::compile::meta::LeanMeta`] too.
 pub fn fingerprint_of(
     generation: Option<i64>,
     labels: &[(&str, &str)],

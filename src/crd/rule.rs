@@ -1,11 +1,11 @@
 //! `Rule` (`crd.alauda.io/v1`): one L7 routing rule of a Frontend (controlplane.md §1.6).
 //!
 //! Two types: [`RuleObject`], the API object alb writes (and the CRD's schema), and [`Rule`], what alb reads and
-//! the controller caches by the ten thousand: the same spec and status with lean metadata ([`RuleMeta`]).
+//! the controller caches by the ten thousand: the same spec and status with lean metadata ([`LeanMeta`]).
 
 use super::{null_default, preserve_unknown_object, ServiceGroup, Source};
-use crate::compile::meta::{Meta, Pairs};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
+use crate::compile::meta::LeanMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,7 @@ pub struct RuleSpec {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(from = "RuleObject")]
 pub struct Rule {
-    pub metadata: RuleMeta,
+    pub metadata: LeanMeta,
     /// Boxed: the compile cache and the last published compilation hold the cached Rules through `Weak`s, which
     /// keep a replaced Rule's allocation (not its content) until the next compilation, and every status write
     /// replaces a Rule. Boxed, that allocation is 240 bytes instead of ~750.
@@ -98,84 +98,16 @@ pub struct Rule {
     pub status: Option<RuleStatus>,
 }
 
-/// What alb reads of a Rule's metadata. k8s-openapi's `ObjectMeta` is 360 bytes before its strings, and its
-/// label and annotation maps take ~540 bytes each even for two entries; a Rule made from an Ingress has nine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RuleMeta {
-    pub name: Option<String>,
-    pub namespace: Option<String>,
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
-    pub generation: Option<i64>,
-    pub labels: Pairs,
-    pub annotations: Pairs,
-    /// [`owners_hash`] of the ownerReferences: the Ingress planner compares them, nothing reads them.
-    pub owners: u64,
-    /// `deletionTimestamp` is set.
-    pub deleting: bool,
-}
-
-/// A hash of ownerReferences (none and an empty list hash the same).
-pub fn owners_hash(refs: Option<&[OwnerReference]>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for r in refs.unwrap_or(&[]) {
-        (&r.api_version, &r.kind, &r.name, &r.uid, r.controller, r.block_owner_deletion).hash(&mut h);
-    }
-    h.finish()
-}
-
-impl RuleMeta {
-    pub fn of(m: &ObjectMeta) -> RuleMeta {
-        RuleMeta {
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            generation: m.generation,
-            labels: Pairs::of(m.labels.as_ref()),
-            annotations: Pairs::of(m.annotations.as_ref()),
-            owners: owners_hash(m.owner_references.as_deref()),
-            deleting: m.deletion_timestamp.is_some(),
-        }
-    }
-
-    /// [`super::spec_fingerprint`] of the object this was made of.
-    pub fn fingerprint(&self) -> Option<u64> {
-        let labels: Vec<(&str, &str)> = self.labels.iter().collect();
-        let annotations: Vec<(&str, &str)> = self.annotations.iter().collect();
-        super::fingerprint_of(self.generation, &labels, &annotations, self.deleting)
-    }
-}
-
-impl Meta for RuleMeta {
-    fn ns(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("")
-    }
-
-    fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or("")
-    }
-
-    fn label(&self, key: &str) -> Option<&str> {
-        self.labels.get(key)
-    }
-
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.get(key)
-    }
-}
-
 impl Rule {
     /// What the controller's cache keeps of a watched Rule (copies; the object is not taken apart).
     pub fn of(o: &RuleObject) -> Rule {
-        Rule { metadata: RuleMeta::of(&o.metadata), spec: Box::new(o.spec.clone()), status: o.status.clone() }
+        Rule { metadata: LeanMeta::of(&o.metadata), spec: Box::new(o.spec.clone()), status: o.status.clone() }
     }
 }
 
 impl From<RuleObject> for Rule {
     fn from(o: RuleObject) -> Rule {
-        Rule { metadata: RuleMeta::of(&o.metadata), spec: Box::new(o.spec), status: o.status }
+        Rule { metadata: LeanMeta::of(&o.metadata), spec: Box::new(o.spec), status: o.status }
     }
 }
 
@@ -202,6 +134,7 @@ pub struct RuleStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::meta::Meta;
     use kube::CustomResourceExt;
     use serde_json::json;
 
@@ -284,8 +217,8 @@ mod tests {
         );
         assert_eq!(m.label("alb2.cpaas.io/frontend"), Some("alb-00080"));
         assert_eq!(m.annotation("a"), Some("1"));
-        assert_eq!(m.owners, owners_hash(obj.metadata.owner_references.as_deref()));
-        assert_ne!(m.owners, owners_hash(None));
+        assert_eq!(m.owners, crate::compile::meta::owners_hash(obj.metadata.owner_references.as_deref()));
+        assert_ne!(m.owners, crate::compile::meta::owners_hash(None));
         assert_eq!(*lean.spec, obj.spec);
         assert_eq!(lean.status, obj.status);
         // decoding straight into the lean type (manifests, fixtures) gives the same

@@ -2,7 +2,7 @@ use super::super::testutil::*;
 use super::super::translate::expected;
 use super::super::AlbIngressConfig;
 use super::*;
-use k8s_openapi::api::networking::v1::Ingress;
+use crate::ingress::Ingress;
 use serde_json::json;
 
 fn ing(annos: &[(&str, &str)]) -> Ingress {

@@ -25,7 +25,8 @@ use super::claim::claims;
 use super::translate::{annotation_path_index, annotation_rule_index, dsl_string, rule_name};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld};
 use crate::crd::{self, DslxTerm, RuleObject, ServiceGroup, ServiceRef};
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use crate::ingress::Ingress;
+use k8s_openapi::api::networking::v1::IngressBackend;
 use std::collections::BTreeSet;
 
 pub const CANARY: &str = "nginx.ingress.kubernetes.io/canary";
@@ -207,7 +208,7 @@ fn paths(ing: &Ingress) -> Vec<(usize, usize, PathKey, &IngressBackend)> {
 /// Whether `ing` carries the canary annotation (whatever its value: [`parse`] decides). Only such Ingresses can
 /// be canaries, so only they change what another Ingress translates to.
 pub fn marked(ing: &Ingress) -> bool {
-    ing.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CANARY))
+    ing.annotation(CANARY).is_some()
 }
 
 fn key_of(ing: &Ingress) -> (String, String) {

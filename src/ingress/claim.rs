@@ -2,8 +2,8 @@
 
 use super::{AlbIngressConfig, IngressWorld, ALL_PROJECTS};
 use crate::crd::{self, Frontend};
+use crate::ingress::Ingress;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::networking::v1::Ingress;
 use std::collections::BTreeSet;
 
 /// Annotation naming the class when `spec.ingressClassName` is absent.
@@ -12,14 +12,7 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// The Ingress class: `spec.ingressClassName`, else the `kubernetes.io/ingress.class` annotation; blank = none.
 pub fn ingress_class(ing: &Ingress) -> Option<&str> {
     let spec = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).filter(|c| !c.trim().is_empty());
-    spec.or_else(|| {
-        ing.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(CLASS_ANNOTATION))
-            .map(String::as_str)
-            .filter(|c| !c.trim().is_empty())
-    })
+    spec.or_else(|| ing.annotation(CLASS_ANNOTATION).filter(|c| !c.trim().is_empty()))
 }
 
 /// The project of namespace `ns`: its `<d>/project` label, `""` when absent (or the namespace is unknown).
@@ -68,7 +61,7 @@ pub(crate) fn frontend_at<'a>(cfg: &AlbIngressConfig, frontends: &'a [Frontend],
 /// is served (instance mode: `projects`; port mode: the project labels of the Frontends on both ingress ports,
 /// which must exist).
 pub fn claims(cfg: &AlbIngressConfig, world: &IngressWorld<'_>, ing: &Ingress) -> bool {
-    if ing.metadata.deletion_timestamp.is_some() {
+    if ing.metadata.deleting {
         return false;
     }
     if let Some(class) = ingress_class(ing) {
@@ -106,7 +99,7 @@ mod tests {
             ing.spec.as_mut().unwrap().ingress_class_name = Some(c.into());
         }
         if let Some(c) = class_anno {
-            ing.metadata.annotations.get_or_insert_default().insert(CLASS_ANNOTATION.into(), c.into());
+            ing.metadata.annotations.insert(CLASS_ANNOTATION, c);
         }
         ing
     }
@@ -129,7 +122,7 @@ mod tests {
         assert_eq!(ingress_class(&with_class(Some(""), Some("x"))), Some("x"));
         // A deleted Ingress is never claimed.
         let mut gone = with_class(None, None);
-        gone.metadata.deletion_timestamp = Some(serde_json::from_value(json!("2024-01-01T00:00:00Z")).unwrap());
+        gone.metadata.deleting = true;
         assert!(!claims(&cfg, &world, &gone));
     }
 

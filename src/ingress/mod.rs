@@ -4,6 +4,7 @@
 //! ([`expected`] → [`plan`] / [`cleanup`], then [`load_balancer_status`]), and by `alb standalone`, which
 //! translates every Ingress of its folder in memory ([`translate_all`]).
 //!
+//! * [`object`]: the Ingress as alb reads and caches it (lean metadata; decodes from the API's JSON).
 //! * [`claim`]: which Ingresses an ALB serves (class, projects; §2.1).
 //! * [`canary`], [`balance`]: the ingress-nginx canary, affinity and load-balancing annotations.
 //! * [`annotations`]: typed reading of the Ingress annotations, one function per key (§2.6, ingress-nginx keys;
@@ -27,6 +28,7 @@ pub mod annotations;
 pub mod balance;
 pub mod canary;
 pub mod claim;
+pub mod object;
 pub mod plan;
 pub mod status;
 pub mod translate;
@@ -37,12 +39,12 @@ mod testutil;
 use crate::compile::service::Service;
 use crate::crd::Frontend;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::networking::v1::Ingress;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 pub use claim::claims;
+pub use object::Ingress;
 pub use plan::{cleanup, plan, Plan};
 pub use status::load_balancer_status;
 #[allow(unused_imports)] // public API: callers name the type

@@ -103,7 +103,7 @@ fn same_content(cfg: &AlbIngressConfig, existing: &Rule, expected: &RuleObject) 
     *existing.spec == expected.spec
         && same_owned(&have.labels, &want.labels, owned_label(&project))
         && same_owned(&have.annotations, &want.annotations, owned_annotation)
-        && have.owners == crd::rule::owners_hash(want.owner_references.as_deref())
+        && have.owners == crate::compile::meta::owners_hash(want.owner_references.as_deref())
 }
 
 /// The object to write for a planned update: `current` (as the API server holds it now) with the expected spec,
@@ -242,7 +242,7 @@ mod tests {
         w
     }
 
-    fn two_paths() -> k8s_openapi::api::networking::v1::Ingress {
+    fn two_paths() -> crate::ingress::Ingress {
         ingress(
             "ns1",
             "web",

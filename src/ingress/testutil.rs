@@ -3,8 +3,8 @@
 use super::IngressWorld;
 use crate::compile::service::Service;
 use crate::crd::Frontend;
+use crate::ingress::Ingress;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Value};
 
 /// An Ingress `ns/name` with the given `spec` JSON.
@@ -19,7 +19,7 @@ pub fn ingress(ns: &str, name: &str, spec: Value) -> Ingress {
 
 /// Adds an annotation.
 pub fn annotate(mut ing: Ingress, key: &str, value: &str) -> Ingress {
-    ing.metadata.annotations.get_or_insert_default().insert(key.into(), value.into());
+    ing.metadata.annotations.insert(key, value);
     ing
 }
 

@@ -4,8 +4,9 @@ use super::annotations::{Annotations, PathAnnotations};
 use super::claim::{claims, frontend_at, namespace_project};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
 use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, RuleObject, RuleSpec, ServiceGroup, ServiceRef, Source};
+use crate::ingress::Ingress;
 use crate::policy::config::Redirect;
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::api::networking::v1::IngressBackend;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -704,7 +705,10 @@ pub fn translate_all(
     let (mut rules, mut warnings) = (Vec::new(), Vec::new());
     let mut taken = BTreeSet::new();
     let mut ings: Vec<&Ingress> = world.ingresses.iter().map(|i| &**i).collect();
-    ings.sort_by_key(|i| key_of(&i.metadata));
+    ings.sort_by_key(|i| {
+        let (ns, name) = i.ns_name();
+        (ns.to_string(), name.to_string())
+    });
     for ing in ings {
         let w = IngressWorld { frontends: &frontends, ..*world };
         if !claims(cfg, &w, ing) {

@@ -1,7 +1,7 @@
 use super::super::testutil::*;
 use super::*;
 const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
-use k8s_openapi::api::networking::v1::Ingress;
+use crate::ingress::Ingress;
 use serde_json::{json, Value};
 
 fn cfg() -> AlbIngressConfig {

@@ -12,11 +12,12 @@
 pub mod parse;
 
 use super::DEFAULT_RULE_PRIORITY;
+use crate::compile::meta::Pairs;
 use crate::compile::service::Service;
+use crate::ingress::Ingress;
 use crate::policy::config::{
     Access, Cors, ErrorPages, ErrorService, Limit, Redirect, Retry, RewriteRequest, RewriteResponse, Timeout,
 };
-use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -242,7 +243,7 @@ impl Invalid {
 /// The annotations of one Ingress.
 #[derive(Debug, Clone, Copy)]
 pub struct Annotations<'a> {
-    map: Option<&'a BTreeMap<String, String>>,
+    map: &'a Pairs,
     domain: &'a str,
     ns: &'a str,
 }
@@ -259,12 +260,12 @@ pub struct Scan {
 impl<'a> Annotations<'a> {
     pub fn new(ing: &'a Ingress, domain: &'a str) -> Annotations<'a> {
         let ns = ing.metadata.namespace.as_deref().unwrap_or("");
-        Annotations { map: ing.metadata.annotations.as_ref(), domain, ns }
+        Annotations { map: &ing.metadata.annotations, domain, ns }
     }
 
     /// The raw value of the exact `key`.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.map.and_then(|m| m.get(key)).map(String::as_str)
+        self.map.get(key)
     }
 
     /// The full keys a multi-prefix `key` is looked up under, highest precedence first.
@@ -382,7 +383,7 @@ impl<'a> Annotations<'a> {
     pub fn scan(&self) -> Scan {
         let mut out = Scan::default();
         let ours = format!("alb.ingress.{}/", self.domain);
-        for k in self.map.into_iter().flat_map(|m| m.keys()) {
+        for k in self.map.iter().map(|(k, _)| k) {
             let short = if let Some(s) = k.strip_prefix(NGINX_PREFIX) {
                 s
             } else if let Some(s) = k.strip_prefix(&ours) {
@@ -393,11 +394,11 @@ impl<'a> Annotations<'a> {
                 continue;
             };
             if short.ends_with("-snippet") || REFUSED.contains(&short) {
-                out.refused.push(k.clone());
+                out.refused.push(k.to_string());
             } else if k.starts_with(NGINX_PREFIX)
                 && !MODULE_KEYS.iter().any(|m| m.iter().any(|&key| short_key(key) == short))
             {
-                out.unsupported.push(k.clone());
+                out.unsupported.push(k.to_string());
             }
         }
         out
