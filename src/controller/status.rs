@@ -24,7 +24,7 @@ pub fn event_log(client: Client, alb_name: &str, identity: &str) -> EventLog {
 }
 
 /// The `Accepted` condition we want on one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Desired {
     accepted: bool,
     reason: String,
@@ -82,7 +82,13 @@ fn accepted_condition(conditions: Option<&Vec<Condition>>) -> Option<&Condition>
     conditions.and_then(|cs| cs.iter().find(|c| c.type_ == ACCEPTED))
 }
 
-type Key = (&'static str, String, String);
+/// A hash of (kind, namespace, name): the writer remembers 10,000 objects by 8 bytes each.
+type Key = u64;
+
+fn hash_of(v: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
+}
 
 /// The object whose condition is written: a Frontend (k8s metadata) or a Rule (alb's lean metadata).
 struct Target<'a> {
@@ -108,15 +114,15 @@ impl<'a> Target<'a> {
     }
 
     fn key(&self, kind: &'static str) -> Key {
-        (kind, self.ns.to_string(), self.name.to_string())
+        hash_of((kind, self.ns, self.name))
     }
 }
 
 pub struct StatusWriter {
     client: Client,
     events: EventLog,
-    /// What we patched last, so that a store that has not caught up yet does not make us patch twice.
-    written: HashMap<Key, Desired>,
+    /// A hash of what we patched last, so that a store that has not caught up yet does not make us patch twice.
+    written: HashMap<Key, u64>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -167,13 +173,13 @@ impl StatusWriter {
         let desired = Desired::of(kind, obj, rejects);
         let k = obj.key(kind);
         if current.is_some_and(|c| desired.matches(c)) {
-            self.written.insert(k, desired);
+            self.written.insert(k, hash_of(&desired));
             return true;
         }
-        if self.written.get(&k) == Some(&desired) {
+        if self.written.get(&k) == Some(&hash_of(&desired)) {
             return true;
         }
-        let (ns, name) = (k.1.clone(), k.2.clone());
+        let (ns, name) = (obj.ns.to_string(), obj.name.to_string());
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"conditions": [desired.condition(current)]}});
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
@@ -214,7 +220,7 @@ impl StatusWriter {
                 tracing::warn!("cannot record an Event for {kind} {ns}/{name}: {e}");
             }
         }
-        self.written.insert(k, desired);
+        self.written.insert(k, hash_of(&desired));
         true
     }
 }
@@ -275,6 +281,23 @@ mod tests {
         assert_eq!(bad.generation, Some(3));
         // The same name of another kind is not affected.
         assert!(Desired::of("Frontend", &Target::of(&meta("bad", 1)), &rejects).accepted);
+    }
+
+    /// The writer remembers objects and conditions by hashes: different ones stay apart.
+    #[test]
+    fn remembered_by_hashes_that_tell_objects_and_conditions_apart() {
+        let t = |ns, name| Target { ns, name, uid: None, generation: Some(1) };
+        let keys =
+            [t("a", "b").key("Rule"), t("a", "b").key("Frontend"), t("a", "c").key("Rule"), t("ab", "").key("Rule")];
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(keys.iter().filter(|o| *o == k).count(), 1, "key {i}");
+        }
+        assert_eq!(t("a", "b").key("Rule"), t("a", "b").key("Rule"));
+        let bad = Desired::of("Rule", &t("ns", "bad"), &[reject("bad", "InvalidRegex")]);
+        let mut other = bad.clone();
+        other.message.push('!');
+        assert_eq!(hash_of(&bad), hash_of(bad.clone()));
+        assert_ne!(hash_of(&bad), hash_of(&other));
     }
 
     #[test]
