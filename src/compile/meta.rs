@@ -49,6 +49,11 @@ pub trait Meta {
     fn name(&self) -> &str;
     fn label(&self, key: &str) -> Option<&str>;
     fn annotation(&self, key: &str) -> Option<&str>;
+
+    /// Namespace and name, owned (keys of the writes the Ingress sync plans).
+    fn ns_name_owned(&self) -> (String, String) {
+        (self.ns().to_string(), self.name().to_string())
+    }
 }
 
 impl Meta for ObjectMeta {
@@ -155,9 +160,7 @@ impl LeanMeta {
 
     /// [`crate::crd::spec_fingerprint`] of the object this was made of.
     pub fn fingerprint(&self) -> Option<u64> {
-        let labels: Vec<(&str, &str)> = self.labels.iter().collect();
-        let annotations: Vec<(&str, &str)> = self.annotations.iter().collect();
-        crate::crd::fingerprint_of(self.generation, &labels, &annotations, self.deleting)
+        crate::crd::fingerprint_of(self.generation, self.labels.iter(), self.annotations.iter(), self.deleting)
     }
 }
 

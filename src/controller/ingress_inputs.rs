@@ -25,7 +25,7 @@ pub struct Inputs<'a> {
     namespaces: HashMap<&'a str, u64>,
 }
 
-fn hash_of(v: impl Hash) -> u64 {
+pub(super) fn hash_of(v: impl Hash) -> u64 {
     let mut s = DefaultHasher::new();
     v.hash(&mut s);
     s.finish()

@@ -370,7 +370,7 @@ impl IngressSync {
                 continue;
             }
             claimed.insert(ingress_id(ing));
-            let key = lean_ns_name(&ing.metadata);
+            let key = ing.metadata.ns_name_owned();
             // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
             // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
@@ -394,7 +394,7 @@ impl IngressSync {
             if !plan.create_frontends.is_empty() {
                 let mut any_new = false;
                 for ft in &plan.create_frontends {
-                    any_new |= frontends_planned.insert(ns_name(&ft.metadata));
+                    any_new |= frontends_planned.insert(ft.metadata.ns_name_owned());
                 }
                 if !any_new {
                     waiting_for_frontends = true;
@@ -564,7 +564,7 @@ impl IngressSync {
         let pp = PostParams::default();
         let created_frontends = !plan.create_frontends.is_empty();
         for ft in plan.create_frontends {
-            let (ns, name) = ns_name(&ft.metadata);
+            let (ns, name) = ft.metadata.ns_name_owned();
             match self.frontends_api().create(&pp, &ft).await {
                 Ok(made) => {
                     tracing::info!("created Frontend {ns}/{name} (port {})", ft.spec.port);
@@ -577,7 +577,7 @@ impl IngressSync {
             }
         }
         for mut ft in plan.update_frontends {
-            let (ns, name) = ns_name(&ft.metadata);
+            let (ns, name) = ft.metadata.ns_name_owned();
             let old_rv = ft.metadata.resource_version.clone().unwrap_or_default();
             ft.metadata.managed_fields = None;
             self.frontends_api().replace(&name, &pp, &ft).await.map_err(api_err("update", "Frontend", &ns, &name))?;
@@ -601,7 +601,7 @@ impl IngressSync {
         for want in plan.update_rules {
             // The cache keeps only what alb reads of a Rule: the update is written over the object as the API
             // server holds it now (a Rule deleted meanwhile is created again by the next pass).
-            let (ns, name) = ns_name(&want.metadata);
+            let (ns, name) = want.metadata.ns_name_owned();
             let api = self.rules_api();
             let Some(current) = api.get_opt(&name).await.map_err(api_err("read", "Rule", &ns, &name))? else {
                 continue;
@@ -619,7 +619,7 @@ impl IngressSync {
     async fn create_rule(&self, cfg: &AlbIngressConfig, mut rule: RuleObject) -> Result<Written, SyncError> {
         let pp = PostParams::default();
         for attempt in 1..=NAME_ATTEMPTS {
-            let (ns, name) = ns_name(&rule.metadata);
+            let (ns, name) = rule.metadata.ns_name_owned();
             match self.rules_api().create(&pp, &rule).await {
                 Ok(made) => {
                     tracing::info!("created Rule {ns}/{name}");
@@ -671,7 +671,7 @@ impl IngressSync {
             return Ok(());
         }
         let kept: Vec<_> = entries.into_iter().filter(|e| !ours(e)).collect();
-        let (ns, name) = lean_ns_name(&ing.metadata);
+        let (ns, name) = ing.metadata.ns_name_owned();
         let api: Api<IngressObject> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"loadBalancer": {"ingress": kept}}});
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
@@ -693,7 +693,7 @@ impl IngressSync {
         if current == Some(&want) {
             return Ok(());
         }
-        let (ns, name) = lean_ns_name(&ing.metadata);
+        let (ns, name) = ing.metadata.ns_name_owned();
         let api: Api<IngressObject> = Api::namespaced(self.client.clone(), &ns);
         let body = serde_json::json!({"status": {"loadBalancer": want}});
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await;
@@ -716,14 +716,6 @@ fn next_name(cfg: &AlbIngressConfig, rule: &RuleObject, attempt: u32) -> Option<
     let src = rule.spec.source.as_ref()?;
     // `<p>` or, for a canary header/cookie Rule, `<p>-canary-...` (src/ingress/canary.rs).
     ingress::canary::rule_name_for(ft, &src.namespace, &src.name, r, p, attempt)
-}
-
-fn lean_ns_name(meta: &crate::compile::meta::LeanMeta) -> (String, String) {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
-
-fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
 fn api_err<'a>(

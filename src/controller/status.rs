@@ -3,6 +3,7 @@
 //! Warning Event for every object that becomes rejected.
 
 use super::events::{EventLog, EventType, Note};
+use super::ingress_inputs::hash_of;
 use super::render_loop::Published;
 use crate::compile::Reject;
 use crate::crd::{Frontend, RuleObject};
@@ -84,11 +85,6 @@ fn accepted_condition(conditions: Option<&Vec<Condition>>) -> Option<&Condition>
 
 /// A hash of (kind, namespace, name): the writer remembers 10,000 objects by 8 bytes each.
 type Key = u64;
-
-fn hash_of(v: impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
-}
 
 /// The object whose condition is written: a Frontend (k8s metadata) or a Rule (alb's lean metadata).
 struct Target<'a> {

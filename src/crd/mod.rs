@@ -63,22 +63,35 @@ pub fn label_project(domain: &str) -> String {
 /// generation, labels, annotations and deletion mark; None without a generation (not served by an API server).
 /// The controller's stores tell status-only changes by it, the compile cache a Rule replaced by a status write.
 pub fn spec_fingerprint(meta: &kube::core::ObjectMeta) -> Option<u64> {
-    fn pairs(m: &Option<std::collections::BTreeMap<String, String>>) -> Vec<(&str, &str)> {
-        m.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    fn pairs(m: &Option<std::collections::BTreeMap<String, String>>) -> impl Iterator<Item = (&str, &str)> {
+        m.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-    fingerprint_of(meta.generation, &pairs(&meta.labels), &pairs(&meta.annotations), meta.deletion_timestamp.is_some())
+    fingerprint_of(meta.generation, pairs(&meta.labels), pairs(&meta.annotations), meta.deletion_timestamp.is_some())
 }
 
-/// [`spec_fingerprint`] of its parts (labels and annotations in key order), for alb's lean [`crate::compile::meta::LeanMeta`] too.
-pub fn fingerprint_of(
+/// [`spec_fingerprint`] of its parts (labels and annotations in key order), for alb's lean
+/// [`crate::compile::meta::LeanMeta`] too, whose pairs are hashed as they are stored (nothing collected).
+pub fn fingerprint_of<'a>(
     generation: Option<i64>,
-    labels: &[(&str, &str)],
-    annotations: &[(&str, &str)],
+    mut labels: impl Iterator<Item = (&'a str, &'a str)>,
+    mut annotations: impl Iterator<Item = (&'a str, &'a str)>,
     deleting: bool,
 ) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (generation?, labels, annotations, deleting).hash(&mut h);
+    generation?.hash(&mut h);
+    // each list is followed by its length: an entry cannot move from one list to the other unnoticed
+    let mut list = |pairs: &mut dyn Iterator<Item = (&'a str, &'a str)>| {
+        let mut n = 0usize;
+        for p in pairs {
+            p.hash(&mut h);
+            n += 1;
+        }
+        n.hash(&mut h);
+    };
+    list(&mut labels);
+    list(&mut annotations);
+    deleting.hash(&mut h);
     Some(h.finish())
 }
 

@@ -14,7 +14,6 @@ use super::translate::{annotation_path_index, annotation_rule_index, Expected, S
 use super::AlbIngressConfig;
 use crate::compile::meta::{Meta, Pairs};
 use crate::crd::{self, Frontend, Rule, RuleObject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What to write to the API server.
@@ -48,14 +47,6 @@ impl Plan {
             && self.update_rules.is_empty()
             && self.delete_rules.is_empty()
     }
-}
-
-fn ns_name(meta: &ObjectMeta) -> (String, String) {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
-
-fn rule_ns_name(rule: &Rule) -> (String, String) {
-    (rule.metadata.ns().to_string(), Meta::name(&rule.metadata).to_string())
 }
 
 /// Identity of an ingress Rule: (Frontend label, `"<ruleIdx>:<pathIdx>"`); `None` without identity annotations.
@@ -133,7 +124,7 @@ pub fn plan(
 ) -> Plan {
     let mut out = Plan::default();
     for ft in &expected.frontends {
-        match existing_frontends.iter().find(|e| ns_name(&e.metadata) == ns_name(&ft.metadata)) {
+        match existing_frontends.iter().find(|e| e.metadata.ns_name_owned() == ft.metadata.ns_name_owned()) {
             None => out.create_frontends.push(ft.clone()),
             // The only update ever made: a Frontend without default backend gets this Ingress's.
             Some(e) if !has_service_group(e) && has_service_group(ft) => {
@@ -150,11 +141,11 @@ pub fn plan(
     // Existing rules by identity, oldest name first so the survivor of duplicates is stable.
     let mut by_key: BTreeMap<(String, String), Vec<&Rule>> = BTreeMap::new();
     let mut sorted: Vec<&Rule> = existing_rules.iter().collect();
-    sorted.sort_by_key(|r| rule_ns_name(r));
+    sorted.sort_by_key(|r| r.metadata.ns_name_owned());
     for r in sorted {
         match identity(cfg, &r.metadata) {
             Some(k) => by_key.entry(k).or_default().push(r),
-            None => out.delete_rules.push(rule_ns_name(r)),
+            None => out.delete_rules.push(r.metadata.ns_name_owned()),
         }
     }
     let mut wanted = BTreeSet::new();
@@ -175,7 +166,7 @@ pub fn plan(
     }
     for (key, rules) in &by_key {
         let extras = if wanted.contains(key) { &rules[1..] } else { &rules[..] };
-        out.delete_rules.extend(extras.iter().map(|r| rule_ns_name(r)));
+        out.delete_rules.extend(extras.iter().map(|r| r.metadata.ns_name_owned()));
     }
     out.shrink_to_fit();
     out
@@ -204,7 +195,7 @@ pub fn cleanup(
 ) -> Plan {
     let mut out = Plan::default();
     for r in existing_rules.iter().filter(|r| is_rule_of(cfg, r, ing_ns, ing_name)) {
-        out.delete_rules.push(rule_ns_name(r));
+        out.delete_rules.push(r.metadata.ns_name_owned());
     }
     out.delete_rules.sort();
     let ports: Vec<i32> = [cfg.http_port, cfg.https_port].iter().filter(|p| **p != 0).map(|p| i32::from(*p)).collect();
@@ -343,7 +334,7 @@ mod tests {
         let mut no_owner = stored(exp.rules[1].clone(), "2");
         no_owner.metadata.owner_references = None;
         let p = plan(&cfg, &exp, &cached(&[elsewhere.clone(), no_owner]), &w.frontends);
-        assert_eq!(p.delete_rules, vec![ns_name(&elsewhere.metadata)]);
+        assert_eq!(p.delete_rules, vec![elsewhere.metadata.ns_name_owned()]);
         assert_eq!(p.create_rules.len(), 1);
         assert_eq!(p.update_rules.len(), 1);
         assert_eq!(p.update_rules[0].metadata.owner_references.as_ref().unwrap()[0].uid, "ft-uid");
