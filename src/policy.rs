@@ -59,7 +59,52 @@ impl std::fmt::Debug for Certificate {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpPort {
-    pub rules: Vec<HttpRule>,
+    pub rules: Vec<SharedRule>,
+}
+
+/// A rule of a policy, shared with the policies before and after it that have it unchanged: a compilation
+/// takes the previous policy's rule when it builds an equal one (`compile`), so two consecutive policies (the
+/// published one and the one being compiled; the pusher's base and the next) hold one copy of what did not
+/// change. Written as the rule itself. Read through `Deref`; [`SharedRule::make_mut`] copies a rule that is
+/// shared before it changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedRule(Arc<HttpRule>);
+
+impl SharedRule {
+    pub fn new(rule: HttpRule) -> SharedRule {
+        SharedRule(Arc::new(rule))
+    }
+
+    /// The rule, to change it: a copy of its own when another policy holds it too.
+    pub fn make_mut(&mut self) -> &mut HttpRule {
+        Arc::make_mut(&mut self.0)
+    }
+
+    /// The same allocation (not only equal content).
+    pub fn ptr_eq(&self, other: &SharedRule) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for SharedRule {
+    type Target = HttpRule;
+
+    fn deref(&self) -> &HttpRule {
+        &self.0
+    }
+}
+
+impl From<HttpRule> for SharedRule {
+    fn from(rule: HttpRule) -> SharedRule {
+        SharedRule::new(rule)
+    }
+}
+
+impl PartialEq for SharedRule {
+    fn eq(&self, other: &SharedRule) -> bool {
+        self.ptr_eq(other) || *self.0 == *other.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,8 +125,9 @@ pub struct HttpRule {
     #[serde(default)]
     pub backend_protocol: String,
     /// Per-rule features, docs/policy.md "Rule config (v1)".
+    /// Shared: with the compile cache, which keeps the features of an unchanged Rule (`compile::cache`).
     #[serde(default)]
-    pub config: RuleConfig,
+    pub config: Arc<RuleConfig>,
     /// Content key (docs/policy.md "Rule keys"): 16 hex digits, FNV-1a 64 of this rule's JSON without `key`,
     /// set by [`Policy::set_rule_keys_from`]. The data plane reuses what it compiled for an equal key on the same port.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -199,16 +245,16 @@ impl Policy {
     /// With `prev`, a rule takes the key of `prev`'s rule of the same port and name when that rule is equal to
     /// it ([`same_content`]): comparing two rules costs a fraction of serialising and hashing one, and between
     /// two compilations of a large policy almost every rule is unchanged.
+    /// An equal rule of `prev` is taken whole (shared, see [`SharedRule`]), with its key.
     pub fn set_rule_keys_from(&mut self, prev: Option<&Policy>) {
         // FNV-1a waits for one multiplication per byte: hashing LANES rules side by side lets the CPU overlap them.
         let mut bufs: [Vec<u8>; LANES] = Default::default();
         let mut todo: Vec<&mut HttpRule> = Vec::new();
         for (port, rules) in self.http.iter_mut() {
-            let before: &[HttpRule] = prev.and_then(|p| p.http.get(port)).map_or(&[], |p| &p.rules);
+            let before: &[SharedRule] = prev.and_then(|p| p.http.get(port)).map_or(&[], |p| &p.rules);
             // Mostly the rule at the same position is the one of the same name; the others are found by name.
-            let mut by_name: Option<HashMap<&str, &HttpRule>> = None;
+            let mut by_name: Option<HashMap<&str, &SharedRule>> = None;
             for (i, rule) in rules.rules.iter_mut().enumerate() {
-                rule.key.clear();
                 let old = match before.get(i).filter(|o| o.name == rule.name) {
                     Some(o) => Some(o),
                     None => by_name
@@ -217,8 +263,14 @@ impl Policy {
                         .copied(),
                 };
                 match old {
-                    Some(old) if !old.key.is_empty() && same_content(rule, old) => rule.key.push_str(&old.key),
-                    _ => todo.push(rule),
+                    // taken from `prev` by the compilation, with its key
+                    Some(old) if old.ptr_eq(rule) && !old.key.is_empty() => {}
+                    Some(old) if !old.key.is_empty() && same_content(rule, old) => *rule = old.clone(),
+                    _ => {
+                        let rule = rule.make_mut();
+                        rule.key.clear();
+                        todo.push(rule);
+                    }
                 }
             }
         }
@@ -246,7 +298,7 @@ impl Policy {
 /// Two rules equal in every field but `key` (which is left out of the content a key hashes). Every field is
 /// named: a field added to [`HttpRule`] does not compile here until it is compared. Equal values serialise to
 /// the same JSON (numbers keep their kind: `Value`'s equality tells 1 from 1.0).
-fn same_content(a: &HttpRule, b: &HttpRule) -> bool {
+pub(crate) fn same_content(a: &HttpRule, b: &HttpRule) -> bool {
     let HttpRule { name, priority, complexity, source, matcher, index, upstream, backend_protocol, config, key: _ } = a;
     *name == b.name
         && *priority == b.priority
@@ -358,7 +410,7 @@ mod tests {
         let rules = &mut p.http.get_mut(&port).unwrap().rules;
         rules.push(first.clone());
         let mut changed = first.clone();
-        changed.upstream = Some("another-group".into());
+        changed.make_mut().upstream = Some("another-group".into());
         rules.push(changed);
         p.set_rule_keys_from(None);
         let keys = |p: &Policy| -> Vec<String> { p.http[&port].rules.iter().map(|r| r.key.clone()).collect() };
@@ -372,7 +424,7 @@ mod tests {
         p.set_rule_keys_from(None);
         assert_eq!(keys(&p), k);
         for (rule, key) in p.http[&port].rules.iter().zip(&k) {
-            let mut unkeyed = rule.clone();
+            let mut unkeyed = HttpRule::clone(rule);
             unkeyed.key.clear();
             assert_eq!(key, &format!("{:016x}", fnv1a64(&serde_json::to_vec(&unkeyed).unwrap())), "FNV of the JSON");
         }
@@ -397,21 +449,22 @@ mod tests {
         };
         let mut next = prev.clone();
         let rules = &mut next.http.get_mut(&port).unwrap().rules;
-        rules[1].priority += 1; // changed content
+        rules[1].make_mut().priority += 1; // changed content
         rules.swap(2, 3); // moved: found by name
-        rules[0].key = "stale".into(); // whatever the rule carries is replaced
+        rules[0].make_mut().key = "stale".into(); // whatever the rule carries is replaced
         next.set_rule_keys_from(Some(&prev));
         assert_eq!(next.http[&port].rules.iter().map(|r| r.key.clone()).collect::<Vec<_>>(), fresh(&next));
         assert_ne!(next.http[&port].rules[1].key, prev.http[&port].rules[1].key);
 
         let mut marked = prev.clone();
-        marked.http.get_mut(&port).unwrap().rules[0].key = "taken".into();
+        marked.http.get_mut(&port).unwrap().rules[0].make_mut().key = "taken".into();
         let mut again = prev.clone();
         again.set_rule_keys_from(Some(&marked));
         assert_eq!(again.http[&port].rules[0].key, "taken");
         // Only the key may differ: any other field makes the rule hashed again.
         let mut edited = prev.clone();
-        edited.http.get_mut(&port).unwrap().rules[0].config.vhost = Some("edited.test".into());
+        Arc::make_mut(&mut edited.http.get_mut(&port).unwrap().rules[0].make_mut().config).vhost =
+            Some("edited.test".into());
         edited.set_rule_keys_from(Some(&marked));
         assert_ne!(edited.http[&port].rules[0].key, "taken");
         assert_eq!(edited.http[&port].rules[0].key, fresh(&edited)[0]);

@@ -55,7 +55,7 @@ pub(crate) mod testutil;
 use crate::compile::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{self, Frontend, Rule};
-use crate::policy::{BackendGroup, HttpPort, HttpRule, Json, Policy, Source, POLICY_VERSION};
+use crate::policy::{BackendGroup, HttpPort, HttpRule, Json, Policy, SharedRule, Source, POLICY_VERSION};
 use backends::Lookup;
 use foldhash::{HashMap, HashMapExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -236,7 +236,11 @@ struct Ctx<'a> {
     /// A Rule's group is named after the Rule: its name is borrowed from the snapshot.
     groups: HashMap<Cow<'a, str>, (Arc<BackendGroup>, GroupOwner<'a>)>,
     /// Port → rules with their sort keys, put into match order in place ([`order::Ranked`]).
-    ports: BTreeMap<u16, order::Ranked<'a, HttpRule>>,
+    ports: BTreeMap<u16, order::Ranked<'a, SharedRule>>,
+    /// The policy compiled before: an equal rule is taken from it ([`Ctx::shared`]).
+    prev: Option<&'a Policy>,
+    /// `prev`'s rules by port and name, made at the first rule built.
+    prev_rules: Option<HashMap<(u16, &'a str), &'a SharedRule>>,
     /// Secrets of any type by namespace/name (basic auth, `features.rs`).
     secrets: features::SecretIndex<'a>,
     /// Accepted tcp/udp Frontends.
@@ -457,10 +461,34 @@ impl<'a> Ctx<'a> {
             index,
             upstream: Some(group),
             backend_protocol: self.backend_protocol("Frontend", meta, &ft.spec.backend_protocol, port),
-            config,
+            config: Arc::new(config),
             key: String::new(),
         };
+        let rule = self.shared(port, rule);
         self.ports.entry(port).or_default().push(key, rule);
+    }
+
+    /// `rule`, or the rule of the same port and name of the policy compiled before when that one is equal to it
+    /// (in all but its key, which it keeps): the two policies then hold one copy ([`SharedRule`]), and a
+    /// compilation in which few rules changed makes few new ones. A rule whose group this compilation renames
+    /// ([`dedupe_groups`]) is copied then; one that equals the previous rule only after that is taken by
+    /// [`Policy::set_rule_keys_from`].
+    fn shared(&mut self, port: u16, rule: HttpRule) -> SharedRule {
+        let Some(prev) = self.prev else { return SharedRule::new(rule) };
+        let by_name = self.prev_rules.get_or_insert_with(|| {
+            let mut m = HashMap::with_capacity(prev.rule_count());
+            for (p, rules) in &prev.http {
+                let Ok(p) = p.parse::<u16>() else { continue };
+                for r in &rules.rules {
+                    m.insert((p, r.name.as_str()), r);
+                }
+            }
+            m
+        });
+        match by_name.get(&(port, rule.name.as_str())) {
+            Some(old) if crate::policy::same_content(&rule, old) => SharedRule::clone(old),
+            _ => SharedRule::new(rule),
+        }
     }
 
     fn rules(&mut self, snapshot: &'a Snapshot, accepted: &Accepted<'a>, known: &BTreeSet<(&str, &str)>) {
@@ -579,6 +607,7 @@ impl<'a> Ctx<'a> {
                         features::Input { rule: rl, frontend, secrets: &self.secrets, domain: &self.opts.domain };
                     let reads = self.secrets.reads();
                     let (config, errs) = features::rule_config(&input);
+                    let config = Arc::new(config);
                     if self.secrets.reads() == reads {
                         self.memo.keep_config(rkey, ft_key, &config, &errs);
                     }
@@ -588,9 +617,11 @@ impl<'a> Ctx<'a> {
             for e in errs {
                 self.reject("Rule", meta, e.field, e.reason, &e.problem);
             }
-            if let Some(ep) = config.error_pages.as_mut() {
-                match ep.service.clone().and_then(|svc| self.error_group(meta, &svc)) {
-                    Some(g) => ep.upstream = Some(g),
+            if let Some(svc) = config.error_pages.as_ref().map(|ep| ep.service.clone()) {
+                // (a copy of the cached features: the group is this compilation's)
+                let config = Arc::make_mut(&mut config);
+                match svc.and_then(|svc| self.error_group(meta, &svc)) {
+                    Some(g) => config.error_pages.iter_mut().for_each(|ep| ep.upstream = Some(g.clone())),
                     None => config.error_pages = None,
                 }
             }
@@ -606,6 +637,7 @@ impl<'a> Ctx<'a> {
                 config,
                 key: String::new(),
             };
+            let rule = self.shared(port, rule);
             self.ports.entry(port).or_default().push(key, rule);
         }
     }
@@ -687,6 +719,8 @@ fn compile_with(
         rejects: Vec::new(),
         groups: HashMap::with_capacity(snapshot.rules.len() + snapshot.frontends.len()),
         ports: BTreeMap::new(),
+        prev,
+        prev_rules: None,
         secrets: features::SecretIndex::new(snapshot.secrets.iter().map(|s| &**s)),
         stream: Vec::new(),
         stream_fts: BTreeSet::new(),
@@ -757,8 +791,17 @@ fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, Htt
         }
     }
     if !rename.is_empty() {
+        let renamed = |u: Option<&String>| u.is_some_and(|u| rename.contains_key(u.as_str()));
         for rule in http.values_mut().flat_map(|p| p.rules.iter_mut()) {
-            let ep = rule.config.error_pages.as_mut().and_then(|e| e.upstream.as_mut());
+            let ep = renamed(rule.config.error_pages.as_ref().and_then(|e| e.upstream.as_ref()));
+            if !renamed(rule.upstream.as_ref()) && !ep {
+                continue; // not copied when shared with the previous policy (nor its features with the cache)
+            }
+            let rule = rule.make_mut();
+            let ep = match ep {
+                true => Arc::make_mut(&mut rule.config).error_pages.as_mut().and_then(|e| e.upstream.as_mut()),
+                false => None,
+            };
             for u in rule.upstream.iter_mut().chain(ep) {
                 if let Some(kept) = rename.get(u.as_str()) {
                     u.clear();

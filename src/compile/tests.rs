@@ -640,7 +640,7 @@ fn cached_equals_scratch(mut cache: cache::CompileCache) {
 
     // r-a's status is written (a new object, same spec, labels and annotations): its entry moves to the new object.
     let mut ra = (*s.rules[0]).clone();
-    ra.status = Some(Default::default());
+    ra.accepted = Some(accepted_seen());
     ra.metadata.resource_version = Some("2".into());
     s.rules[0] = Arc::new(ra.clone());
     assert_eq!(step(&s, &opts(), "r-a status"), Hits { moved: 1, ..hits(4, 4, 3) });
@@ -693,7 +693,7 @@ fn a_weak_cache_keeps_no_replaced_rule_alive() {
     let old = [Arc::downgrade(&s.rules[0]), Arc::downgrade(&s.rules[1])];
     for r in s.rules.iter_mut() {
         let mut status_written = (**r).clone();
-        status_written.status = Some(Default::default());
+        status_written.accepted = Some(accepted_seen());
         *r = Arc::new(status_written);
     }
     assert!(old.iter().all(|o| o.upgrade().is_none()), "the cache does not keep them alive");
@@ -702,4 +702,61 @@ fn a_weak_cache_keeps_no_replaced_rule_alive() {
     assert_eq!(cache.last_hits.moved, 1, "r-a (served) moves, r-b (no uid) is computed again");
     assert!(cache.has(&s.rules[0]) && cache.has(&s.rules[1]));
     assert_eq!(cache.len(), 2);
+}
+
+/// An `Accepted` condition as a status write leaves it on a cached Rule.
+fn accepted_seen() -> crate::crd::ConditionSeen {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    crate::crd::ConditionSeen { status: true, digest: 1, last_transition_time }
+}
+
+/// Consecutive compilations share the rules that did not change ([`SharedRule`]): the published policy and
+/// the next one hold one copy of them, also of a rule whose group is renamed to an equal group's name. A
+/// changed rule is new, and one whose group stops being renamed is copied, not changed in place.
+#[test]
+fn unchanged_rules_are_shared_with_the_previous_policy() {
+    use crate::policy::SharedRule;
+    let web = || json!({"services": [{"name": "web", "namespace": "default", "port": 80}]});
+    let api = || json!({"services": [{"name": "api", "namespace": "default", "port": 80}]});
+    let mut s = base();
+    for (name, prefix, sg) in [("r-a", "/a", web()), ("r-b", "/b", api()), ("r-c", "/c", web())] {
+        let spec = json!({"priority": 5, "dslx": [url("STARTS_WITH", prefix)], "serviceGroup": sg});
+        s.rules.push(Arc::new(served(rule(name, "alb-dev-00080", spec), 1)));
+    }
+    let rules = |p: &Policy| -> Vec<SharedRule> { p.http["80"].rules.clone() };
+    // which rules of `next` are the very rules of `prev` (by name)
+    let shared = |prev: &Policy, next: &Policy| -> Vec<(String, bool)> {
+        let before = rules(prev);
+        let find = |n: &str| before.iter().find(|r| r.name == n).cloned();
+        rules(next).iter().map(|r| (r.name.clone(), find(&r.name).is_some_and(|o| o.ptr_eq(r)))).collect()
+    };
+    let mut cache = cache::CompileCache::weak();
+    let first = compile_cached(&s, &opts(), None, &mut cache);
+    let renamed: Vec<String> = rules(&first.policy).iter().filter_map(|r| r.upstream.clone()).collect();
+    assert_eq!(renamed.iter().filter(|u| *u == "alb-dev-80-http").count(), 3, "web's groups are one: {renamed:?}");
+    let second = compile_cached(&s, &opts(), Some(&first.policy), &mut cache);
+    assert_eq!(second, compile(&s, &opts()));
+    assert_eq!(shared(&first.policy, &second.policy).iter().filter(|(_, same)| !same).count(), 0);
+    // a Rule's features: one copy, held by the cache and the policy
+    for r in rules(&second.policy).iter().filter(|r| r.source.kind != "ft_default_router") {
+        assert_eq!(Arc::strong_count(&r.config), 2, "{}", r.name);
+    }
+
+    // r-a changes. A new r-0 has r-b's backends: r-b's group is renamed to r-0's, which copies r-b (the
+    // compilation found it unchanged and took it from the previous policy) instead of changing it in place.
+    let mut ra = (*s.rules[0]).clone();
+    ra.spec.priority = 6;
+    s.rules[0] = Arc::new(served(ra, 2));
+    let spec = json!({"priority": 5, "dslx": [url("STARTS_WITH", "/0")], "serviceGroup": api()});
+    s.rules.push(Arc::new(served(rule("r-0", "alb-dev-00080", spec), 1)));
+    let before = second.policy.to_bytes();
+    let third = compile_cached(&s, &opts(), Some(&second.policy), &mut cache);
+    assert_eq!(third, compile(&s, &opts()));
+    assert_eq!(second.policy.to_bytes(), before, "the previous policy is left as it was");
+    let by_name: BTreeMap<String, bool> = shared(&second.policy, &third.policy).into_iter().collect();
+    assert_eq!(by_name.get("r-c"), Some(&true));
+    assert_eq!((by_name.get("r-a"), by_name.get("r-b")), (Some(&false), Some(&false)));
+    let rb = rules(&third.policy).into_iter().find(|r| r.name == "r-b").unwrap();
+    assert_eq!(rb.upstream.as_deref(), Some("r-0"));
 }

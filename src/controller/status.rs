@@ -6,7 +6,7 @@ use super::events::{EventLog, EventType, Note};
 use super::ingress_inputs::hash_of;
 use super::render_loop::Published;
 use crate::compile::Reject;
-use crate::crd::{Frontend, RuleObject};
+use crate::crd::{ConditionSeen, Frontend, RuleObject};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub const ACCEPTED: &str = "Accepted";
+pub use crate::crd::ACCEPTED;
 /// `alb2-<alb>`: the reporting component of our Events (as the original's event source), and this replica.
 pub fn event_log(client: Client, alb_name: &str, identity: &str) -> EventLog {
     EventLog::new(client, format!("alb2-{alb_name}"), identity.to_string())
@@ -54,18 +54,15 @@ impl Desired {
         }
     }
 
-    fn matches(&self, c: &Condition) -> bool {
-        c.status == if self.accepted { "True" } else { "False" }
-            && c.reason == self.reason
-            && c.message == self.message
-            && c.observed_generation == self.generation
+    fn matches(&self, c: &ConditionSeen) -> bool {
+        c.status == self.accepted && c.digest == ConditionSeen::digest(&self.reason, &self.message, self.generation)
     }
 
-    fn condition(&self, current: Option<&Condition>) -> Condition {
+    fn condition(&self, current: Option<&ConditionSeen>) -> Condition {
         let status = if self.accepted { "True" } else { "False" };
         // lastTransitionTime moves only when the status flips.
         let last_transition_time = match current {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
+            Some(c) if c.status == self.accepted => c.last_transition_time.clone(),
             _ => Time(Timestamp::now()),
         };
         Condition {
@@ -140,13 +137,13 @@ impl StatusWriter {
             let current = accepted_condition(ft.status.as_ref().and_then(|s| s.conditions.as_ref()));
             let t = Target::of(&ft.metadata);
             live.insert(t.key("Frontend"));
-            failed |= !self.one::<Frontend>(&t, "Frontend", current, &p.compiled.rejects).await;
+            let current = current.map(ConditionSeen::of);
+            failed |= !self.one::<Frontend>(&t, "Frontend", current.as_ref(), &p.compiled.rejects).await;
         }
         for rl in p.rules.iter().filter_map(std::sync::Weak::upgrade) {
-            let current = accepted_condition(rl.status.as_ref().and_then(|s| s.conditions.as_ref()));
             let t = Target::of_lean(&rl.metadata);
             live.insert(t.key("Rule"));
-            failed |= !self.one::<RuleObject>(&t, "Rule", current, &p.compiled.rejects).await;
+            failed |= !self.one::<RuleObject>(&t, "Rule", rl.accepted.as_ref(), &p.compiled.rejects).await;
         }
         self.written.retain(|k, _| live.contains(k));
         failed
@@ -157,7 +154,7 @@ impl StatusWriter {
         &mut self,
         obj: &Target<'_>,
         kind: &'static str,
-        current: Option<&Condition>,
+        current: Option<&ConditionSeen>,
         rejects: &[Reject],
     ) -> bool
     where
@@ -300,10 +297,16 @@ mod tests {
     fn condition_keeps_transition_time_while_status_holds() {
         let bad = Desired::of("Rule", &Target::of(&meta("bad", 1)), &[reject("bad", "InvalidRegex")]);
         let first = bad.condition(None);
-        assert!(bad.matches(&first));
-        let again = bad.condition(Some(&first));
+        let seen = ConditionSeen::of(&first);
+        assert!(bad.matches(&seen));
+        let again = bad.condition(Some(&seen));
         assert_eq!(again.last_transition_time, first.last_transition_time);
         let newer = Desired { generation: Some(2), ..bad.clone() };
-        assert!(!newer.matches(&first), "a new generation is written again");
+        assert!(!newer.matches(&seen), "a new generation is written again");
+        let other = Desired { message: format!("{}!", bad.message), ..bad.clone() };
+        assert!(!other.matches(&seen), "another message is written");
+        let ok = Desired::of("Rule", &Target::of(&meta("good", 1)), &[]);
+        assert!(!ok.matches(&seen));
+        assert_ne!(ok.condition(Some(&seen)).last_transition_time, first.last_transition_time, "the status flipped");
     }
 }

@@ -1,7 +1,7 @@
 //! Policy deltas (docs/policy.md "Policy deltas"): what changed from a policy A to a policy B, sent with
 //! `PATCH /policy` instead of B whole. Applying the delta to A gives B byte for byte.
 
-use super::{BackendGroup, Certificate, HttpPort, HttpRule, Policy};
+use super::{BackendGroup, Certificate, HttpPort, Policy, SharedRule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub enum RuleRef {
     /// unchanged (what [`PolicyDelta::between`] writes: a 10,000-rule port with one rule changed is two runs).
     Run([usize; 2]),
     /// A rule given whole.
-    Rule(Box<HttpRule>),
+    Rule(SharedRule),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +87,7 @@ impl PolicyDelta {
                     (Some(i), _) => refs.extend(run.replace([i, 1]).map(RuleRef::Run)),
                     (None, _) => {
                         refs.extend(run.take().map(RuleRef::Run));
-                        refs.push(RuleRef::Rule(Box::new(rule.clone())));
+                        refs.push(RuleRef::Rule(rule.clone()));
                     }
                 }
             }
@@ -150,7 +150,7 @@ impl PolicyDelta {
             let mut rules = Vec::new();
             for r in refs {
                 match r {
-                    RuleRef::Rule(rule) => rules.push(HttpRule::clone(rule)),
+                    RuleRef::Rule(rule) => rules.push(rule.clone()),
                     RuleRef::Key(key) => {
                         let i = at
                             .get(key.as_str())
@@ -218,7 +218,7 @@ impl PolicyDelta {
 }
 
 /// The positions of one port's rules by non-empty key (the first rule with a key, should a port hold a key twice).
-fn positions(rules: &[HttpRule]) -> HashMap<&str, usize> {
+fn positions(rules: &[SharedRule]) -> HashMap<&str, usize> {
     let mut map = HashMap::with_capacity(rules.len());
     for (i, r) in rules.iter().enumerate().filter(|(_, r)| !r.key.is_empty()) {
         map.entry(r.key.as_str()).or_insert(i);
@@ -273,11 +273,11 @@ mod tests {
     #[test]
     fn deltas_round_trip_byte_for_byte() {
         let basic = load("basic.json");
-        fn rules80(p: &mut Policy) -> &mut Vec<HttpRule> {
+        fn rules80(p: &mut Policy) -> &mut Vec<SharedRule> {
             &mut p.http.get_mut("80").unwrap().rules
         }
 
-        let next = edited(&basic, |p| rules80(p)[2].upstream = Some("shop-web".into()));
+        let next = edited(&basic, |p| rules80(p)[2].make_mut().upstream = Some("shop-web".into()));
         let d = round_trip(&basic, &next, "one upstream");
         assert_eq!(d.http.keys().collect::<Vec<_>>(), ["80"]);
         let items = &d.http["80"];
@@ -300,7 +300,7 @@ mod tests {
 
         let next = edited(&basic, |p| {
             let mut r = rules80(p)[0].clone();
-            r.name = "added".into();
+            r.make_mut().name = "added".into();
             rules80(p).insert(1, r);
         });
         let d = round_trip(&basic, &next, "add a rule");
@@ -347,21 +347,21 @@ mod tests {
 
         // features.json, and policies without keys: compared by value, rules given whole.
         let features = load("features.json");
-        let next = edited(&features, |p| p.http.get_mut("80").unwrap().rules[1].priority += 1);
+        let next = edited(&features, |p| p.http.get_mut("80").unwrap().rules[1].make_mut().priority += 1);
         let d = round_trip(&features, &next, "features");
         assert_eq!(d.http["80"].iter().filter(|r| matches!(r, RuleRef::Rule(_))).count(), 1);
         let strip = |p: &Policy| {
             let mut p = p.clone();
-            p.http.values_mut().flat_map(|port| port.rules.iter_mut()).for_each(|r| r.key.clear());
+            p.http.values_mut().flat_map(|port| port.rules.iter_mut()).for_each(|r| r.make_mut().key.clear());
             p
         };
         let (base, mut next) = (strip(&basic), strip(&basic));
-        rules80(&mut next)[0].priority += 1;
+        rules80(&mut next)[0].make_mut().priority += 1;
         let d = round_trip(&base, &next, "no keys");
         assert!(d.http.keys().eq(["80"]) && d.http["80"].iter().all(|r| matches!(r, RuleRef::Rule(_))));
         // A stale key (same key, other content) is not trusted.
         let mut stale = basic.clone();
-        rules80(&mut stale)[0].priority += 1;
+        rules80(&mut stale)[0].make_mut().priority += 1;
         let d = round_trip(&basic, &stale, "stale key");
         assert!(matches!(d.http["80"][0], RuleRef::Rule(_)));
     }
@@ -423,8 +423,9 @@ mod tests {
         base.http.get_mut("80").unwrap().rules = (0..2000)
             .map(|i| {
                 let mut r = template.clone();
-                r.name = format!("rule-{i}");
-                r.matcher = crate::policy::Json::of(&serde_json::json!([
+                let r_mut = r.make_mut();
+                r_mut.name = format!("rule-{i}");
+                r_mut.matcher = crate::policy::Json::of(&serde_json::json!([
                     "AND",
                     ["EQ", "HOST", format!("h{i}.example.com")],
                     ["STARTS_WITH", "URL", "/api"]
@@ -434,7 +435,8 @@ mod tests {
             })
             .collect();
         base.set_rule_keys_from(None);
-        let next = edited(&base, |p| p.http.get_mut("80").unwrap().rules[1234].upstream = Some("shop-web".into()));
+        let next =
+            edited(&base, |p| p.http.get_mut("80").unwrap().rules[1234].make_mut().upstream = Some("shop-web".into()));
         let d = round_trip(&base, &next, "2000 rules");
         let (delta_len, policy_len) = (serde_json::to_vec(&d).unwrap().len(), next.to_bytes().len());
         assert!(delta_len * 100 < policy_len, "delta {delta_len} bytes, policy {policy_len}");
