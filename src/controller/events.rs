@@ -52,9 +52,10 @@ pub struct Note<'a> {
     pub action: &'a str,
 }
 
-/// The Event last sent for one identity.
+/// The Event last sent for one identity. Its name is not kept: it is made again from the object's name and
+/// `first` (at 10,000 Ingresses, one `Synced` Event each, 10,000 strings less).
 struct Sent {
-    name: String,
+    first: Timestamp,
     count: i32,
     last: Timestamp,
 }
@@ -83,14 +84,14 @@ impl EventLog {
     pub async fn publish(&self, note: &Note<'_>, regarding: &ObjectReference) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let key = identity(note, regarding);
-        let repeat = self.repeat_of(key, now);
+        let repeat = self.repeat_of(key, now).map(|(first, count)| (self.event_name(regarding, first), first, count));
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_string());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Some((name, count)) = repeat {
+        if let Some((name, first, count)) = repeat {
             let series = serde_json::json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&series)).await {
                 Ok(_) => {
-                    self.remember(key, name, count, now);
+                    self.remember(key, first, count, now);
                     return Ok(());
                 }
                 // deleted meanwhile (by hand, or the API server's Event TTL): a new Event
@@ -99,35 +100,40 @@ impl EventLog {
             }
         }
         let event = self.event(note, regarding, &namespace, now);
-        let name = event.metadata.name.clone().unwrap_or_default();
         api.create(&PostParams::default(), &event).await?;
-        self.remember(key, name, 1, now);
+        self.remember(key, now, 1, now);
         Ok(())
     }
 
-    fn remember(&self, key: u64, name: String, count: i32, now: Timestamp) {
+    fn remember(&self, key: u64, first: Timestamp, count: i32, now: Timestamp) {
         if let Ok(mut m) = self.memory.lock() {
-            m.sent.insert(key, Sent { name, count, last: now });
+            m.sent.insert(key, Sent { first, count, last: now });
         }
     }
 
-    /// The name and next count of the Event to update when this identity was sent within [`SERIES_TTL`].
-    fn repeat_of(&self, key: u64, now: Timestamp) -> Option<(String, i32)> {
+    /// The name of the Event first sent at `first` about `regarding`.
+    fn event_name(&self, regarding: &ObjectReference, first: Timestamp) -> String {
+        let base = regarding.name.as_deref().unwrap_or(&self.controller);
+        format!("{base}.{:x}", first.as_nanosecond())
+    }
+
+    /// When the Event to update was first sent, and its next count, when this identity was sent within
+    /// [`SERIES_TTL`].
+    fn repeat_of(&self, key: u64, now: Timestamp) -> Option<(Timestamp, i32)> {
         let Ok(mut m) = self.memory.lock() else { return None };
         if m.pruned.elapsed() >= PRUNE_EVERY {
             m.sent.retain(|_, s| s.last + SERIES_TTL > now);
             m.pruned = Instant::now();
         }
         let s = m.sent.get(&key).filter(|s| s.last + SERIES_TTL > now)?;
-        Some((s.name.clone(), s.count.saturating_add(1).max(2)))
+        Some((s.first, s.count.saturating_add(1).max(2)))
     }
 
     fn event(&self, note: &Note<'_>, regarding: &ObjectReference, namespace: &str, now: Timestamp) -> Event {
-        let base = regarding.name.as_deref().unwrap_or(&self.controller);
         Event {
             metadata: ObjectMeta {
                 namespace: Some(namespace.to_string()),
-                name: Some(format!("{base}.{:x}", now.as_nanosecond())),
+                name: Some(self.event_name(regarding, now)),
                 ..Default::default()
             },
             action: Some(note.action.to_string()),

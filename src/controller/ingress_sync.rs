@@ -7,7 +7,7 @@
 
 use super::cache::{Cache, Keyed};
 use super::events::{EventLog, EventType, Note};
-use super::ingress_inputs::Inputs;
+use super::ingress_inputs::{hash_of, Inputs};
 use super::stores::{cloned, shared, Stores};
 use super::ControllerArgs;
 use crate::compile::meta::{Meta, Pairs};
@@ -42,8 +42,16 @@ struct Reports {
 
 type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
 
-/// One planned Ingress: the object (held by its write only), its key, what to report and its plan.
-type Work = (Arc<Ingress>, (String, String), Reports, PackedPlan);
+/// One planned Ingress: the object (held by its write only), what to report and its plan.
+type Work = (Arc<Ingress>, Reports, PackedPlan);
+
+/// An Ingress as the sync remembers it from pass to pass: a hash of its namespace and name (10,000 Ingresses
+/// are remembered by 8 bytes each, not by two strings).
+type IngressKey = u64;
+
+fn ingress_key(ns: &str, name: &str) -> IngressKey {
+    hash_of((ns, name))
+}
 
 /// A [`Plan`] waiting for its writes, as its JSON: at start-up every Ingress's plan (its Rules to create, as API
 /// objects: ~2.6 KB each with their label and annotation maps) waits at once, and as JSON each is half that.
@@ -71,10 +79,11 @@ struct Writes<'a> {
 impl<'a> Iterator for Writes<'a> {
     type Item = WriteFuture<'a>;
     fn next(&mut self) -> Option<WriteFuture<'a>> {
-        let (ing, key, reports, packed) = self.work.next()?;
+        let (ing, reports, packed) = self.work.next()?;
         // (made by PackedPlan::of from a Plan: reads back; an error would leave the Ingress unsynced, and logged)
-        let plan = packed.unpack().map_err(|e| format!("ingress {}/{}: planned writes lost: {e}", key.0, key.1));
-        Some(Box::pin(self.sync.sync_one(self.cfg, self.addresses, ing, key, reports, plan)))
+        let (ns, name) = ingress_id(&ing);
+        let plan = packed.unpack().map_err(|e| format!("ingress {ns}/{name}: planned writes lost: {e}"));
+        Some(Box::pin(self.sync.sync_one(self.cfg, self.addresses, ing, reports, plan)))
     }
 }
 
@@ -82,15 +91,16 @@ impl<'a> Iterator for Writes<'a> {
 type Reported = (Option<i64>, Vec<IngressWarning>);
 
 /// The result of one Ingress's writes, folded into the [`IngressSync`] after the concurrent stage.
+/// (At start-up all 10,000 wait at once: kept small.)
 struct Outcome {
-    key: (String, String),
+    key: IngressKey,
     /// The Ingress's [`Inputs`] fingerprint when it was planned.
     fingerprint: u64,
     written: Vec<Written>,
     /// Frontends were created: the Rules follow in the next pass.
     deferred: bool,
     reported: Option<Reported>,
-    error: Option<SyncError>,
+    error: Option<Box<SyncError>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,20 +113,57 @@ pub enum SyncError {
     Internal(String),
 }
 
-/// A write the stores must show before the next pass.
+/// A write the stores must show before the next pass. At start-up every Rule creation (10,000) waits at once:
+/// the object is named in one allocation, its uid or resourceVersion by a hash.
 #[derive(Debug, Clone)]
-enum Written {
-    Created { kind: &'static str, ns: String, name: String, uid: String },
-    Updated { kind: &'static str, ns: String, name: String, old_rv: String },
-    Deleted { kind: &'static str, ns: String, name: String },
+struct Written {
+    kind: &'static str,
+    /// `namespace/name`.
+    ns_name: Box<str>,
+    /// Where the name starts in `ns_name`.
+    name_at: usize,
+    shows: Shows,
+}
+
+/// What the store shows once it caught up with a [`Written`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    /// The object of this uid (a [`hash_of`] it).
+    Created(u64),
+    /// No object, or one of another resourceVersion than this one (a [`hash_of`] it).
+    Updated(u64),
+    /// No object.
+    Deleted,
+}
+
+impl Written {
+    fn new(kind: &'static str, ns: &str, name: &str, shows: Shows) -> Written {
+        Written { kind, ns_name: format!("{ns}/{name}").into(), name_at: ns.len() + 1, shows }
+    }
+
+    fn created(kind: &'static str, ns: &str, name: &str, uid: Option<&str>) -> Written {
+        Written::new(kind, ns, name, Shows::Created(hash_of(uid.unwrap_or_default())))
+    }
+
+    fn updated(kind: &'static str, ns: &str, name: &str, old_rv: Option<&str>) -> Written {
+        Written::new(kind, ns, name, Shows::Updated(hash_of(old_rv.unwrap_or_default())))
+    }
+
+    fn ns(&self) -> &str {
+        self.ns_name.get(..self.name_at.saturating_sub(1)).unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.ns_name.get(self.name_at..).unwrap_or_default()
+    }
 }
 
 fn seen<K: Keyed>(store: &Cache<K>, w: &Written) -> bool {
-    let get = |ns: &str, name: &str| store.get(ns, name);
-    match w {
-        Written::Created { ns, name, uid, .. } => get(ns, name).is_some_and(|o| o.uid_rv().0 == Some(uid)),
-        Written::Updated { ns, name, old_rv, .. } => get(ns, name).is_none_or(|o| o.uid_rv().1 != Some(old_rv)),
-        Written::Deleted { ns, name, .. } => get(ns, name).is_none(),
+    let obj = store.get(w.ns(), w.name());
+    match w.shows {
+        Shows::Created(uid) => obj.is_some_and(|o| hash_of(o.uid_rv().0.unwrap_or_default()) == uid),
+        Shows::Updated(rv) => obj.is_none_or(|o| hash_of(o.uid_rv().1.unwrap_or_default()) != rv),
+        Shows::Deleted => obj.is_none(),
     }
 }
 
@@ -190,21 +237,26 @@ fn source_of<'a>(
     (l.get(&keys.kind)? == SOURCE_TYPE).then(|| Some((l.get(&keys.ns)?, l.get(&keys.name)?))).flatten()
 }
 
-/// Namespace → names of the Ingresses a pass claimed, looked up by `&str`.
+/// The Ingresses a pass claimed, by [`IngressKey`]. (Two Ingresses whose keys collide, one in 2^64 for a pair,
+/// would count as both claimed when one is: the other's Rules would stay until one of them is gone.)
 #[derive(Default)]
-struct Claimed(HashMap<String, HashSet<String>>);
+struct Claimed(HashSet<IngressKey>);
 
 impl Claimed {
     fn insert(&mut self, (ns, name): (&str, &str)) {
-        self.0.entry(ns.to_string()).or_default().insert(name.to_string());
+        self.0.insert(ingress_key(ns, name));
     }
 
     fn contains(&self, ns: &str, name: &str) -> bool {
-        self.0.get(ns).is_some_and(|names| names.contains(name))
+        self.0.contains(&ingress_key(ns, name))
+    }
+
+    fn contains_key(&self, key: &IngressKey) -> bool {
+        self.0.contains(key)
     }
 
     fn len(&self) -> usize {
-        self.0.values().map(HashSet::len).sum()
+        self.0.len()
     }
 }
 
@@ -239,10 +291,10 @@ pub struct IngressSync {
     pending: Vec<Written>,
     pending_since: Option<Instant>,
     /// Per Ingress: the generation we reported `Synced` for and the warnings we reported.
-    reported: HashMap<(String, String), (Option<i64>, Vec<IngressWarning>)>,
+    reported: HashMap<IngressKey, Reported>,
     /// Per Ingress: the [`Inputs`] fingerprint of its last sync that ended clean (written, reported, no error).
     /// A pass skips translating and planning an Ingress whose fingerprint is unchanged.
-    clean: HashMap<(String, String), u64>,
+    clean: HashMap<IngressKey, u64>,
     missing_alb_logged: bool,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -285,16 +337,7 @@ impl IngressSync {
     /// Whether the stores show every write of the previous pass (or we waited long enough).
     fn caught_up(&mut self) -> bool {
         let stores = &self.stores;
-        self.pending.retain(|w| {
-            let kind = match w {
-                Written::Created { kind, .. } | Written::Updated { kind, .. } | Written::Deleted { kind, .. } => *kind,
-            };
-            if kind == "Rule" {
-                !seen(&stores.rules, w)
-            } else {
-                !seen(&stores.frontends, w)
-            }
-        });
+        self.pending.retain(|w| if w.kind == "Rule" { !seen(&stores.rules, w) } else { !seen(&stores.frontends, w) });
         if self.pending.is_empty() {
             self.pending_since = None;
             return true;
@@ -371,6 +414,7 @@ impl IngressSync {
             }
             claimed.insert(ingress_id(ing));
             let key = ing.metadata.ns_name_owned();
+            let ikey = ingress_key(&key.0, &key.1);
             // Label values are cut at 63 characters: look under both keys (a Rule is filed under one of them), keep
             // what is_rule_of accepts.
             let short = (key.0.chars().take(63).collect::<String>(), key.1.chars().take(63).collect::<String>());
@@ -384,7 +428,7 @@ impl IngressSync {
             // In namespace/name order, as the pure planner's tests feed them (the store's order is arbitrary).
             mine.sort_by_key(|r| (r.metadata.ns(), r.metadata.name()));
             let fingerprint = inputs.of_ingress(ing, &mine);
-            if fingerprint.is_some() && self.clean.get(&key) == fingerprint.as_ref() {
+            if fingerprint.is_some() && self.clean.get(&ikey) == fingerprint.as_ref() {
                 unchanged += 1;
                 continue;
             }
@@ -404,11 +448,13 @@ impl IngressSync {
             // Only what the writes need is kept: at 10,000 Ingresses the expected Rules are most of the memory.
             let reports = Reports { warnings: exp.warnings, ports: exp.ports, fingerprint: fingerprint.unwrap_or(0) };
             match PackedPlan::of(&plan) {
-                Ok(packed) => work.push((ing.clone(), key, reports, packed)),
+                Ok(packed) => work.push((ing.clone(), reports, packed)),
                 // (not clean: planned again by the next pass)
                 Err(e) => tracing::error!("ingress {}/{}: cannot hold its planned writes: {e}", key.0, key.1),
             }
         }
+        // (grown by doubling: ~60 % spare room for the ~50 s the writes of 10,000 Ingresses take)
+        work.shrink_to_fit();
         if !work.is_empty() {
             tracing::info!(
                 "ingress pass: {} of {} claimed Ingresses planned ({unchanged} unchanged since their last sync)",
@@ -445,7 +491,7 @@ impl IngressSync {
             again |= o.deferred;
             // Clean: planned, written and reported with no error; then an unchanged fingerprint needs nothing.
             if o.error.is_none() && !o.deferred && o.reported.is_some() && o.fingerprint != 0 {
-                self.clean.insert(o.key.clone(), o.fingerprint);
+                self.clean.insert(o.key, o.fingerprint);
             } else {
                 self.clean.remove(&o.key);
             }
@@ -453,12 +499,11 @@ impl IngressSync {
                 self.reported.insert(o.key, r);
             }
             if let Some(e) = o.error {
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(*e);
             }
         }
-        let claims = |k: &(String, String)| claimed.contains(&k.0, &k.1);
-        self.reported.retain(|k, _| claims(k));
-        self.clean.retain(|k, _| claims(k));
+        self.reported.retain(|k, _| claimed.contains_key(k));
+        self.clean.retain(|k, _| claimed.contains_key(k));
 
         // Rules and Frontends of Ingresses that are gone or not claimed any more.
         let rules = self.stores.rules.state();
@@ -516,12 +561,13 @@ impl IngressSync {
         cfg: &AlbIngressConfig,
         addresses: &[String],
         ing: Arc<Ingress>,
-        key: (String, String),
         exp: Reports,
         plan: Result<Plan, String>,
     ) -> Outcome {
         let changed = plan.as_ref().is_ok_and(|p| !p.is_empty());
         let fingerprint = exp.fingerprint;
+        let (ns, name) = ingress_id(&ing);
+        let key = ingress_key(ns, name);
         let mut out = Outcome { key, fingerprint, written: Vec::new(), deferred: false, reported: None, error: None };
         let applied = match plan {
             Ok(plan) => self.apply(cfg, plan, &mut out.written).await,
@@ -529,7 +575,6 @@ impl IngressSync {
         };
         // (kept until the pass ends: a Vec grown by one push has room for 4)
         out.written.shrink_to_fit();
-        let (ns, name) = (&out.key.0, &out.key.1);
         match applied {
             // Deferred to the next pass (Frontends just created): counted then.
             Ok(true) => {
@@ -541,19 +586,19 @@ impl IngressSync {
                 self.reconciled(false);
                 tracing::warn!("ingress {ns}/{name}: {e}");
                 self.event(&ing, EventType::Warning, "SyncFailed", &e.to_string()).await;
-                out.error = Some(e);
+                out.error = Some(Box::new(e));
                 return out;
             }
         }
         if changed {
             tracing::info!("ingress {ns}/{name} synced");
         }
-        out.reported = Some(self.report(&ing, &out.key, exp.warnings).await);
+        out.reported = Some(self.report(&ing, key, exp.warnings).await);
         let status = self.update_status(&ing, addresses, &exp.ports).await;
         self.reconciled(status.is_ok());
         if let Err(e) = status {
-            tracing::warn!("ingress {}/{}: {e}", out.key.0, out.key.1);
-            out.error = Some(e);
+            tracing::warn!("ingress {ns}/{name}: {e}");
+            out.error = Some(Box::new(e));
         }
         out
     }
@@ -568,8 +613,7 @@ impl IngressSync {
             match self.frontends_api().create(&pp, &ft).await {
                 Ok(made) => {
                     tracing::info!("created Frontend {ns}/{name} (port {})", ft.spec.port);
-                    let uid = made.metadata.uid.unwrap_or_default();
-                    written.push(Written::Created { kind: "Frontend", ns, name, uid });
+                    written.push(Written::created("Frontend", &ns, &name, made.metadata.uid.as_deref()));
                 }
                 // Another Ingress of this pass created it: fine, the next pass sees it.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -578,10 +622,10 @@ impl IngressSync {
         }
         for mut ft in plan.update_frontends {
             let (ns, name) = ft.metadata.ns_name_owned();
-            let old_rv = ft.metadata.resource_version.clone().unwrap_or_default();
+            let old_rv = Written::updated("Frontend", &ns, &name, ft.metadata.resource_version.as_deref());
             ft.metadata.managed_fields = None;
             self.frontends_api().replace(&name, &pp, &ft).await.map_err(api_err("update", "Frontend", &ns, &name))?;
-            written.push(Written::Updated { kind: "Frontend", ns, name, old_rv });
+            written.push(old_rv);
         }
         if created_frontends {
             return Ok(true);
@@ -596,7 +640,7 @@ impl IngressSync {
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(api_err("delete", "Rule", &ns, &name)(e)),
             }
-            written.push(Written::Deleted { kind: "Rule", ns, name });
+            written.push(Written::new("Rule", &ns, &name, Shows::Deleted));
         }
         for want in plan.update_rules {
             // The cache keeps only what alb reads of a Rule: the update is written over the object as the API
@@ -606,11 +650,11 @@ impl IngressSync {
             let Some(current) = api.get_opt(&name).await.map_err(api_err("read", "Rule", &ns, &name))? else {
                 continue;
             };
-            let old_rv = current.metadata.resource_version.clone().unwrap_or_default();
+            let old_rv = Written::updated("Rule", &ns, &name, current.metadata.resource_version.as_deref());
             let rule = ingress::plan::updated(cfg, current, &want);
             api.replace(&name, &pp, &rule).await.map_err(api_err("update", "Rule", &ns, &name))?;
             tracing::info!("updated Rule {ns}/{name}");
-            written.push(Written::Updated { kind: "Rule", ns, name, old_rv });
+            written.push(old_rv);
         }
         Ok(false)
     }
@@ -623,7 +667,7 @@ impl IngressSync {
             match self.rules_api().create(&pp, &rule).await {
                 Ok(made) => {
                     tracing::info!("created Rule {ns}/{name}");
-                    return Ok(Written::Created { kind: "Rule", ns, name, uid: made.metadata.uid.unwrap_or_default() });
+                    return Ok(Written::created("Rule", &ns, &name, made.metadata.uid.as_deref()));
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let Some(next) = next_name(cfg, &rule, attempt) else {
@@ -639,8 +683,8 @@ impl IngressSync {
     }
 
     /// `Synced` once per Ingress generation; each warning once while it lasts.
-    async fn report(&self, ing: &Ingress, key: &(String, String), warnings: Vec<IngressWarning>) -> Reported {
-        let (gen, old) = self.reported.get(key).cloned().unwrap_or((None, Vec::new()));
+    async fn report(&self, ing: &Ingress, key: IngressKey, warnings: Vec<IngressWarning>) -> Reported {
+        let (gen, old) = self.reported.get(&key).cloned().unwrap_or((None, Vec::new()));
         if old != warnings {
             for w in warnings.iter().filter(|w| !old.contains(w)) {
                 tracing::warn!("{w}");
@@ -757,6 +801,29 @@ pub async fn run(mut sync: IngressSync, mut changes: watch::Receiver<u64>, resyn
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// A write is seen when the store shows the created uid, another resourceVersion, or no object.
+    #[test]
+    fn writes_are_seen_as_the_store_shows_them() {
+        let (store, mut writer) = super::super::cache::cache(|f: &Frontend| f.clone());
+        let ft = |uid: &str, rv: &str| -> Frontend {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "crd.alauda.io/v1", "kind": "Frontend",
+                "metadata": {"name": "alb-00080", "namespace": "alb", "uid": uid, "resourceVersion": rv},
+                "spec": {"port": 80, "protocol": "http"}
+            }))
+            .unwrap()
+        };
+        let created = Written::created("Frontend", "alb", "alb-00080", Some("u-1"));
+        let updated = Written::updated("Frontend", "alb", "alb-00080", Some("7"));
+        let deleted = Written::new("Frontend", "alb", "alb-00080", Shows::Deleted);
+        assert_eq!((created.ns(), created.name()), ("alb", "alb-00080"));
+        assert!(!seen(&store, &created) && seen(&store, &updated) && seen(&store, &deleted), "no object");
+        writer.apply(&kube::runtime::watcher::Event::Apply(ft("u-1", "7")));
+        assert!(seen(&store, &created) && !seen(&store, &updated) && !seen(&store, &deleted));
+        writer.apply(&kube::runtime::watcher::Event::Apply(ft("u-2", "8")));
+        assert!(!seen(&store, &created) && seen(&store, &updated), "another uid, another resourceVersion");
+    }
 
     /// A plan waiting for its writes reads back as it was planned.
     #[test]
