@@ -6,7 +6,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,14 +75,87 @@ impl Meta for ObjectMeta {
     }
 }
 
-/// Labels or annotations in two allocations instead of a `BTreeMap`'s node (11 slots, ~540 bytes, even for two
-/// entries) plus two `String`s per entry: the keys and values one after the other in `text`, and where each ends.
+/// Labels or annotations: the values in two allocations (their text one after the other, and where each ends)
+/// and the keys shared with every other object that has the same keys ([`Keys::intern`]): the Rules alb makes
+/// from Ingresses carry the same six labels and two annotations, ~220 bytes of keys each. A `BTreeMap` took a node
+/// of 11 slots (~540 bytes) even for two entries, plus two `String`s per entry.
 /// In key order (made from a `BTreeMap`); lookups scan, which for the few entries of an object is as fast.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Pairs {
-    text: Box<str>,
-    /// End of key i at `ends[2 * i]`, of its value at `ends[2 * i + 1]`.
+    /// None when there are no entries.
+    keys: Option<Arc<Keys>>,
+    values: Box<str>,
+    /// End of value i in `values`.
     ends: Box<[u32]>,
+}
+
+/// The keys of a [`Pairs`], one after the other in `text`; key i ends at `ends[i]`.
+#[derive(PartialEq, Eq, Hash)]
+struct Keys {
+    text: Box<str>,
+    ends: Box<[u32]>,
+}
+
+/// The key lists in use, by a hash of their content. Lists no object holds any more are dropped whenever the
+/// table has doubled since it was last cleaned, so it stays within twice the lists in use.
+struct Interned {
+    lists: HashMap<u64, Vec<Weak<Keys>>>,
+    /// Lists filed when the table was last cleaned.
+    cleaned_at: usize,
+    filed: usize,
+}
+
+static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
+
+impl Keys {
+    /// The one `Keys` with this content that is in use, or a new one.
+    fn intern(keys: Keys) -> Arc<Keys> {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::default().hash_one(&keys);
+        // (a poisoned lock only means another thread panicked while holding it: the table is still valid)
+        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        let t = guard.get_or_insert_with(|| Interned { lists: HashMap::new(), cleaned_at: 0, filed: 0 });
+        let same = t.lists.get(&hash).into_iter().flatten().filter_map(Weak::upgrade).find(|k| **k == keys);
+        if let Some(k) = same {
+            return k;
+        }
+        let k = Arc::new(keys);
+        t.lists.entry(hash).or_default().push(Arc::downgrade(&k));
+        t.filed += 1;
+        if t.filed >= 2 * t.cleaned_at.max(64) {
+            t.lists.retain(|_, v| {
+                v.retain(|w| w.strong_count() > 0);
+                !v.is_empty()
+            });
+            t.filed = t.lists.values().map(Vec::len).sum();
+            t.cleaned_at = t.filed;
+        }
+        k
+    }
+
+    fn get(&self, i: usize) -> &str {
+        text_at(&self.text, &self.ends, i)
+    }
+}
+
+/// Item `i` of strings stored one after the other in `text`, item i ending at `ends[i]`.
+fn text_at<'a>(text: &'a str, ends: &[u32], i: usize) -> &'a str {
+    let at = |i: usize| ends.get(i).map_or(0, |e| *e as usize);
+    let start = if i == 0 { 0 } else { at(i - 1) };
+    text.get(start..at(i)).unwrap_or("")
+}
+
+/// `items` one after the other, and where each ends.
+fn packed<'a>(items: impl Iterator<Item = &'a String> + Clone) -> (Box<str>, Box<[u32]>) {
+    let mut text = String::with_capacity(items.clone().map(|s| s.len()).sum());
+    let ends: Vec<u32> = items
+        .map(|s| {
+            text.push_str(s);
+            // an object's metadata is far below 4 GiB (the API server's limit is 1.5 MiB)
+            u32::try_from(text.len()).unwrap_or(u32::MAX)
+        })
+        .collect();
+    (text.into_boxed_str(), ends.into_boxed_slice())
 }
 
 impl Pairs {
@@ -90,24 +164,14 @@ impl Pairs {
             Some(m) if !m.is_empty() => m,
             _ => return Pairs::default(),
         };
-        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
-        let mut ends = Vec::with_capacity(map.len() * 2);
-        for (k, v) in map {
-            for s in [k, v] {
-                text.push_str(s);
-                // an object's metadata is far below 4 GiB (the API server's limit is 1.5 MiB)
-                ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
-            }
-        }
-        Pairs { text: text.into_boxed_str(), ends: ends.into_boxed_slice() }
+        let (text, ends) = packed(map.keys());
+        let (values, value_ends) = packed(map.values());
+        Pairs { keys: Some(Keys::intern(Keys { text, ends })), values, ends: value_ends }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        let at = |i: usize| self.ends.get(i).map_or(0, |e| *e as usize);
-        (0..self.ends.len() / 2).map(move |i| {
-            let (start, mid, end) = (if i == 0 { 0 } else { at(2 * i - 1) }, at(2 * i), at(2 * i + 1));
-            (self.text.get(start..mid).unwrap_or(""), self.text.get(mid..end).unwrap_or(""))
-        })
+        let keys = self.keys.as_deref();
+        (0..self.ends.len()).map(move |i| (keys.map_or("", |k| k.get(i)), text_at(&self.values, &self.ends, i)))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -190,7 +254,7 @@ impl Pairs {
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len() / 2
+        self.ends.len()
     }
 
     /// As the API's `Option<BTreeMap>` (None when empty).
@@ -241,5 +305,34 @@ mod tests {
         assert!(p.iter().map(|(k, _)| k).eq(map.keys().map(String::as_str)));
         assert_eq!(Pairs::of(None), Pairs::of(Some(&BTreeMap::new())));
         assert!(Pairs::of(None).is_empty() && Pairs::of(None).to_map().is_none() && Pairs::default().get("").is_none());
+    }
+
+    /// Objects with the same keys share one copy of them; other keys, or keys in use no more, are not mixed up.
+    #[test]
+    fn equal_keys_are_shared() {
+        let of = |pairs: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Pairs::of(Some(&map))
+        };
+        let a = of(&[("alb2.cpaas.io/name", "a"), ("alb2.cpaas.io/frontend", "f1")]);
+        let b = of(&[("alb2.cpaas.io/name", "b"), ("alb2.cpaas.io/frontend", "f2")]);
+        let (ka, kb) = (a.keys.as_ref().unwrap(), b.keys.as_ref().unwrap());
+        assert!(Arc::ptr_eq(ka, kb), "one copy of the keys");
+        assert_eq!((a.get("alb2.cpaas.io/name"), b.get("alb2.cpaas.io/name")), (Some("a"), Some("b")));
+        assert_ne!(a, b);
+        // keys split differently are other keys
+        let c = of(&[("alb2.cpaas.io/nam", "e"), ("ealb2.cpaas.io/frontend", "f1")]);
+        assert!(!Arc::ptr_eq(ka, c.keys.as_ref().unwrap()));
+        assert_eq!(c.get("alb2.cpaas.io/nam"), Some("e"));
+        // many key lists that come and go: the table is cleaned, and what is in use stays shared
+        for i in 0..1000 {
+            let gone = of(&[(&format!("k{i}"), "v")]);
+            assert_eq!(gone.get(&format!("k{i}")), Some("v"));
+        }
+        let again = of(&[("alb2.cpaas.io/frontend", "x"), ("alb2.cpaas.io/name", "y")]);
+        assert!(Arc::ptr_eq(ka, again.keys.as_ref().unwrap()));
+        let t = INTERNED.lock().unwrap();
+        let filed: usize = t.as_ref().unwrap().lists.values().map(Vec::len).sum();
+        assert!(filed < 1000, "{filed} key lists filed");
     }
 }
