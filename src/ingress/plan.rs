@@ -91,7 +91,7 @@ fn merged(
 fn same_content(cfg: &AlbIngressConfig, existing: &Rule, expected: &RuleObject) -> bool {
     let (have, want) = (&existing.metadata, &expected.metadata);
     let project = crd::label_project(&cfg.domain);
-    existing.spec == expected.spec
+    existing.same_spec(&expected.spec)
         && same_owned(&have.labels, &want.labels, owned_label(&project))
         && same_owned(&have.annotations, &want.annotations, owned_annotation)
         && have.owners == crate::compile::meta::owners_hash(want.owner_references.as_deref())
