@@ -25,8 +25,8 @@ use super::claim::claims;
 use super::translate::{annotation_path_index, annotation_rule_index, dsl_string, rule_name};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld};
 use crate::crd::{self, DslxTerm, RuleObject, ServiceGroup, ServiceRef};
+use crate::ingress::object::IngressBackend;
 use crate::ingress::Ingress;
-use k8s_openapi::api::networking::v1::IngressBackend;
 use std::collections::BTreeSet;
 
 pub const CANARY: &str = "nginx.ingress.kubernetes.io/canary";

@@ -4,9 +4,9 @@ use super::annotations::{Annotations, PathAnnotations};
 use super::claim::{claims, frontend_at, namespace_project};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
 use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, RuleObject, RuleSpec, ServiceGroup, ServiceRef, Source};
+use crate::ingress::object::IngressBackend;
 use crate::ingress::Ingress;
 use crate::policy::config::Redirect;
-use k8s_openapi::api::networking::v1::IngressBackend;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -248,7 +248,7 @@ impl<'a> Translator<'a> {
         Some(ServiceRef { name: svc.name.clone(), namespace: self.ns.into(), port: number, weight: Some(100) })
     }
 
-    fn rules(&self) -> &'a [k8s_openapi::api::networking::v1::IngressRule] {
+    fn rules(&self) -> &'a [crate::ingress::object::IngressRule] {
         self.ing.spec.as_ref().and_then(|s| s.rules.as_deref()).unwrap_or(&[])
     }
 
