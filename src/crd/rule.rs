@@ -349,8 +349,12 @@ mod tests {
         assert_ne!(m.owners, crate::compile::meta::owners_hash(None));
         assert!(lean.same_spec(&obj.spec));
         assert_eq!(lean.spec, RuleSpec { dsl: String::new(), description: String::new(), ..obj.spec.clone() });
-        for edit in [|s: &mut RuleSpec| s.dsl.push('x'), |s: &mut RuleSpec| s.description.push('x'),
-                     |s: &mut RuleSpec| s.priority += 1, |s: &mut RuleSpec| s.url.push('x')] {
+        for edit in [
+            |s: &mut RuleSpec| s.dsl.push('x'),
+            |s: &mut RuleSpec| s.description.push('x'),
+            |s: &mut RuleSpec| s.priority += 1,
+            |s: &mut RuleSpec| s.url.push('x'),
+        ] {
             let mut other = obj.spec.clone();
             edit(&mut other);
             assert!(!lean.same_spec(&other), "{other:?}");
