@@ -708,7 +708,7 @@ fn a_weak_cache_keeps_no_replaced_rule_alive() {
 fn accepted_seen() -> crate::crd::ConditionSeen {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    crate::crd::ConditionSeen { status: true, digest: 1, last_transition_time }
+    crate::crd::ConditionSeen { status: Some(true), digest: 1, last_transition_time }
 }
 
 /// Consecutive compilations share the rules that did not change ([`SharedRule`]): the published policy and

@@ -55,14 +55,15 @@ impl Desired {
     }
 
     fn matches(&self, c: &ConditionSeen) -> bool {
-        c.status == self.accepted && c.digest == ConditionSeen::digest(&self.reason, &self.message, self.generation)
+        c.status == Some(self.accepted)
+            && c.digest == ConditionSeen::digest(&self.reason, &self.message, self.generation)
     }
 
     fn condition(&self, current: Option<&ConditionSeen>) -> Condition {
         let status = if self.accepted { "True" } else { "False" };
         // lastTransitionTime moves only when the status flips.
         let last_transition_time = match current {
-            Some(c) if c.status == self.accepted => c.last_transition_time.clone(),
+            Some(c) if c.status == Some(self.accepted) => c.last_transition_time.clone(),
             _ => Time(Timestamp::now()),
         };
         Condition {
@@ -308,5 +309,9 @@ mod tests {
         let ok = Desired::of("Rule", &Target::of(&meta("good", 1)), &[]);
         assert!(!ok.matches(&seen));
         assert_ne!(ok.condition(Some(&seen)).last_transition_time, first.last_transition_time, "the status flipped");
+        // a status neither True nor False (set by someone else) is written, and counts as a flip
+        let unknown = ConditionSeen::of(&Condition { status: "Unknown".into(), ..first.clone() });
+        assert!(!bad.matches(&unknown));
+        assert_ne!(bad.condition(Some(&unknown)).last_transition_time, first.last_transition_time);
     }
 }

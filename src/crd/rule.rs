@@ -210,7 +210,8 @@ pub const ACCEPTED: &str = "Accepted";
 /// five strings (at 10,000 cached Rules ~3 MB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConditionSeen {
-    pub status: bool,
+    /// `True` or `False` (None: any other status, such as `Unknown`).
+    pub status: Option<bool>,
     /// [`ConditionSeen::digest`] of the reason, message and observedGeneration.
     pub digest: u64,
     pub last_transition_time: Time,
@@ -225,7 +226,11 @@ impl ConditionSeen {
 
     pub fn of(c: &Condition) -> ConditionSeen {
         ConditionSeen {
-            status: c.status == "True",
+            status: match c.status.as_str() {
+                "True" => Some(true),
+                "False" => Some(false),
+                _ => None,
+            },
             digest: ConditionSeen::digest(&c.reason, &c.message, c.observed_generation),
             last_transition_time: c.last_transition_time.clone(),
         }
@@ -362,11 +367,12 @@ mod tests {
         let c = &obj.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
         assert_eq!(lean.accepted, Some(ConditionSeen::of(c)));
         let seen = lean.accepted.as_ref().unwrap();
-        assert!(seen.status && seen.digest == ConditionSeen::digest("Accepted", "", None));
+        assert!(seen.status == Some(true) && seen.digest == ConditionSeen::digest("Accepted", "", None));
         assert_eq!(seen.last_transition_time, c.last_transition_time);
         let mut other = c.clone();
         for edit in [
             |c: &mut Condition| c.status = "False".into(),
+            |c: &mut Condition| c.status = "Unknown".into(),
             |c: &mut Condition| c.message = "m".into(),
             |c: &mut Condition| c.reason = "R".into(),
             |c: &mut Condition| c.observed_generation = Some(3),
@@ -376,6 +382,9 @@ mod tests {
             assert_ne!(ConditionSeen::of(&other), *seen, "{other:?}");
         }
         assert_eq!(ConditionSeen::accepted(None), None);
+        let statuses =
+            ["True", "False", "Unknown"].map(|st| ConditionSeen::of(&Condition { status: st.into(), ..c.clone() }));
+        assert_eq!(statuses.map(|s| s.status), [Some(true), Some(false), None]);
         // decoding straight into the lean type (manifests, fixtures) gives the same
         assert_eq!(serde_json::from_value::<Rule>(serde_json::to_value(&obj).unwrap()).unwrap(), lean);
         // the watch compares the cached Rule's fingerprint with the next object's
