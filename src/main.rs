@@ -6,6 +6,7 @@ mod compile;
 mod controller;
 mod crd;
 mod echo;
+mod hashing;
 mod ingress;
 mod manifests;
 mod metrics;

@@ -95,12 +95,6 @@ impl std::ops::Deref for SharedRule {
     }
 }
 
-impl From<HttpRule> for SharedRule {
-    fn from(rule: HttpRule) -> SharedRule {
-        SharedRule::new(rule)
-    }
-}
-
 impl PartialEq for SharedRule {
     fn eq(&self, other: &SharedRule) -> bool {
         self.ptr_eq(other) || *self.0 == *other.0

@@ -118,9 +118,8 @@ struct Origin {
 
 impl Origin {
     fn of(rule: &Rule) -> Option<Origin> {
-        use std::hash::BuildHasher;
         let m = &rule.metadata;
-        let uid = foldhash::fast::FixedState::default().hash_one(m.uid.as_deref()?);
+        let uid = crate::hashing::hash_of(m.uid.as_deref()?);
         Some(Origin { name: name_hash(rule), uid, spec: m.fingerprint()? })
     }
 }
@@ -167,9 +166,8 @@ pub struct Memo {
 
 /// A hash of a Rule's namespace/name (`Memo::adopt`).
 fn name_hash(rule: &Rule) -> u64 {
-    use std::hash::BuildHasher;
     let m = &rule.metadata;
-    foldhash::fast::FixedState::default().hash_one((m.namespace.as_deref(), m.name.as_deref()))
+    crate::hashing::hash_of((m.namespace.as_deref(), m.name.as_deref()))
 }
 
 /// The key of a Rule: its address (stable while the cache holds it).

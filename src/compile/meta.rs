@@ -7,7 +7,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,16 +105,15 @@ struct Interned {
     filed: usize,
 }
 
-static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
+static INTERNED: LazyLock<Mutex<Interned>> =
+    LazyLock::new(|| Mutex::new(Interned { lists: HashMap::new(), cleaned_at: 0, filed: 0 }));
 
 impl Keys {
     /// The one `Keys` with this content that is in use, or a new one.
     fn intern(keys: Keys) -> Arc<Keys> {
-        use std::hash::BuildHasher;
-        let hash = foldhash::fast::FixedState::default().hash_one(&keys);
+        let hash = crate::hashing::hash_of(&keys);
         // (a poisoned lock only means another thread panicked while holding it: the table is still valid)
-        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
-        let t = guard.get_or_insert_with(|| Interned { lists: HashMap::new(), cleaned_at: 0, filed: 0 });
+        let mut t = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
         let same = t.lists.get(&hash).into_iter().flatten().filter_map(Weak::upgrade).find(|k| **k == keys);
         if let Some(k) = same {
             return k;
@@ -332,7 +331,7 @@ mod tests {
         let again = of(&[("alb2.cpaas.io/frontend", "x"), ("alb2.cpaas.io/name", "y")]);
         assert!(Arc::ptr_eq(ka, again.keys.as_ref().unwrap()));
         let t = INTERNED.lock().unwrap();
-        let filed: usize = t.as_ref().unwrap().lists.values().map(Vec::len).sum();
+        let filed: usize = t.lists.values().map(Vec::len).sum();
         assert!(filed < 1000, "{filed} key lists filed");
     }
 }

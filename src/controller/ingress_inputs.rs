@@ -25,11 +25,7 @@ pub struct Inputs<'a> {
     namespaces: HashMap<&'a str, u64>,
 }
 
-pub(super) fn hash_of(v: impl Hash) -> u64 {
-    let mut s = DefaultHasher::new();
-    v.hash(&mut s);
-    s.finish()
-}
+use crate::hashing::hash_of;
 
 /// An object's identity and version; `None` without a resourceVersion.
 fn version(m: &ObjectMeta) -> Option<u64> {

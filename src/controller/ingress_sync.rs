@@ -7,12 +7,13 @@
 
 use super::cache::{Cache, Keyed};
 use super::events::{EventLog, EventType, Note};
-use super::ingress_inputs::{hash_of, Inputs};
+use super::ingress_inputs::Inputs;
 use super::stores::{cloned, shared, Stores};
 use super::ControllerArgs;
 use crate::compile::meta::{Meta, Pairs};
 use crate::crd::alb2::ALB2;
 use crate::crd::{self, Frontend, Rule, RuleObject};
+use crate::hashing::hash_of;
 use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
 use crate::ingress::{object::IngressObject, Ingress};

@@ -3,10 +3,10 @@
 //! Warning Event for every object that becomes rejected.
 
 use super::events::{EventLog, EventType, Note};
-use super::ingress_inputs::hash_of;
 use super::render_loop::Published;
 use crate::compile::Reject;
-use crate::crd::{ConditionSeen, Frontend, RuleObject};
+use crate::crd::{accepted_condition, ConditionSeen, Frontend, RuleObject};
+use crate::hashing::hash_of;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -77,10 +77,6 @@ impl Desired {
     }
 }
 
-fn accepted_condition(conditions: Option<&Vec<Condition>>) -> Option<&Condition> {
-    conditions.and_then(|cs| cs.iter().find(|c| c.type_ == ACCEPTED))
-}
-
 /// A hash of (kind, namespace, name): the writer remembers 10,000 objects by 8 bytes each.
 type Key = u64;
 
@@ -135,7 +131,7 @@ impl StatusWriter {
         let mut failed = false;
         let mut live = std::collections::HashSet::new();
         for ft in &p.frontends {
-            let current = accepted_condition(ft.status.as_ref().and_then(|s| s.conditions.as_ref()));
+            let current = accepted_condition(ft.status.as_ref().and_then(|s| s.conditions.as_deref()));
             let t = Target::of(&ft.metadata);
             live.insert(t.key("Frontend"));
             let current = current.map(ConditionSeen::of);

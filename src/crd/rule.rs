@@ -112,8 +112,7 @@ pub struct RuleData {
 
 /// A hash of the display-only text of a Rule's spec (`dsl`, `description`).
 fn display_hash(spec: &RuleSpec) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one((&spec.dsl, &spec.description))
+    crate::hashing::hash_of((&spec.dsl, &spec.description))
 }
 
 impl RuleData {
@@ -188,10 +187,8 @@ impl std::ops::DerefMut for Rule {
 impl Rule {
     /// What the controller's cache keeps of a watched Rule (copies; the object is not taken apart).
     pub fn of(o: &RuleObject) -> Rule {
-        let spec = RuleSpec { dsl: String::new(), description: String::new(), ..o.spec.clone() };
-        let mut data = RuleData::of(LeanMeta::of(&o.metadata), spec, ConditionSeen::accepted(o.status.as_ref()));
-        data.display = display_hash(&o.spec);
-        Rule(Box::new(data))
+        let accepted = ConditionSeen::accepted(o.status.as_ref());
+        Rule(Box::new(RuleData::of(LeanMeta::of(&o.metadata), o.spec.clone(), accepted)))
     }
 }
 
@@ -204,6 +201,11 @@ impl From<RuleObject> for Rule {
 
 /// The type of the condition alb writes on Frontends and Rules.
 pub const ACCEPTED: &str = "Accepted";
+
+/// The `Accepted` condition among an object's conditions.
+pub fn accepted_condition(conditions: Option<&[Condition]>) -> Option<&Condition> {
+    conditions?.iter().find(|c| c.type_ == ACCEPTED)
+}
 
 /// A condition reduced to what the status writer compares (`controller/status.rs`): its status, a digest of its
 /// reason, message and observedGeneration, and when it last flipped. 40 bytes in place of a `Condition` with its
@@ -220,8 +222,7 @@ pub struct ConditionSeen {
 impl ConditionSeen {
     /// The `Accepted` condition of a Rule's status (a status of `True`; anything else counts as not accepted).
     pub fn accepted(status: Option<&RuleStatus>) -> Option<ConditionSeen> {
-        let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-        conditions.iter().find(|c| c.type_ == ACCEPTED).map(ConditionSeen::of)
+        accepted_condition(status.and_then(|s| s.conditions.as_deref())).map(ConditionSeen::of)
     }
 
     pub fn of(c: &Condition) -> ConditionSeen {
@@ -238,8 +239,7 @@ impl ConditionSeen {
 
     /// Equal for equal inputs within one process (not kept anywhere).
     pub fn digest(reason: &str, message: &str, observed_generation: Option<i64>) -> u64 {
-        use std::hash::BuildHasher;
-        foldhash::fast::FixedState::default().hash_one((reason, message, observed_generation))
+        crate::hashing::hash_of((reason, message, observed_generation))
     }
 }
 
