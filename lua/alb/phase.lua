@@ -41,8 +41,10 @@ _M.alb_error = alb_error
 --- rewrite phase of `location /` of an HTTP listener, and of `@alb_hf` (`filtered`). nginx.conf passes the
 --- listener's port (the policy's key, a string) and `grpc` on a grpc Frontend: no nginx variable is read for
 --- either (each read is an FFI call). `location /` has no header_filter_by_lua (a Lua phase costs ~1-2 us per
---- request even when it does nothing): a rule that needs one is handed to @alb_hf, which runs this again with
---- the filter (ngx.ctx does not survive ngx.exec, so the match is done again there).
+--- request even when it does nothing) and proxies to http backends only (a proxy_pass without variables): a
+--- rule that needs a header filter or has an https backend is handed to @alb_hf, which runs this again with the
+--- filter and `proxy_pass $alb_backend_scheme://` (ngx.ctx does not survive ngx.exec, so the match is done
+--- again there).
 function _M.rewrite(port, grpc_listener, filtered)
     local st = init.state
     if not st then
@@ -53,7 +55,7 @@ function _M.rewrite(port, grpc_listener, filtered)
     if not rule then
         return alb_error(404, reason)
     end
-    if rule.header_filter and not filtered and not grpc_listener and not rule.grpc then
+    if not filtered and not grpc_listener and not rule.grpc and (rule.header_filter or rule.scheme ~= "http") then
         return ngx.exec("@alb_hf")
     end
     local ctx = ngx.ctx

@@ -253,6 +253,12 @@ mod tests {
         let b = conf.find("balancer_by_lua_block").unwrap();
         let k = conf.find("keepalive 320;").unwrap();
         assert!(b < k);
+        // `location /` proxies with a fixed URL (http backends); @alb_hf takes the scheme from the variable
+        let hf = conf.find("location @alb_hf {").unwrap();
+        let loc = conf[..hf].rfind("location / {").unwrap();
+        let root_pass = conf[loc..hf].find("proxy_pass ").map(|p| &conf[loc + p..]).unwrap();
+        assert!(root_pass.starts_with("proxy_pass http://alb_http_backend;"));
+        assert!(conf[hf..].contains("proxy_pass $alb_backend_scheme://alb_http_backend;"));
     }
 
     #[test]
@@ -294,8 +300,8 @@ mod tests {
         let hook = conf[server..].find("log_by_lua_block").unwrap();
         let loc = conf[server..].find("location /").unwrap();
         assert!(hook < loc);
-        // what the log phase counts comes from one variable, and the listener's port is passed, not read
-        assert!(conf.contains("map $status $alb_log {"));
+        // the listener's port is passed, not read; what the log phase counts is read by Lua, no map formats it
+        assert!(!conf.contains("$alb_log"));
         assert!(conf[server..].contains("require(\"alb.phase\").log(\"80\")"));
         assert!(conf[server..].contains("require(\"alb.phase\").rewrite(\"80\")"));
 
@@ -304,10 +310,8 @@ mod tests {
         let conf = render(&i).unwrap();
         assert!(!conf.contains("1936"));
         assert!(!conf.contains("alb_metrics"));
-        // the server-level log hook stays (config.limit.connections; Lua skips the metrics when they are off),
-        // the variable the metrics read is gone
+        // the server-level log hook stays (config.limit.connections; Lua skips the metrics when they are off)
         assert!(conf.contains("require(\"alb.phase\").log(\"80\")"));
-        assert!(!conf.contains("$alb_log"));
     }
 
     #[test]
