@@ -384,6 +384,45 @@ fn st_after_clear(s: &Scrape, ps: &str) -> f64 {
     )
 }
 
+/// The durations are in seconds and land in the right bucket: a backend that answers after 300 ms puts the request
+/// and the upstream time above `le="0.25"` and (unless the whole request took longer) into `le="0.5"` (the log
+/// phase computes the request time from the request's start instead of parsing `$request_time`).
+#[test]
+fn durations_are_seconds_in_the_right_bucket() {
+    let dp = Dataplane::start(1);
+    let port = dp.http_ports[0];
+    let ps = port.to_string();
+    let a = Backend::start("slow");
+    let rules = vec![rule("r-slow", json!(["STARTS_WITH", "URL", "/"]), Some("a"), ("rule", "e2e", "r-slow"))];
+    dp.push(&json!({"version": 1, "generation": 1, "http": {ps.clone(): {"rules": rules}},
+        "backend_groups": [group("a", a.port)]}));
+    let t0 = Instant::now();
+    let r = get(port, "/x/sleep/300", &[]);
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = scrape_after(dp.metrics_port, 1.0);
+    let base = [("port", ps.as_str()), ("rule", "r-slow")];
+    let src = [("source_type", "rule"), ("source_namespace", "e2e"), ("source_name", "r-slow")];
+    let ip = format!("127.0.0.1:{}", a.port);
+    for (name, extra) in [
+        ("nginx_http_request_duration_seconds", vec![]),
+        ("nginx_http_upstream_request_duration_seconds", vec![("upstream_ip", ip.as_str())]),
+    ] {
+        let kv: Vec<(&str, &str)> = base.iter().chain(extra.iter()).chain(src.iter()).copied().collect();
+        let bucket = |le: &str| {
+            let mut with_le = kv.clone();
+            with_le.push(("le", le));
+            s.get(&format!("{name}_bucket"), &with_le)
+        };
+        assert_eq!((bucket("0.25"), bucket("+Inf")), (0.0, 1.0), "{name}: buckets");
+        if took < 0.49 {
+            assert_eq!(bucket("0.5"), 1.0, "{name}: the request took {took} s");
+        }
+        let sum = s.get(&format!("{name}_sum"), &kv);
+        assert!(sum >= 0.299 && sum <= took + 0.02, "{name}_sum {sum}, want 0.3..{took} (+ clock granularity)");
+    }
+}
+
 #[test]
 fn metrics_auth_false_opens_metrics_and_port_zero_has_no_server() {
     let runtime = tempfile::Builder::new().prefix("alb-e2e-metrics-").tempdir().expect("tempdir");
