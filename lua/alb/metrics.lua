@@ -8,12 +8,12 @@
 --   #<id>                   series text `<name>{<labels>}` (escaped, as exposed)
 --   <id>                    counter value
 --   <id>:<i> / <id>:s       histogram bucket i (NOT cumulative; i = 1..#BOUNDS, #BOUNDS+1 = +Inf) / sum
--- A request reads what it counts through the cheapest API for each (status, method and times as numbers from
--- the request, four short variables; no string is split) and only adds to a per-worker Lua table (~8 dict incr per request would cost ~2 us, most of the
--- metrics cost); a timer (FLUSH_INTERVAL) adds the table to the dict with incr-with-init, so a scrape lags by
--- at most that interval. A scrape adds up the ids that carry the same text (two workers register the same
--- series independently) and makes buckets cumulative; `_count` is the sum of the buckets, so an observation
--- is two additions and `_count` always equals `_bucket{le="+Inf"}`.
+-- A request reads what it counts through the cheapest API for each (status, method and request time as values
+-- of the request, four short variables; no string is split) and only adds to a per-worker Lua table (~8 dict
+-- incr per request would cost ~2 us, most of the metrics cost); a timer (FLUSH_INTERVAL) adds the table to the
+-- dict with incr-with-init, so a scrape lags by at most that interval. A scrape adds up the ids that carry the
+-- same text (two workers register the same series independently) and makes buckets cumulative; `_count` is the
+-- sum of the buckets, so an observation is two additions and `_count` always equals `_bucket{le="+Inf"}`.
 --
 -- The request path never builds a label string twice: every matched rule object of the compiled router caches
 -- its series (`rule.metrics`; a rule that a new policy keeps, same key on the same port, keeps them), unmatched
@@ -370,7 +370,6 @@ local function request_time()
     end
     return ms / 1000
 end
-_M.request_time = request_time
 
 --- log phase of the HTTP listeners: `port` is the listener's (nginx.conf passes it)
 function _M.log(port)
@@ -382,8 +381,9 @@ function _M.log(port)
     if check_gen() then
         buf = {}
     end
-    -- Reading $status, $request_method and $request_time as variables, or one map of all seven (this module
-    -- did), formats numbers into strings for Lua to parse back: ~1 us per request more (e2e/bench/README.md).
+    -- Reading $status, $request_method and $request_time as variables, or one map of all seven split by a
+    -- pattern (as this module did), has nginx format numbers into strings for Lua to parse back: ~1 us per
+    -- request more (e2e/bench/README.md, "Where the data plane's CPU per request goes").
     local ctx = ngx.ctx
     local status = ngx.status or 0
     local method = get_method()
