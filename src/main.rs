@@ -19,44 +19,32 @@ mod tls;
 use anyhow::Result;
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: compiling a policy allocates and frees many small objects, and glibc's
-/// malloc (with its free-chunk consolidation) took ~45 % of a 10,000-rule compile (perf, `alb policy --time`).
-/// glibc's also left the controller a larger peak RSS at 10,000 Ingresses (246.8 against 191.5 MiB, same code).
+/// jemalloc instead of glibc's malloc. Compiling a policy allocates and frees many small objects: glibc's malloc
+/// (with its free-chunk consolidation) took ~45 % of a 10,000-rule compile (perf, `alb policy --time`), and its
+/// per-thread arenas left the controller the largest peak RSS at 10,000 Ingresses (`e2e/bench/scale`, 10
+/// changes, release builds, same hour: VmHWM 110.3 MiB with glibc's, 87.3 and 86.9 with mimalloc 3 purging at
+/// once, 81.3 and 81.5 with jemalloc returning freed pages at once, compile times the same within noise).
 /// The feature `system-alloc` keeps glibc's, for heap profilers that hook malloc (`e2e/bench/heapprof`).
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// `mi_option_purge_delay`'s place in mimalloc 3's `mi_option_t` (the Rust binding has no name for it; a test
-/// below checks it against the option's default).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// jemalloc's options, read when it starts (its `malloc_conf`, under the crate's `_rjem_` prefix;
+/// `_RJEM_MALLOC_CONF` in the environment is read after it and overrides). Freed pages go back to the OS at once
+/// instead of after jemalloc's 10 s decay: a compilation frees tens of MiB at once and the next one follows
+/// within a second when objects keep changing (with the default decay: VmHWM 89.7 MiB in the runs above).
+#[cfg(not(feature = "system-alloc"))]
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &[u8; 34] = b"dirty_decay_ms:0,muzzy_decay_ms:0\0";
 
-/// `mi_option_allow_thp`'s place in mimalloc 3's `mi_option_t` (checked by a test like the one above).
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
-
-/// mimalloc 3 gives memory back to the OS 1 s after it became free (`purge_delay` 1,000 ms). A compilation frees
-/// tens of MiB at once and the next one follows within a second when objects keep changing, so the controller's
-/// RSS carried memory it no longer used: e2e/bench/scale (10,000 Ingresses) measured VmHWM 266 and 261 MiB with
-/// the default against 223 and 221 MiB with purging at once, compile times the same within noise. Purge at
-/// once, unless `MIMALLOC_PURGE_DELAY` is set (mimalloc reads it).
-///
-/// Transparent huge pages are off for this process, unless `MIMALLOC_ALLOW_THP` is set. mimalloc 3 asks for them
-/// (`madvise(MADV_HUGEPAGE)`) on the regions it maps, so with the kernel's THP on (`always` or `madvise`) a partly
-/// used 2 MiB region was resident whole. e2e/bench/scale (10,000 Ingresses, 10 changes, same hour): VmHWM 176.7
-/// MiB with them against 155.9 MiB with `MIMALLOC_ALLOW_THP=0` and 158.1 MiB with the setting below, compile
-/// times the same within noise.
-/// The option alone stops the `madvise` on new regions; `PR_SET_THP_DISABLE` (what mimalloc itself does when the
-/// variable is set at its start, before `main`) also covers the regions mapped before. nginx, when alb spawns it
-/// (`controller --spawn-nginx`, `standalone`), inherits the flag; it asks for no huge pages itself, so with the
-/// kernel's `madvise` mode that changes nothing for it.
+/// Transparent huge pages are off for this process, unless `ALB_ALLOW_THP` is set: with the kernel's THP in
+/// `always` mode a partly used 2 MiB region is resident whole (with mimalloc, which asked for huge pages, 15-19
+/// MiB more peak RSS at 10,000 Ingresses). nginx, when alb spawns it (`controller --spawn-nginx`, `standalone`),
+/// inherits the flag; it asks for no huge pages itself, so with the kernel's `madvise` mode that changes nothing
+/// for it.
 fn allocator_options() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one integer option of the allocator; mimalloc allows this at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: as above.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
+    if std::env::var_os("ALB_ALLOW_THP").is_none() {
         if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
             eprintln!("alb: could not turn transparent huge pages off for this process: {e}");
         }
@@ -91,29 +79,27 @@ fn run(args: cli::Cli) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// jemalloc read our `malloc_conf` (the symbol took): its options are what the string says.
+    #[cfg(not(feature = "system-alloc"))]
     #[test]
-    fn the_purge_delay_option_is_at_the_index_we_set() {
-        // mimalloc 3's default purge delay is 1,000 ms (no unit test sets it; MIMALLOC_PURGE_DELAY would)
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    fn jemalloc_returns_freed_pages_at_once() {
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
             return;
         }
-        // SAFETY: reads one integer option of the allocator.
-        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(v, 1000, "option {} is not mimalloc's purge_delay", super::MI_OPTION_PURGE_DELAY);
-    }
-
-    #[test]
-    fn the_allow_thp_option_is_at_the_index_we_set() {
-        if ["MIMALLOC_ALLOW_THP", "MIMALLOC_MINIMAL_PURGE_SIZE", "MIMALLOC_PAGE_CROSS_THREAD_MAX_RECLAIM"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some())
-        {
-            return;
+        for name in [&b"opt.dirty_decay_ms\0"[..], &b"opt.muzzy_decay_ms\0"[..]] {
+            let mut v: isize = -2;
+            let mut len = std::mem::size_of::<isize>();
+            // SAFETY: reads one ssize_t option into `v`; `len` is its size, the name is NUL-terminated.
+            let rc = unsafe {
+                tikv_jemalloc_sys::mallctl(
+                    name.as_ptr().cast(),
+                    (&mut v as *mut isize).cast(),
+                    &mut len,
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+            assert_eq!((rc, v), (0, 0), "{}", String::from_utf8_lossy(name));
         }
-        // The defaults around it tell the place: page_cross_thread_max_reclaim (a build constant, 32 here) before
-        // it, allow_thp 1, minimal_purge_size 0 after it. SAFETY: reads integer options of the allocator.
-        let at = |i| unsafe { libmimalloc_sys::mi_option_get(i) };
-        let i = super::MI_OPTION_ALLOW_THP;
-        assert!(at(i - 1) > 1 && (at(i), at(i + 1)) == (1, 0), "option {i} is not mimalloc's allow_thp");
     }
 }
