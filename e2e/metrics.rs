@@ -96,6 +96,13 @@ impl Scrape {
         self.samples.iter().filter(|(n, _, _)| n == name).collect()
     }
 
+    /// Bucket `le` of histogram `name` for the series with labels `kv` (0 when absent).
+    fn bucket(&self, name: &str, kv: &[(&str, &str)], le: &str) -> f64 {
+        let mut with_le = kv.to_vec();
+        with_le.push(("le", le));
+        self.get(&format!("{name}_bucket"), &with_le)
+    }
+
     fn sum(&self, name: &str) -> f64 {
         self.series(name).iter().map(|s| s.2).sum()
     }
@@ -149,9 +156,7 @@ fn check_histograms(s: &Scrape, name: &str) {
         let kv: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut prev = 0.0;
         for le in ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"] {
-            let mut with_le = kv.clone();
-            with_le.push(("le", le));
-            let v = s.get(&format!("{name}_bucket"), &with_le);
+            let v = s.bucket(name, &kv, le);
             assert!(v >= prev, "{name} bucket le={le} {v} < {prev} for {l:?}");
             prev = v;
         }
@@ -409,11 +414,7 @@ fn durations_are_seconds_in_the_right_bucket() {
         ("nginx_http_upstream_request_duration_seconds", vec![("upstream_ip", ip.as_str())]),
     ] {
         let kv: Vec<(&str, &str)> = base.iter().chain(extra.iter()).chain(src.iter()).copied().collect();
-        let bucket = |le: &str| {
-            let mut with_le = kv.clone();
-            with_le.push(("le", le));
-            s.get(&format!("{name}_bucket"), &with_le)
-        };
+        let bucket = |le: &str| s.bucket(name, &kv, le);
         assert_eq!((bucket("0.25"), bucket("+Inf")), (0.0, 1.0), "{name}: buckets");
         if took < 0.49 {
             assert_eq!(bucket("0.5"), 1.0, "{name}: the request took {took} s");

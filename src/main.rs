@@ -43,7 +43,7 @@ static JEMALLOC_CONF: &[u8; 34] = b"dirty_decay_ms:0,muzzy_decay_ms:0\0";
 /// MiB more peak RSS at 10,000 Ingresses). nginx, when alb spawns it (`controller --spawn-nginx`, `standalone`),
 /// inherits the flag; it asks for no huge pages itself, so with the kernel's `madvise` mode that changes nothing
 /// for it.
-fn allocator_options() {
+fn transparent_huge_pages_off() {
     if std::env::var_os("ALB_ALLOW_THP").is_none() {
         if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
             eprintln!("alb: could not turn transparent huge pages off for this process: {e}");
@@ -52,7 +52,7 @@ fn allocator_options() {
 }
 
 fn main() -> std::process::ExitCode {
-    allocator_options();
+    transparent_huge_pages_off();
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
