@@ -385,12 +385,12 @@ pub fn build<'s>(
     type Candidates<'r> = BTreeMap<u16, Vec<(String, &'r Rule)>>;
     let mut by_domain: BTreeMap<String, Candidates> = BTreeMap::new();
     for (rl, port) in rules {
-        let (domain, cert) = (rl.spec.domain.trim().to_ascii_lowercase(), rl.spec.certificate_name.trim());
+        let (domain, cert) = (rl.spec.domain().trim().to_ascii_lowercase(), rl.spec.certificate_name().trim());
         if domain.is_empty() || cert.is_empty() {
             continue;
         }
         if !valid_domain(&domain) {
-            let problem = format!("is {:?}, not a host name: its certificate {cert} is not used", rl.spec.domain);
+            let problem = format!("is {:?}, not a host name: its certificate {cert} is not used", rl.spec.domain());
             rejects.push(Reject::new("Rule", &rl.metadata, "spec.domain".into(), REASON_BAD_DOMAIN, &problem));
             continue;
         }

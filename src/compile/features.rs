@@ -126,10 +126,10 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
 
     // redirect: spec.config.redirect, then the legacy fields (which win).
     let mut redirect: Option<Redirect> = key(cfg, "redirect", &mut errs);
-    if !spec.redirect_url.is_empty() || spec.redirect_code != 0 {
+    if !spec.redirect_url().is_empty() || spec.redirect_code != 0 {
         let r = redirect.get_or_insert_with(Default::default);
-        if !spec.redirect_url.is_empty() {
-            r.url = Some(spec.redirect_url.clone());
+        if !spec.redirect_url().is_empty() {
+            r.url = Some(spec.redirect_url().to_string());
         }
         if spec.redirect_code != 0 {
             match u16::try_from(spec.redirect_code) {
@@ -144,19 +144,19 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
     let mut cors: Option<Cors> = key(cfg, "cors", &mut errs);
     if spec.enable_cors {
         let c = cors.get_or_insert_with(Default::default);
-        if !spec.cors_allow_origin.is_empty() {
+        if !spec.cors_allow_origin().is_empty() {
             c.allow_origin =
-                spec.cors_allow_origin.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                spec.cors_allow_origin().split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         }
-        if !spec.cors_allow_headers.is_empty() {
-            c.allow_headers = Some(spec.cors_allow_headers.clone());
+        if !spec.cors_allow_headers().is_empty() {
+            c.allow_headers = Some(spec.cors_allow_headers().to_string());
         }
     }
     out.cors = cors.and_then(|c| check_cors(c, &mut errs)).map(Box::new);
 
     // vhost
     let vhost: Option<String> = key(cfg, "vhost", &mut errs);
-    let vhost = if spec.vhost.is_empty() { vhost.filter(|v| !v.is_empty()) } else { Some(spec.vhost.clone()) };
+    let vhost = if spec.vhost().is_empty() { vhost.filter(|v| !v.is_empty()) } else { Some(spec.vhost().to_string()) };
     out.vhost = vhost.filter(|v| {
         let ok = header_value_ok(v);
         if !ok {
@@ -167,11 +167,11 @@ pub fn rule_config(input: &Input) -> (RuleConfig, Vec<FeatureError>) {
 
     // rewrite: the legacy regex fields win over spec.config.rewrite.
     let mut rewrite: Option<Rewrite> = key(cfg, "rewrite", &mut errs);
-    if !spec.rewrite_target.is_empty() {
-        let pattern = [&spec.rewrite_base, &spec.url].into_iter().find(|s| !s.is_empty()).cloned();
+    if !spec.rewrite_target().is_empty() {
+        let pattern = [spec.rewrite_base(), spec.url()].into_iter().find(|s| !s.is_empty());
         rewrite = Some(Rewrite {
-            regex: Some(pattern.unwrap_or_else(|| "/".into())),
-            target: Some(spec.rewrite_target.clone()),
+            regex: Some(pattern.unwrap_or("/").to_string()),
+            target: Some(spec.rewrite_target().to_string()),
             ..Default::default()
         });
     }

@@ -138,14 +138,14 @@ impl Keys {
 }
 
 /// Item `i` of strings stored one after the other in `text`, item i ending at `ends[i]`.
-fn text_at<'a>(text: &'a str, ends: &[u32], i: usize) -> &'a str {
+pub(crate) fn text_at<'a>(text: &'a str, ends: &[u32], i: usize) -> &'a str {
     let at = |i: usize| ends.get(i).map_or(0, |e| *e as usize);
     let start = if i == 0 { 0 } else { at(i - 1) };
     text.get(start..at(i)).unwrap_or("")
 }
 
 /// `items` one after the other, and where each ends.
-fn packed<'a>(items: impl Iterator<Item = &'a String> + Clone) -> (Box<str>, Box<[u32]>) {
+pub(crate) fn packed<'a>(items: impl Iterator<Item = &'a str> + Clone) -> (Box<str>, Box<[u32]>) {
     let mut text = String::with_capacity(items.clone().map(|s| s.len()).sum());
     let ends: Vec<u32> = items
         .map(|s| {
@@ -163,8 +163,8 @@ impl Pairs {
             Some(m) if !m.is_empty() => m,
             _ => return Pairs::default(),
         };
-        let (text, ends) = packed(map.keys());
-        let (values, value_ends) = packed(map.values());
+        let (text, ends) = packed(map.keys().map(String::as_str));
+        let (values, value_ends) = packed(map.values().map(String::as_str));
         Pairs { keys: Some(Keys::intern(Keys { text, ends })), values, ends: value_ends }
     }
 

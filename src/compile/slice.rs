@@ -17,15 +17,17 @@ use serde::{Deserialize, Serialize};
 pub struct EndpointSlice {
     #[serde(default)]
     pub metadata: NameMeta,
+    /// (`Box<str>` here and below: 16 bytes less than `String`s put the cached slice, in its `Arc`, in
+    /// jemalloc's 192-byte size class instead of the 224-byte one; `a_cached_slice_fits_the_192_byte_size_class`)
     #[serde(default)]
-    pub address_type: String,
+    pub address_type: Box<str>,
     #[serde(default)]
     pub ports: Option<Vec<EndpointPort>>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// The `kubernetes.io/service-name` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Box<str>>,
 }
 
 impl EndpointSlice {
@@ -55,10 +57,10 @@ impl EndpointSlice {
     pub fn of(o: &EndpointSliceObject) -> EndpointSlice {
         EndpointSlice {
             metadata: NameMeta::names(&o.metadata),
-            address_type: o.address_type.clone(),
+            address_type: o.address_type.as_str().into(),
             ports: o.ports.clone(),
             endpoints: o.endpoints.clone(),
-            service_name: o.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned(),
+            service_name: o.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(|n| n.as_str().into()),
         }
     }
 }
@@ -120,7 +122,7 @@ mod tests {
         let s: EndpointSlice = serde_json::from_value(full).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("web-abc"));
         assert_eq!(s.service_name(), Some("web"));
-        assert_eq!(s.address_type, "IPv4");
+        assert_eq!(&*s.address_type, "IPv4");
         assert_eq!(s.ports, Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080) }]));
         assert_eq!(s.endpoints[0].addresses, ["10.0.0.1"]);
         assert_eq!(s.endpoints[0].conditions, Some(EndpointConditions { ready: Some(true) }));
@@ -153,5 +155,16 @@ mod tests {
     #[test]
     fn smaller_than_with_the_full_metadata() {
         assert!(std::mem::size_of::<EndpointSlice>() + 200 < std::mem::size_of::<EndpointSliceObject>());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Held in an `Arc` (16 bytes of counts before it): 192 bytes or less is jemalloc's 192-byte size class (the
+    /// controller caches every EndpointSlice of the cluster).
+    #[test]
+    fn a_cached_slice_fits_the_192_byte_size_class() {
+        let size = std::mem::size_of::<super::EndpointSlice>();
+        assert!(size + 16 <= 192, "{size}");
     }
 }

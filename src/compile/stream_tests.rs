@@ -158,13 +158,13 @@ fn grpc_frontends_and_backend_protocols() {
     tls.spec.certificate_name = "cpaas-system/missing".into();
     s.frontends.push(Arc::new(tls));
     let mut https = rule_ns("tls-up", "alb-dev-09000", json!([url("EQ", "/a")]), "g");
-    https.spec.backend_protocol = "HTTPS".into();
+    https.spec.edit(|s| s.backend_protocol = "HTTPS".into());
     s.rules.push(Arc::new(https));
     let mut g = rule_ns("grpc-on-http", "alb-dev-00080", json!([url("STARTS_WITH", "/pkg.Svc/")]), "g");
-    g.spec.backend_protocol = "GRPCS".into();
+    g.spec.edit(|s| s.backend_protocol = "GRPCS".into());
     s.rules.push(Arc::new(g));
     let mut bad = rule_ns("bad", "alb-dev-00080", json!([url("EQ", "/b")]), "g");
-    bad.spec.backend_protocol = "quic".into();
+    bad.spec.edit(|s| s.backend_protocol = "quic".into());
     s.rules.push(Arc::new(bad));
     let c = compile(&s, &opts());
     let ls: Vec<_> = c.listeners.iter().map(|l| (l.port, l.protocol, l.tls)).collect();

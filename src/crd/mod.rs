@@ -13,7 +13,10 @@ pub mod rule;
 #[allow(unused_imports)] // public API for the controller
 pub use frontend::{Frontend, FrontendSpec, FrontendStatus, PortInstance};
 #[allow(unused_imports)]
-pub use rule::{accepted_condition, ConditionSeen, DslxTerm, Rule, RuleObject, RuleSpec, RuleStatus, ACCEPTED};
+pub use rule::{
+    accepted_condition, ConditionSeen, DslxTerm, LeanRuleSpec, PackedDslx, Rule, RuleObject, RuleSpec, RuleStatus,
+    SourceRef, ACCEPTED,
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};

@@ -258,11 +258,12 @@ pub fn cookie_attribute(c: &Cookie, rule_path: Option<&str>) -> String {
 }
 
 /// The literal path of a Rule (its URL term is `EQ` or `STARTS_WITH`), for the default cookie path.
-fn literal_path(rule: &RuleObject) -> Option<&str> {
-    let url = rule.spec.dslx.as_ref()?.iter().find(|t| t.kind == "URL")?;
-    let row = url.values.first()?;
-    matches!(row.first().map(String::as_str), Some("EQ" | "STARTS_WITH")).then_some(())?;
-    row.get(1).map(String::as_str)
+fn literal_path(rule: &RuleObject) -> Option<String> {
+    let terms = rule.spec.dslx.as_ref()?.terms().ok()?;
+    let url = terms.into_iter().find(|t| t.kind == "URL")?;
+    let mut row = url.values.into_iter().next()?.into_iter();
+    matches!(row.next().as_deref(), Some("EQ" | "STARTS_WITH")).then_some(())?;
+    row.next()
 }
 
 /// Sets the affinity of every Rule of the Ingress; returns the `(reason, message)` warnings to report.
@@ -278,7 +279,7 @@ pub fn apply(a: &Annotations, domain: &str, rules: &mut [RuleObject]) -> Vec<(&'
         }
         let (policy, attribute) = match &b.affinity {
             Affinity::None => continue,
-            Affinity::Cookie(c) => ("cookie", cookie_attribute(c, literal_path(rule))),
+            Affinity::Cookie(c) => ("cookie", cookie_attribute(c, literal_path(rule).as_deref())),
             Affinity::SourceIp => ("sip-hash", String::new()),
             Affinity::Header(h) => ("header", h.clone()),
             Affinity::HashCookie(c) => ("cookie", c.clone()),

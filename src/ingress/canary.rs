@@ -24,7 +24,7 @@ use super::annotations::{Annotations, Invalid};
 use super::claim::claims;
 use super::translate::{annotation_path_index, annotation_rule_index, dsl_string, rule_name};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld};
-use crate::crd::{self, DslxTerm, RuleObject, ServiceGroup, ServiceRef};
+use crate::crd::{self, DslxTerm, PackedDslx, RuleObject, ServiceGroup, ServiceRef};
 use crate::ingress::object::IngressBackend;
 use crate::ingress::Ingress;
 use std::collections::BTreeSet;
@@ -349,10 +349,13 @@ fn variant(
     if let Some(l) = out.metadata.labels.as_mut() {
         l.insert(crd::label_source_index(domain), format!("{r}-{p}-{tag}"));
     }
-    let mut dslx = main.spec.dslx.clone().unwrap_or_default();
-    dslx.extend(terms);
-    out.spec.dsl = dsl_string(&dslx);
-    out.spec.dslx = Some(dslx);
+    // (main's dslx is never undecodable: the variant of one that were would have none, and be rejected)
+    let dslx = main.spec.dslx.as_ref().map_or(Ok(Vec::new()), PackedDslx::terms).ok().map(|mut dslx| {
+        dslx.extend(terms);
+        dslx
+    });
+    out.spec.dsl = dslx.as_deref().map(dsl_string).unwrap_or_default();
+    out.spec.dslx = dslx.map(PackedDslx::from);
     out.spec.service_group = Some(sg);
     out.spec.description = format!("{} ({tag})", main.spec.description);
     out

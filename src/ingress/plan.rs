@@ -174,7 +174,7 @@ pub fn plan(
 
 /// Whether `rule` was generated from Ingress `ns/name` (spec.source, else the source labels).
 pub fn is_rule_of(cfg: &AlbIngressConfig, rule: &Rule, ns: &str, name: &str) -> bool {
-    if let Some(s) = rule.spec.source.as_ref().filter(|s| !s.kind.is_empty()) {
+    if let Some(s) = rule.spec.source().filter(|s| !s.kind.is_empty()) {
         return s.kind == SOURCE_TYPE && s.namespace == ns && s.name == name;
     }
     let d = &cfg.domain;

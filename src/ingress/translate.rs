@@ -3,7 +3,9 @@
 use super::annotations::{Annotations, PathAnnotations};
 use super::claim::{claims, frontend_at, namespace_project};
 use super::{AlbIngressConfig, IngressWarning, IngressWorld, SslStrategy};
-use crate::crd::{self, DslxTerm, Frontend, FrontendSpec, RuleObject, RuleSpec, ServiceGroup, ServiceRef, Source};
+use crate::crd::{
+    self, DslxTerm, Frontend, FrontendSpec, PackedDslx, RuleObject, RuleSpec, ServiceGroup, ServiceRef, Source,
+};
 use crate::ingress::object::IngressBackend;
 use crate::ingress::Ingress;
 use crate::policy::config::Redirect;
@@ -598,7 +600,7 @@ impl<'a> Translator<'a> {
             spec: RuleSpec {
                 priority: pr.priority,
                 dsl: dsl_string(&pr.dslx),
-                dslx: Some(pr.dslx.clone()),
+                dslx: Some(PackedDslx::new(&pr.dslx)),
                 domain: pr.host.clone(),
                 certificate_name: cert,
                 service_group: pr

@@ -141,7 +141,7 @@ fn empty_host_and_path_warns() {
     );
     let exp = run(&cfg(), &World::default(), &ing);
     assert_eq!(exp.rules.len(), 1);
-    assert_eq!(exp.rules[0].spec.dslx, Some(vec![]));
+    assert_eq!(exp.rules[0].spec.dslx, Some(Vec::new().into()));
     assert_eq!(exp.warnings[0].reason, "EmptyMatch");
 }
 
