@@ -13,27 +13,22 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 /// Services of a snapshot with their EndpointSlices, indexed by namespace/name. Built by every compilation: a
-/// table of positions (4 bytes a Service) and the slices grouped by Service in one list, instead of a map of
-/// names to a list each (at 10,000 Services ~1.4 MB, all alive at the compilation's peak).
+/// table of positions (4 bytes a Service) and the slices in one list sorted by their Service's position, instead
+/// of a map of names to a list each (at 10,000 Services ~1.4 MB, all alive at the compilation's peak).
 pub struct Lookup<'a> {
     services: Vec<&'a Service>,
     /// Positions in `services`, hashed by namespace/name.
     by_name: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
-    /// The slices of each Service, grouped in `services` order, each group sorted by slice name.
-    slices: Vec<&'a EndpointSlice>,
-    /// Per Service (same positions): where its slices end in `slices` (they start where the previous one's end).
-    slice_ends: Vec<u32>,
+    /// Each slice with its Service's position, sorted by position, then slice name.
+    slices: Vec<(u32, &'a EndpointSlice)>,
 }
 
-/// A Service and its EndpointSlices (sorted by name). Slices of a Service that does not exist are never read.
+/// A Service and its EndpointSlices (sorted by name), with their Service's position. Slices of a Service that does
+/// not exist are never read.
 struct Indexed<'l, 'a> {
     svc: &'a Service,
-    slices: &'l [&'a EndpointSlice],
-}
-
-fn ns_name(m: &crate::compile::meta::NameMeta) -> (&str, &str) {
-    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+    slices: &'l [(u32, &'a EndpointSlice)],
 }
 
 impl<'a> Lookup<'a> {
@@ -46,53 +41,40 @@ impl<'a> Lookup<'a> {
         let hash = |key: (&str, &str)| hasher.hash_one(key);
         let mut by_name: HashTable<u32> = HashTable::with_capacity(services.len());
         for (i, svc) in services.iter().enumerate() {
-            let key = ns_name(&svc.metadata);
+            let key = svc.metadata.ns_name();
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             // (a second Service of the same namespace/name, which the API does not have, replaces the first)
-            match by_name.find_mut(hash(key), |j| services.get(*j as usize).map(|s| ns_name(&s.metadata)) == Some(key))
+            match by_name.find_mut(hash(key), |j| services.get(*j as usize).map(|s| s.metadata.ns_name()) == Some(key))
             {
                 Some(j) => *j = i,
                 None => {
                     by_name.insert_unique(hash(key), i, |j| {
-                        services.get(*j as usize).map_or(0, |s| hash(ns_name(&s.metadata)))
+                        services.get(*j as usize).map_or(0, |s| hash(s.metadata.ns_name()))
                     });
                 }
             }
         }
-        let mut l = Lookup { services, by_name, hasher, slices: Vec::new(), slice_ends: Vec::new() };
-        let mut owned: Vec<(u32, &EndpointSlice)> = slices
+        let mut l = Lookup { services, by_name, hasher, slices: Vec::new() };
+        let mut slices: Vec<(u32, &EndpointSlice)> = slices
             .into_iter()
-            .filter_map(|s| {
-                let ns = s.metadata.namespace.as_deref().unwrap_or("");
-                Some((l.position(ns, s.service_name()?)?, s))
-            })
+            .filter_map(|s| Some((l.position(s.metadata.ns_name().0, s.service_name()?)?, s)))
             .collect();
         // Deterministic order whatever the informer order was.
-        owned.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.metadata.name.cmp(&y.metadata.name)));
-        l.slices = owned.iter().map(|(_, s)| *s).collect();
-        let mut at = 0;
-        l.slice_ends = (0..l.services.len())
-            .map(|i| {
-                while owned.get(at).is_some_and(|(p, _)| *p as usize == i) {
-                    at += 1;
-                }
-                u32::try_from(at).unwrap_or(u32::MAX)
-            })
-            .collect();
+        slices.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.metadata.name.cmp(&y.metadata.name)));
+        l.slices = slices;
         l
     }
 
     fn position(&self, ns: &str, name: &str) -> Option<u32> {
         let services = &self.services;
-        let eq = |j: &u32| services.get(*j as usize).is_some_and(|s| ns_name(&s.metadata) == (ns, name));
+        let eq = |j: &u32| services.get(*j as usize).is_some_and(|s| s.metadata.ns_name() == (ns, name));
         self.by_name.find(self.hasher.hash_one((ns, name)), eq).copied()
     }
 
     fn get(&self, ns: &str, name: &str) -> Option<Indexed<'_, 'a>> {
-        let i = self.position(ns, name)? as usize;
-        let start = if i == 0 { 0 } else { self.slice_ends.get(i - 1).map_or(0, |e| *e as usize) };
-        let end = self.slice_ends.get(i).map_or(start, |e| *e as usize);
-        Some(Indexed { svc: self.services.get(i)?, slices: self.slices.get(start..end).unwrap_or(&[]) })
+        let i = self.position(ns, name)?;
+        let (from, to) = (self.slices.partition_point(|s| s.0 < i), self.slices.partition_point(|s| s.0 <= i));
+        Some(Indexed { svc: self.services.get(i as usize)?, slices: self.slices.get(from..to).unwrap_or(&[]) })
     }
 }
 
@@ -108,7 +90,7 @@ impl Lookup<'_> {
                 Some(e) => {
                     id.push(e.svc as *const Service as usize);
                     id.push(e.slices.len());
-                    id.extend(e.slices.iter().map(|s| *s as *const EndpointSlice as usize));
+                    id.extend(e.slices.iter().map(|(_, s)| *s as *const EndpointSlice as usize));
                 }
                 None => id.push(0),
             }
@@ -141,7 +123,7 @@ fn endpoints(svc: &Indexed<'_, '_>, sp: &ServicePort) -> Vec<(String, u16)> {
     };
     let mut out: Vec<(String, u16)> = Vec::new();
     let mut seen: HashSet<(&str, u16)> = HashSet::new();
-    for slice in svc.slices {
+    for (_, slice) in svc.slices {
         if !matches!(&*slice.address_type, "IPv4" | "IPv6") {
             continue;
         }

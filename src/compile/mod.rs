@@ -552,7 +552,7 @@ impl<'a> Ctx<'a> {
             let rkey = cache::rule_key(rl);
             let mut errs = Vec::new();
             let d = self.memo.dslx(rkey, || {
-                let terms = match packed.terms() {
+                let terms = match packed.get() {
                     Ok(t) => t,
                     Err(e) => {
                         let problem = format!("cannot be read back: {e}");
@@ -786,15 +786,14 @@ fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, Htt
     // groups come sorted by name, so the first of a content is the smallest name.
     // The first group of each content, as its position in `groups` hashed by content: 4 bytes a group, where a
     // map of contents to names took ~1.3 MB at 10,000 groups (alive at the end of every compilation).
-    let content = group_content;
     let hasher = foldhash::fast::RandomState::default();
     let mut canonical: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(groups.len());
     let mut rename: HashMap<&str, &str> = HashMap::new(); // dropped name -> kept name
     let mut keep = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
-        let c = content(g);
+        let c = group_content(g);
         let h = hasher.hash_one(c);
-        let same = |j: &u32| groups.get(*j as usize).is_some_and(|o| content(o) == c);
+        let same = |j: &u32| groups.get(*j as usize).is_some_and(|o| group_content(o) == c);
         match canonical.find(h, same).and_then(|j| groups.get(*j as usize)) {
             Some(kept) if !g.backends.is_empty() => {
                 rename.insert(&g.name, &kept.name);
@@ -803,7 +802,8 @@ fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, Htt
             Some(_) => keep.push(true),
             None => {
                 let i = u32::try_from(i).unwrap_or(u32::MAX);
-                canonical.insert_unique(h, i, |j| groups.get(*j as usize).map_or(0, |o| hasher.hash_one(content(o))));
+                canonical
+                    .insert_unique(h, i, |j| groups.get(*j as usize).map_or(0, |o| hasher.hash_one(group_content(o))));
                 keep.push(true);
             }
         }

@@ -18,7 +18,7 @@ pub struct EndpointSlice {
     #[serde(default)]
     pub metadata: NameMeta,
     /// (`Box<str>` here and below: 16 bytes less than `String`s put the cached slice, in its `Arc`, in
-    /// jemalloc's 192-byte size class instead of the 224-byte one; `a_cached_slice_fits_the_192_byte_size_class`)
+    /// jemalloc's 192-byte size class instead of the 224-byte one; `controller::stores` tests it)
     #[serde(default)]
     pub address_type: Box<str>,
     #[serde(default)]
@@ -155,16 +155,5 @@ mod tests {
     #[test]
     fn smaller_than_with_the_full_metadata() {
         assert!(std::mem::size_of::<EndpointSlice>() + 200 < std::mem::size_of::<EndpointSliceObject>());
-    }
-}
-
-#[cfg(test)]
-mod size_tests {
-    /// Held in an `Arc` (16 bytes of counts before it): 192 bytes or less is jemalloc's 192-byte size class (the
-    /// controller caches every EndpointSlice of the cluster).
-    #[test]
-    fn a_cached_slice_fits_the_192_byte_size_class() {
-        let size = std::mem::size_of::<super::EndpointSlice>();
-        assert!(size + 16 <= 192, "{size}");
     }
 }

@@ -16,7 +16,7 @@ use crate::crd::{self, Frontend, Rule, RuleObject};
 use crate::hashing::hash_of;
 use crate::ingress::translate::{annotation_path_index, annotation_rule_index, SOURCE_TYPE};
 use crate::ingress::{self, AlbIngressConfig, IngressWarning, IngressWorld, Plan, SslStrategy};
-use crate::ingress::{object::IngressObject, object::StatusText, Ingress};
+use crate::ingress::{object::IngressObject, Ingress};
 use futures::StreamExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -720,7 +720,7 @@ impl IngressSync {
 
     /// Removes the `status.loadBalancer` entries of our addresses from an Ingress we do not serve.
     async fn remove_status(&self, ing: &Ingress, addresses: &[String]) -> Result<(), SyncError> {
-        let Some(current) = ing.status.as_ref().and_then(StatusText::load_balancer) else { return Ok(()) };
+        let Some(current) = ing.status.as_ref().and_then(|s| s.get().ok()?.load_balancer) else { return Ok(()) };
         let entries = current.ingress.unwrap_or_default();
         let ours = |e: &k8s_openapi::api::networking::v1::IngressLoadBalancerIngress| {
             addresses.iter().any(|a| e.ip.as_deref() == Some(a.as_str()) || e.hostname.as_deref() == Some(a.as_str()))
@@ -746,7 +746,7 @@ impl IngressSync {
         if addresses.is_empty() || ports.is_empty() {
             return Ok(());
         }
-        let current = ing.status.as_ref().and_then(StatusText::load_balancer);
+        let current = ing.status.as_ref().and_then(|s| s.get().ok()?.load_balancer);
         let want = ingress::load_balancer_status(addresses, ports, current.as_ref());
         if current.as_ref() == Some(&want) {
             return Ok(());

@@ -259,7 +259,7 @@ pub fn cookie_attribute(c: &Cookie, rule_path: Option<&str>) -> String {
 
 /// The literal path of a Rule (its URL term is `EQ` or `STARTS_WITH`), for the default cookie path.
 fn literal_path(rule: &RuleObject) -> Option<String> {
-    let terms = rule.spec.dslx.as_ref()?.terms().ok()?;
+    let terms = rule.spec.dslx.as_ref()?.get().ok()?;
     let url = terms.into_iter().find(|t| t.kind == "URL")?;
     let mut row = url.values.into_iter().next()?.into_iter();
     matches!(row.next().as_deref(), Some("EQ" | "STARTS_WITH")).then_some(())?;

@@ -350,7 +350,7 @@ fn variant(
         l.insert(crd::label_source_index(domain), format!("{r}-{p}-{tag}"));
     }
     // (main's dslx is never undecodable: the variant of one that were would have none, and be rejected)
-    let dslx = main.spec.dslx.as_ref().map_or(Ok(Vec::new()), PackedDslx::terms).ok().map(|mut dslx| {
+    let dslx = main.spec.dslx.as_ref().map_or(Ok(Vec::new()), PackedDslx::get).ok().map(|mut dslx| {
         dslx.extend(terms);
         dslx
     });

@@ -169,7 +169,7 @@ fn header_and_cookie_rules_rank_above_main() {
     want.as_array_mut().unwrap().push(json!({"type": "COOKIE", "key": "canary", "values": [["EQ", "never"]]}));
     assert_eq!(dslx(c_never), want);
     // Ranking: same priority; header > cookie > main by complexity.
-    let cx = |r: &RuleObject| crate::compile::dslx::complexity(&r.spec.dslx.as_ref().unwrap().terms().unwrap());
+    let cx = |r: &RuleObject| crate::compile::dslx::complexity(&r.spec.dslx.as_ref().unwrap().get().unwrap());
     assert!(exp.rules.iter().all(|r| r.spec.priority == base.spec.priority));
     assert!(cx(always) > cx(c_always) && cx(c_always) > cx(&base));
     assert_eq!(cx(always), cx(never));
@@ -208,7 +208,7 @@ fn header_value_and_pattern() {
     let exp = expected(&cfg(), &world(vec![main.clone(), can]).world(), &main);
     assert_eq!(exp.rules.len(), 2);
     assert_eq!(dslx(&exp.rules[1]).as_array().unwrap().last().unwrap()["values"], json!([["REGEX", "^(blue|green)$"]]));
-    assert!(crate::compile::dslx::validate(&exp.rules[1].spec.dslx.as_ref().unwrap().terms().unwrap()).is_empty());
+    assert!(crate::compile::dslx::validate(&exp.rules[1].spec.dslx.as_ref().unwrap().get().unwrap()).is_empty());
 }
 
 #[test]

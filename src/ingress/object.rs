@@ -8,7 +8,7 @@ use crate::compile::meta::{LeanMeta, Meta};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::TypedLocalObjectReference;
 use k8s_openapi::api::networking::v1 as api;
-use k8s_openapi::api::networking::v1::{IngressLoadBalancerStatus, IngressServiceBackend, IngressStatus, IngressTLS};
+use k8s_openapi::api::networking::v1::{IngressServiceBackend, IngressStatus, IngressTLS};
 use serde::Deserialize;
 
 /// The API object, as the watch decodes it (kube's watcher reads its `ObjectMeta`).
@@ -22,28 +22,9 @@ pub struct Ingress {
     pub status: Option<StatusText>,
 }
 
-/// An Ingress's status as its JSON text. Only the writes of `status.loadBalancer` read it (the Ingress sync,
-/// once per Ingress it writes); as k8s-openapi's types, a status of one address and one port took ~170 bytes in
-/// five allocations (10,000 Ingresses ~1.6 MB), as text it is one of ~60.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatusText(Box<str>);
-
-impl StatusText {
-    pub fn of(status: &IngressStatus) -> StatusText {
-        // (serialising the API's own types does not fail; the text is only ever written here)
-        StatusText(serde_json::to_string(status).unwrap_or_default().into_boxed_str())
-    }
-
-    /// The status (`None` only if the text were not this type's own).
-    pub fn status(&self) -> Option<IngressStatus> {
-        serde_json::from_str(&self.0).ok()
-    }
-
-    /// Its `loadBalancer`.
-    pub fn load_balancer(&self) -> Option<IngressLoadBalancerStatus> {
-        self.status()?.load_balancer
-    }
-}
+/// An Ingress's status as its JSON text: only the writes of `status.loadBalancer` read it (the Ingress sync, once
+/// per Ingress it writes), and 10,000 statuses of one address and port took ~1.6 MB as k8s-openapi's types.
+pub type StatusText = crate::compile::meta::JsonText<IngressStatus>;
 
 impl Ingress {
     /// What the controller's cache keeps of a watched Ingress (copies; the object is not taken apart).
@@ -51,7 +32,7 @@ impl Ingress {
         Ingress {
             metadata: LeanMeta::of(&o.metadata),
             spec: o.spec.clone().map(Into::into),
-            status: o.status.as_ref().map(StatusText::of),
+            status: o.status.as_ref().map(StatusText::new),
         }
     }
 
@@ -84,7 +65,7 @@ impl From<IngressObject> for Ingress {
         Ingress {
             metadata: LeanMeta::of(&o.metadata),
             spec: o.spec.map(Into::into),
-            status: o.status.as_ref().map(StatusText::of),
+            status: o.status.as_ref().map(StatusText::new),
         }
     }
 }
@@ -99,7 +80,7 @@ pub struct IngressSpec {
     pub default_backend: Option<Box<IngressBackend>>,
     #[serde(default)]
     /// (`Box<str>`: 8 bytes less than a `String` puts the cached Ingress in jemalloc's 320-byte size class
-    /// instead of the 384-byte one; 10,000 Ingresses ~0.6 MB)
+    /// instead of the 384-byte one; 10,000 Ingresses ~0.6 MB; `controller::stores` tests it)
     pub ingress_class_name: Option<Box<str>>,
     #[serde(default)]
     pub rules: Option<Vec<IngressRule>>,
@@ -192,22 +173,12 @@ mod tests {
         assert_eq!(ing.metadata.label("team"), Some("a"));
         assert!(ing.metadata.deleting);
         assert_eq!((ing.metadata.generation, ing.metadata.uid.as_deref()), (Some(2), Some("u-1")));
-        assert_eq!(ing.status.as_ref().and_then(StatusText::status), obj.status);
+        assert_eq!(ing.status.as_ref().and_then(|s| s.get().ok()), obj.status);
         let spec = ing.spec.as_ref().unwrap();
         assert_eq!(spec.ingress_class_name.as_deref(), Some("alb"));
         assert_eq!(spec.rules.as_ref().unwrap()[0].host.as_deref(), Some("a.com"));
         assert_eq!(ing.object_ref(), obj.object_ref(&()), "Events name the same object");
         let decoded: Ingress = serde_json::from_value(serde_json::to_value(&obj).unwrap()).unwrap();
         assert_eq!(decoded, ing);
-    }
-}
-
-#[cfg(test)]
-mod size_tests {
-    /// The cached Ingress is held in an `Arc` (16 bytes of counts before it): 320 bytes or less is jemalloc's
-    /// 320-byte size class. (A field added here may cross it: then say what it costs in the comment above.)
-    #[test]
-    fn a_cached_ingress_fits_the_320_byte_size_class() {
-        assert!(std::mem::size_of::<super::Ingress>() + 16 <= 320, "{}", std::mem::size_of::<super::Ingress>());
     }
 }
