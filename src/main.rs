@@ -66,6 +66,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    end_on_panic();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -73,6 +74,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A panic ends the process, whichever thread it happens in: the panic's message is printed as usual, the nginx
+/// this process started is stopped, and the process aborts (the shipped `dist` build is also compiled with
+/// `panic = "abort"`, Cargo.toml). With unwinding, a panicking tokio task would end alone and leave the others
+/// running without it (a leader that no longer syncs Ingresses, say); ended, the process is restarted by its
+/// supervisor and the Lease passes to another replica.
+fn end_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        nginx::process::stop_spawned_at_once();
+        std::process::abort();
+    }));
 }
 
 fn run(args: cli::Cli) -> Result<()> {

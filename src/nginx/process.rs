@@ -10,9 +10,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 const DEBIAN_MODULES: &str = "/usr/lib/nginx/modules";
+
+/// The pid of the nginx master this process started and has not stopped (0: none), for [`stop_spawned_at_once`].
+static SPAWNED: AtomicI32 = AtomicI32::new(0);
+
+/// Ends the nginx this process started, if any, with TERM (nginx's fast shutdown), without waiting. For the
+/// panic hook (`src/main.rs`): a panic ends the process without running destructors, and an nginx left behind in
+/// its own session would keep the listeners' ports, so that alb could not start again.
+pub fn stop_spawned_at_once() {
+    let pid = SPAWNED.swap(0, Ordering::SeqCst);
+    if pid > 0 {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
 
 /// The nginx binary and the `load_module` lines it needs for Lua.
 #[derive(Debug, Clone)]
@@ -211,6 +225,7 @@ impl Nginx {
             });
         }
         let pid = child.id();
+        SPAWNED.store(pid as i32, Ordering::SeqCst);
         self.child = Some(child);
         // Wait until the master wrote its pid file (it has bound its ports by then) or died.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -262,6 +277,7 @@ impl Nginx {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = Pid::from_raw(child.id() as i32);
+            let _ = SPAWNED.compare_exchange(pid.as_raw(), 0, Ordering::SeqCst, Ordering::SeqCst);
             let _ = kill(pid, Signal::SIGQUIT);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -281,5 +297,21 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn the_panic_hook_ends_the_spawned_nginx() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        SPAWNED.store(child.id() as i32, Ordering::SeqCst);
+        stop_spawned_at_once();
+        let status = child.wait().expect("sleep ends");
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
+        assert_eq!(SPAWNED.load(Ordering::SeqCst), 0, "forgotten once stopped");
     }
 }
