@@ -80,7 +80,7 @@ fn main() -> std::process::ExitCode {
 /// this process started is stopped, and the process aborts (the shipped `dist` build is also compiled with
 /// `panic = "abort"`, Cargo.toml). With unwinding, a panicking tokio task would end alone and leave the others
 /// running without it (a leader that no longer syncs Ingresses, say); ended, the process is restarted by its
-/// supervisor and the Lease passes to another replica.
+/// supervisor, and another replica takes the Lease when it expires.
 fn end_on_panic() {
     let print = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -339,13 +339,15 @@ impl IngressSync {
     fn caught_up(&mut self) -> bool {
         let stores = &self.stores;
         self.pending.retain(|w| if w.kind == "Rule" { !seen(&stores.rules, w) } else { !seen(&stores.frontends, w) });
+        // (emptied, the list lets go of its room: at start-up it held 10,000 writes, ~0.8 MB)
         if self.pending.is_empty() {
+            self.pending = Vec::new();
             self.pending_since = None;
             return true;
         }
         if self.pending_since.is_some_and(|t| t.elapsed() > CATCH_UP) {
             tracing::debug!("stores did not show {} of our writes in time: {:?}", self.pending.len(), self.pending);
-            self.pending.clear();
+            self.pending = Vec::new();
             self.pending_since = None;
             return true;
         }
@@ -493,6 +495,8 @@ impl IngressSync {
         }
         let mut again = waiting_for_frontends;
         let mut first_error = None;
+        // (sized once: grown by doubling from empty, 10,000 writes had room for 16,384)
+        self.pending.reserve_exact(outcomes.iter().map(|o| o.written.len()).sum());
         for o in outcomes {
             for w in o.written {
                 self.wrote(w);
