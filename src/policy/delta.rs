@@ -311,7 +311,7 @@ mod tests {
         };
         let b = g("b", "");
         let base = vec![g("a", ""), b.clone(), g("c", ""), g("e", ""), g("f", "")];
-        // b: the same group; c: an equal copy; d: new; e: changed; f: removed at the end
+        // a: removed; b: the same group; c: an equal copy; d: new; e: changed; f: removed, g: new, at the end
         let next = vec![b, g("c", ""), g("d", ""), g("e", "pod"), g("g", "")];
         let (changed, removed) = group_changes(&base, &next);
         let names = |v: &[Arc<BackendGroup>]| v.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
