@@ -1,15 +1,14 @@
 //! Service group → backend group (controlplane.md §3.2, with EndpointSlices instead of Endpoints).
 
+use super::positions::Positions;
 use super::service::Service;
 use crate::compile::slice::EndpointSlice;
 use crate::crd::{ServiceGroup, ServiceRef};
 use crate::policy::config::ErrorService;
 use crate::policy::{Backend, BackendGroup};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use hashbrown::HashTable;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 /// Services of a snapshot with their EndpointSlices, indexed by namespace/name. Built by every compilation: a
@@ -17,9 +16,8 @@ use std::net::IpAddr;
 /// of a map of names to a list each (at 10,000 Services ~1.4 MB, all alive at the compilation's peak).
 pub struct Lookup<'a> {
     services: Vec<&'a Service>,
-    /// Positions in `services`, hashed by namespace/name.
-    by_name: HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
+    /// Positions in `services` by namespace/name.
+    by_name: Positions,
     /// Each slice with its Service's position, sorted by position, then slice name.
     slices: Vec<(u32, &'a EndpointSlice)>,
 }
@@ -31,30 +29,25 @@ struct Indexed<'l, 'a> {
     slices: &'l [(u32, &'a EndpointSlice)],
 }
 
+/// A Service's namespace/name: its key in [`Lookup`].
+fn ns_name<'a>(s: &&'a Service) -> (&'a str, &'a str) {
+    s.metadata.ns_name()
+}
+
 impl<'a> Lookup<'a> {
     pub fn new(
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Lookup<'a> {
         let services: Vec<&Service> = services.into_iter().collect();
-        let hasher = foldhash::fast::RandomState::default();
-        let hash = |key: (&str, &str)| hasher.hash_one(key);
-        let mut by_name: HashTable<u32> = HashTable::with_capacity(services.len());
-        for (i, svc) in services.iter().enumerate() {
-            let key = svc.metadata.ns_name();
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
+        let mut by_name = Positions::with_capacity(services.len());
+        for i in 0..services.len() {
             // (a second Service of the same namespace/name, which the API does not have, replaces the first)
-            match by_name.find_mut(hash(key), |j| services.get(*j as usize).map(|s| s.metadata.ns_name()) == Some(key))
-            {
-                Some(j) => *j = i,
-                None => {
-                    by_name.insert_unique(hash(key), i, |j| {
-                        services.get(*j as usize).map_or(0, |s| hash(s.metadata.ns_name()))
-                    });
-                }
+            if let Some(j) = by_name.file(&services, ns_name, i) {
+                *j = u32::try_from(i).unwrap_or(u32::MAX);
             }
         }
-        let mut l = Lookup { services, by_name, hasher, slices: Vec::new() };
+        let mut l = Lookup { services, by_name, slices: Vec::new() };
         let mut slices: Vec<(u32, &EndpointSlice)> = slices
             .into_iter()
             .filter_map(|s| Some((l.position(s.metadata.ns_name().0, s.service_name()?)?, s)))
@@ -66,9 +59,7 @@ impl<'a> Lookup<'a> {
     }
 
     fn position(&self, ns: &str, name: &str) -> Option<u32> {
-        let services = &self.services;
-        let eq = |j: &u32| services.get(*j as usize).is_some_and(|s| s.metadata.ns_name() == (ns, name));
-        self.by_name.find(self.hasher.hash_one((ns, name)), eq).copied()
+        self.by_name.find(&self.services, ns_name, (ns, name)).and_then(|i| u32::try_from(i).ok())
     }
 
     fn get(&self, ns: &str, name: &str) -> Option<Indexed<'_, 'a>> {

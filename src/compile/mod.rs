@@ -46,6 +46,7 @@ pub mod features;
 pub mod index;
 pub mod meta;
 pub mod order;
+pub mod positions;
 pub mod service;
 pub mod slice;
 pub mod stream;
@@ -64,7 +65,6 @@ use order::SortKey;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// Everything the compiler reads.
@@ -784,28 +784,19 @@ fn sorted_groups(groups: HashMap<Cow<str>, (Arc<BackendGroup>, GroupOwner)>) -> 
 /// `groups` are sorted by name; the rules of `http` are pointed at the kept groups, which are returned.
 fn dedupe_groups(groups: Vec<Arc<BackendGroup>>, http: &mut BTreeMap<String, HttpPort>) -> Vec<Arc<BackendGroup>> {
     // groups come sorted by name, so the first of a content is the smallest name.
-    // The first group of each content, as its position in `groups` hashed by content: 4 bytes a group, where a
-    // map of contents to names took ~1.3 MB at 10,000 groups (alive at the end of every compilation).
-    let hasher = foldhash::fast::RandomState::default();
-    let mut canonical: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(groups.len());
+    // The first group of each content, by its position in `groups`: 4 bytes a group, where a map of contents to
+    // names took ~1.3 MB at 10,000 groups (alive at the end of every compilation).
+    let mut canonical = positions::Positions::with_capacity(groups.len());
     let mut rename: HashMap<&str, &str> = HashMap::new(); // dropped name -> kept name
     let mut keep = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
-        let c = group_content(g);
-        let h = hasher.hash_one(c);
-        let same = |j: &u32| groups.get(*j as usize).is_some_and(|o| group_content(o) == c);
-        match canonical.find(h, same).and_then(|j| groups.get(*j as usize)) {
+        let first = canonical.file(&groups, |g| group_content(g), i).map(|j| *j as usize);
+        match first.filter(|&j| j != i).and_then(|j| groups.get(j)) {
             Some(kept) if !g.backends.is_empty() => {
                 rename.insert(&g.name, &kept.name);
                 keep.push(false);
             }
-            Some(_) => keep.push(true),
-            None => {
-                let i = u32::try_from(i).unwrap_or(u32::MAX);
-                canonical
-                    .insert_unique(h, i, |j| groups.get(*j as usize).map_or(0, |o| hasher.hash_one(group_content(o))));
-                keep.push(true);
-            }
+            _ => keep.push(true),
         }
     }
     if !rename.is_empty() {
