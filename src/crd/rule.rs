@@ -127,20 +127,39 @@ impl RuleData {
     }
 }
 
-/// The string fields of a Rule's spec that [`LeanRuleSpec`] holds in one text, in this order.
-#[derive(Clone, Copy)]
-enum Text {
-    Domain,
-    CertificateName,
-    BackendProtocol,
-    Url,
-    RewriteBase,
-    RewriteTarget,
-    CorsAllowHeaders,
-    CorsAllowOrigin,
-    Vhost,
-    RedirectUrl,
-    Kind,
+/// The string fields of a Rule's spec that [`LeanRuleSpec`] holds in one text, in this order: `Text`, and a
+/// reader of each public one (named as the field) on [`LeanRuleSpec`]. The source's three are read by
+/// [`LeanRuleSpec::source`].
+macro_rules! texts {
+    ($($(#[$doc:meta])* $reader:ident: $public:ident,)* ; $($private:ident,)*) => {
+        #[derive(Clone, Copy)]
+        enum Text {
+            $($public,)*
+            $($private,)*
+        }
+
+        impl LeanRuleSpec {
+            $($(#[$doc])* pub fn $reader(&self) -> &str {
+                self.text(Text::$public)
+            })*
+        }
+    };
+}
+
+texts! {
+    domain: Domain,
+    certificate_name: CertificateName,
+    backend_protocol: BackendProtocol,
+    url: Url,
+    rewrite_base: RewriteBase,
+    rewrite_target: RewriteTarget,
+    cors_allow_headers: CorsAllowHeaders,
+    cors_allow_origin: CorsAllowOrigin,
+    vhost: Vhost,
+    redirect_url: RedirectUrl,
+    /// `spec.type`.
+    kind: Kind,
+    ;
     SourceKind,
     SourceNamespace,
     SourceName,
@@ -224,11 +243,9 @@ impl LeanRuleSpec {
             src.map_or("", |s| &s.namespace),
             src.map_or("", |s| &s.name),
         ];
-        let (text, packed_ends) = crate::compile::meta::packed(texts.into_iter());
-        let mut ends = [0; TEXTS];
-        for (e, p) in ends.iter_mut().zip(packed_ends.iter()) {
-            *e = *p;
-        }
+        let (text, ends) = crate::compile::meta::packed(texts.into_iter());
+        // (one end per text, so the conversion does not fail)
+        let ends = <[u32; TEXTS]>::try_from(&*ends).unwrap_or([0; TEXTS]);
         LeanRuleSpec {
             priority: *priority,
             dslx: dslx.clone(),
@@ -244,51 +261,6 @@ impl LeanRuleSpec {
 
     fn text(&self, t: Text) -> &str {
         crate::compile::meta::text_at(&self.text, &self.ends, t as usize)
-    }
-
-    pub fn domain(&self) -> &str {
-        self.text(Text::Domain)
-    }
-
-    pub fn certificate_name(&self) -> &str {
-        self.text(Text::CertificateName)
-    }
-
-    pub fn backend_protocol(&self) -> &str {
-        self.text(Text::BackendProtocol)
-    }
-
-    pub fn url(&self) -> &str {
-        self.text(Text::Url)
-    }
-
-    pub fn rewrite_base(&self) -> &str {
-        self.text(Text::RewriteBase)
-    }
-
-    pub fn rewrite_target(&self) -> &str {
-        self.text(Text::RewriteTarget)
-    }
-
-    pub fn cors_allow_headers(&self) -> &str {
-        self.text(Text::CorsAllowHeaders)
-    }
-
-    pub fn cors_allow_origin(&self) -> &str {
-        self.text(Text::CorsAllowOrigin)
-    }
-
-    pub fn vhost(&self) -> &str {
-        self.text(Text::Vhost)
-    }
-
-    pub fn redirect_url(&self) -> &str {
-        self.text(Text::RedirectUrl)
-    }
-
-    /// `spec.type`.
-    pub fn kind(&self) -> &str {
-        self.text(Text::Kind)
     }
 
     pub fn source(&self) -> Option<SourceRef<'_>> {
