@@ -254,6 +254,9 @@ pub async fn run(args: StandaloneArgs) -> Result<()> {
         }
     }
     tracing::info!("shutting down");
+    // The policy client first: its pool may hold a connection that never carried a request (opened while another
+    // one was busy), which nginx's graceful stop waits for until its header timeout.
+    drop(pusher);
     nginx.stop();
     Ok(())
 }

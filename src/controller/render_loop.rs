@@ -224,6 +224,9 @@ impl RenderLoop {
                 }
             }
         }
+        // The policy client first: its pool may hold a connection that never carried a request (opened while
+        // another one was busy), which nginx's graceful stop waits for until its header timeout.
+        drop(pusher);
         dataplane.stop();
         Ok(())
     }
